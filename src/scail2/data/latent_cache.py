@@ -45,6 +45,7 @@ TEMPORAL_STRIDE = 4
 DETAIL_TAGS = {"limb_ends": 1, "face": 2}  # the synthesis detail map's tags
 TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks")
 OPTIONAL_FIELDS = ("text_embeds", "image_embeds")
+DRIVING_SOURCES = ("frames", "skeleton")  # skeleton: the stick-figure baseline of the demo benchmark
 
 
 def caption_for(metadata: dict) -> str:
@@ -72,16 +73,19 @@ class CacheEncoder:
     """Encodes PairSamples with the VAE and, when given, the text and image encoders."""
 
     def __init__(self, vae, text_encoder=None, tokenizer=None, image_encoder=None, text_len: int = 512,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, driving: str = "frames"):
         from scail2.pipelines.vae import VideoLatentCodec
 
+        if driving not in DRIVING_SOURCES:
+            raise Scail2Error(f"unknown driving source {driving!r}; choose from {', '.join(DRIVING_SOURCES)}")
+        self.driving = driving
         self.codec = VideoLatentCodec(vae)
         self.text_encoder, self.tokenizer, self.image_encoder = text_encoder, tokenizer, image_encoder
         self.text_len, self.dtype = text_len, dtype
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, device: str = "cpu", text_len: int = 512,
-                       dtype: torch.dtype = torch.float32) -> "CacheEncoder":
+                       dtype: torch.dtype = torch.float32, driving: str = "frames") -> "CacheEncoder":
         """Components of a model folder: `vae/` is required; text_encoder/, tokenizer/, image_encoder/ are used
         when present."""
         from diffusers import AutoencoderKLWan
@@ -101,11 +105,24 @@ class CacheEncoder:
             from transformers import CLIPVisionModel
 
             image_encoder = CLIPVisionModel.from_pretrained(root / "image_encoder").to(device).eval()
-        return cls(vae, text_encoder, tokenizer, image_encoder, text_len=text_len, dtype=dtype)
+        return cls(vae, text_encoder, tokenizer, image_encoder, text_len=text_len, dtype=dtype, driving=driving)
 
     def describe(self) -> dict:
-        return {"text_encoder": self.text_encoder is not None, "image_encoder": self.image_encoder is not None,
-                "text_len": self.text_len, "dtype": str(self.dtype).removeprefix("torch.")}
+        described = {"text_encoder": self.text_encoder is not None, "image_encoder": self.image_encoder is not None,
+                     "text_len": self.text_len, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.driving != "frames":  # caches of driving frames keep their original description
+            described["driving"] = self.driving
+        return described
+
+    def driving_inputs(self, sample) -> tuple[np.ndarray, np.ndarray]:
+        """The driving video and its palette masks as this cache conditions on them: the frames themselves,
+        or (the skeleton baseline) the pair's stick-figure re-render and the masks of the drawn bones."""
+        if self.driving == "frames":
+            return sample.driving, sample.driving_mask()
+        from scail2.data.pairs import MASK_BACKGROUNDS, driving_skeleton, palette_mask
+
+        skeleton = driving_skeleton(sample.metadata)
+        return skeleton.frames, palette_mask(skeleton.ids, MASK_BACKGROUNDS[sample.mode]["driving"])
 
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
         from scail2.models.encoders import encode_prompts
@@ -128,12 +145,13 @@ class CacheEncoder:
         reference = image_to_model(sample.reference, (height, width))
         ref_mask = image_to_model(sample.reference_mask(), (height, width))
         target = encode_video(self.codec, torch.from_numpy(sample.target.copy()))[0]
+        driving, driving_mask = self.driving_inputs(sample)
         record = {
             "target_latents": target,
             "ref_latents": self.codec.encode(reference[None, :, None])[0],
             "ref_masks": compress_reference_mask(ref_mask)[0],
-            "pose_latents": encode_driving(self.codec, torch.from_numpy(sample.driving.copy()))[0],
-            "driving_masks": compress_driving_masks(torch.from_numpy(sample.driving_mask()))[0],
+            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.ascontiguousarray(driving)))[0],
+            "driving_masks": compress_driving_masks(torch.from_numpy(np.ascontiguousarray(driving_mask)))[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),
         }
         if self.text_encoder is not None:

@@ -23,6 +23,8 @@ from scail2.data.world import (
     PLAN_NAMES,
     Actor,
     Camera,
+    Character,
+    Motion,
     Placement,
     Rendered,
     evaluate_motion,
@@ -31,6 +33,7 @@ from scail2.data.world import (
     sample_character,
     sample_motion,
     sample_scene,
+    Scene,
 )
 from scail2.errors import Scail2Error
 from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WHITE
@@ -262,6 +265,31 @@ class ProceduralPairGenerator:
             "driving_scene": scene_a.to_json(), "reference_scene": scene_b.to_json(),
             "generator": self.describe(),
         }
+
+
+def _world_of(metadata: dict, scene_key: str) -> tuple:
+    try:
+        scene, camera = Scene.from_json(metadata[scene_key]), Camera.from_json(metadata["camera"])
+        actors = [Actor(Character.from_json(c["driving"]), Motion.from_json(c["motion"]),
+                        Placement.from_json(c["placement"]), int(c["identity"])) for c in metadata["characters"]]
+    except (KeyError, TypeError) as error:
+        raise Scail2Error(f"sample {metadata.get('index')}: metadata lacks {error}; only procedural pairs "
+                          "(scail2 synth) can be re-rendered") from None
+    return scene, camera, actors, (metadata["height"], metadata["width"], metadata["frames"], metadata["fps"])
+
+
+def driving_skeleton(metadata: dict) -> Rendered:
+    """The driving video of a procedural pair re-rendered with its characters as stick figures from the rig
+    (perfect pose extraction): what a skeleton-driven system is conditioned on."""
+    scene, camera, actors, size = _world_of(metadata, "driving_scene")
+    return render_video(scene, camera, actors, *size, skeleton=True)
+
+
+def target_plate(metadata: dict) -> np.ndarray:
+    """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
+    key = "reference_scene" if metadata["mode"] == "animation" else "driving_scene"
+    scene, camera, _, size = _world_of(metadata, key)
+    return render_video(scene, camera, [], *size).frames
 
 
 def _left_to_right(first_ids: np.ndarray, cast: _Cast) -> list[int]:

@@ -36,6 +36,11 @@ SCAIL2_PRESETS: dict[str, dict] = {
     "14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # Upstream's config-1.3b.json (no weights were released for it).
     "1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    # The bundled demo model (7.8 M parameters, trained on 2 CPU cores at 128x128): no image encoder and one
+    # text token, since the padded 512 text and 257 CLIP tokens would cost more than its 464 video tokens.
+    "demo": dict(
+        model_type="t2v", dim=256, ffn_dim=704, num_heads=4, num_layers=8, freq_dim=64, text_dim=16, text_len=1
+    ),
     # For tests: unequal sizes everywhere so a swapped axis fails. head_dim 16 -> RoPE pairs t/h/w = 4/2/2.
     "tiny": dict(
         dim=32, ffn_dim=56, num_heads=2, num_layers=2, freq_dim=18, text_dim=20, text_len=7, image_dim=24

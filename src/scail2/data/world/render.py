@@ -8,6 +8,8 @@ Characters stand in depth lanes: a further lane stands higher on screen, is smal
 
 from __future__ import annotations
 
+import colorsys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,10 @@ LANE_RISE = 0.1  # a lane-1 character stands this much higher [world units]
 LANE_SHRINK = 0.3  # and is this much smaller (fraction)
 # Parts per rasteriser call: a few frames at a time keeps the sample arrays in cache (measured best ~250).
 PARTS_PER_DRAW = 250
+# Stick-figure bones: 2% of the body height thick, never under 3 pixels across (they must survive the VAE
+# at half resolution, as pose renderers draw 4-pixel limbs at 512 px).
+SKELETON_BONE_RADIUS = 0.02
+SKELETON_MIN_PIXELS = 1.5
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,11 @@ def pose_actor(actor: Actor, num_frames: int) -> PosedActor:
     return PosedActor(actor, state, joints, root)
 
 
-def actor_batches(posed: PosedActor, views: tuple, height: int, width: int) -> PartBatch:
-    """The actor's parts in every frame, projected to pixels; within a frame ordered back to front."""
+def actor_batches(posed: PosedActor, views: tuple, height: int, width: int, skeleton: bool = False) -> PartBatch:
+    """The actor's parts in every frame, projected to pixels; within a frame ordered back to front.
+
+    `skeleton`: every part becomes a thin bone between its two joints in a fixed colour per bone (the
+    stick figure a pose-driven system is conditioned on), with the same depth order and visibility."""
     character, scale = posed.actor.character, posed.actor.placement.scale
     specs = BODY_PLANS[character.plan].parts(character)
     names = sorted({s.a for s in specs} | {s.b for s in specs} | {s.facing for s in specs if s.facing})
@@ -107,6 +116,9 @@ def actor_batches(posed: PosedActor, views: tuple, height: int, width: int) -> P
     ra = np.array([s.radius_a for s in specs])[part] * body_px[frame] * radius_scale[frame, part]
     rb = np.array([s.radius_b for s in specs])[part] * body_px[frame] * radius_scale[frame, part]
     ends = (px[frame, ia[part]], py[frame, ia[part]], px[frame, ib[part]], py[frame, ib[part]])
+    if skeleton:
+        bone = np.maximum(SKELETON_BONE_RADIUS * body_px[frame], SKELETON_MIN_PIXELS)
+        return _skeleton_style(specs, posed.actor.identity).batch(part, frame, *ends, bone, bone, body_px[frame])
     return _PartStyle(character, specs, posed.actor.identity).batch(part, frame, *ends, ra, rb, body_px[frame])
 
 
@@ -123,6 +135,23 @@ def _radius_scales(specs, joints: Joints, local: np.ndarray, depth: np.ndarray, 
             towards = (depth[:, a] - depth[:, c]) / np.maximum(reach, 1e-9)
             scales[:, p] *= np.clip(4.0 * towards, 0.0, 1.0)
     return scales
+
+
+def bone_colour(spec) -> tuple[float, float, float]:
+    """A saturated colour fixed by the bone's joint names, so a bone has the same colour in every video."""
+    hue = (zlib.crc32(f"{spec.a}>{spec.b}".encode()) % 360) / 360.0
+    return tuple(255.0 * c for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0))
+
+
+def _skeleton_style(specs, identity: int) -> "_PartStyle":
+    style = _PartStyle.__new__(_PartStyle)
+    style.fill = np.array([bone_colour(s) for s in specs], dtype=np.float32)
+    style.pattern = style.line = style.fill
+    style.outlined = style.patterned = np.zeros(len(specs), dtype=bool)
+    style.tag = np.zeros(len(specs), dtype=np.uint8)
+    style.identity = np.full(len(specs), identity, dtype=np.uint8)
+    style.outline, style.kind, style.period = 0.0, PATTERN_FLAT, 1.0
+    return style
 
 
 class _PartStyle:
@@ -151,8 +180,9 @@ class _PartStyle:
 
 
 def render_video(scene: Scene, camera: Camera, actors: list[Actor], height: int, width: int, num_frames: int,
-                 fps: float = 16.0) -> Rendered:
-    """Film `actors` in `scene` through `camera`: colour frames plus exact identity and detail maps."""
+                 fps: float = 16.0, skeleton: bool = False) -> Rendered:
+    """Film `actors` in `scene` through `camera`: colour frames plus exact identity and detail maps
+    (`skeleton`: the actors as stick figures over the same scene, see `actor_batches`)."""
     times = np.arange(num_frames, dtype=np.float64) / fps
     views = camera.views(times)
     backdrop = Backdrop(scene, *views, height, width)
@@ -163,7 +193,7 @@ def render_video(scene: Scene, camera: Camera, actors: list[Actor], height: int,
         canvas.rgb[f] = backdrop.frame(f)
     ordered = sorted(actors, key=lambda a: (-a.placement.lane, a.identity))
     if ordered:
-        parts = PartBatch.concatenate([actor_batches(pose_actor(a, num_frames), views, height, width)
+        parts = PartBatch.concatenate([actor_batches(pose_actor(a, num_frames), views, height, width, skeleton)
                                        for a in ordered])
         for first, stop in _frame_chunks(parts.frame, num_frames):
             draw_parts(canvas, parts.take(np.flatnonzero((parts.frame >= first) & (parts.frame < stop))))

@@ -1,0 +1,98 @@
+"""The demo benchmark: held-out split, per-pair scores, grouping, reports, and methods on a tiny pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scail2.data.pairs import SynthConfig
+from scail2.errors import Scail2Error
+from scail2.eval import benchmark, report
+from scail2.pipelines.pipeline_scail2 import SamplingSettings
+
+SMALL = SynthConfig(height=32, width=64, frames=5, seed=2000)  # pipeline sizes are multiples of 32
+
+
+@pytest.fixture
+def small_split(monkeypatch):
+    monkeypatch.setitem(benchmark.SPLITS, "test", SMALL)
+    return benchmark.split_pairs("test", 6)
+
+
+def test_split_is_deterministic_and_disjoint_from_training_seeds(small_split):
+    again = benchmark.split_pairs("test", 6)
+    assert [s.key for s in again] == [s.key for s in small_split]
+    assert all(np.array_equal(a.target, b.target) for a, b in zip(again, small_split))
+    assert benchmark.SPLITS["val"].seed != 1000  # the demo model's training seed
+    with pytest.raises(ValueError, match="unknown split"):
+        benchmark.split_pairs("train")
+
+
+def test_default_test_split_covers_every_body_plan_and_task():
+    from scail2.data.pairs import ProceduralPairGenerator
+    from scail2.data.world import PLAN_NAMES
+
+    generator = ProceduralPairGenerator(dataclasses.replace(benchmark.SPLITS["test"], height=16, width=16, frames=1))
+    groups = {g for i in range(benchmark.SPLIT_SIZE) for g in benchmark.pair_groups(generator.generate(i))}
+    assert {f"plan:{p}" for p in PLAN_NAMES} <= groups
+    assert {"task:animate", "task:replace", "task:multi"} <= groups
+
+
+def test_ground_truth_scores_perfectly_and_copy_reference_does_not(small_split):
+    for sample in small_split:
+        truth = benchmark.pair_metrics(sample.target, sample)
+        assert truth["psnr"] == float("inf") and truth["ssim"] == pytest.approx(1.0)
+        assert truth["colour_error"] == 0.0 and truth["flicker"] == 0.0
+        assert truth["iou"] > 0.6  # character pixels close to the scene's colour fall under the threshold
+    copied = [benchmark.pair_metrics(benchmark.copy_reference(s), s) for s in small_split]
+    truths = [benchmark.pair_metrics(s.target, s)["iou"] for s in small_split]
+    assert np.mean([c["iou"] for c in copied]) < np.mean(truths) - 0.2
+    with pytest.raises(ValueError, match="does not match"):
+        benchmark.pair_metrics(small_split[0].target[:2], small_split[0])
+
+
+def test_summary_groups_and_tables(small_split):
+    noisy = lambda s: np.clip(s.target.astype(int) + 20, 0, 255).astype(np.uint8)  # noqa: E731
+    rows = benchmark.evaluate({"copy": benchmark.copy_reference, "noisy": noisy}, small_split, progress=False)
+    assert len(rows) == 12
+    summary = benchmark.summarise(rows)
+    assert summary["noisy"]["all"]["pairs"] == 6
+    assert summary["noisy"]["all"]["psnr"] == pytest.approx(20 * np.log10(255 / 20), abs=0.6)
+    tasks = {s.task for s in small_split}
+    assert {g for g in summary["copy"] if g.startswith("task:")} == {f"task:{t}" for t in tasks}
+    for group, scores in summary["copy"].items():
+        members = [r for r in rows if r["method"] == "copy" and group in r["groups"]]
+        assert scores["pairs"] == len(members)
+        assert scores["iou"] == pytest.approx(np.mean([r["iou"] for r in members]))
+    tables = benchmark.markdown_tables(summary, {"noisy": "noisy truth"})
+    assert "| noisy truth | 6 |" in tables and "body plan" in tables
+    plot = benchmark.plot_summary(summary)
+    assert plot.dtype == np.uint8 and plot.ndim == 3 and plot.shape[2] == 3
+
+
+def test_readme_section_is_replaced_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\noutro\n")
+    report.update_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{report.README_START}\nnew table\n{report.README_END}\noutro\n"
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(Scail2Error, match="markers"):
+        report.update_readme(tmp_path / "plain.md", "x")
+
+
+def test_model_methods_run_frames_and_skeleton_conditions(small_split):
+    from tests.pipelines.components import tiny_pipeline
+
+    pipeline = tiny_pipeline(text=False, image=False)
+    settings = SamplingSettings(sampler="euler", steps=2, shift=1.0, guidance_scale=1.0)
+    sample = next(s for s in small_split if s.task == "animate")
+    frames = benchmark.ModelMethod(pipeline, settings, driving="frames")(sample)
+    skeleton = benchmark.ModelMethod(pipeline, settings, driving="skeleton")(sample)
+    assert frames.shape == skeleton.shape == sample.target.shape and frames.dtype == np.uint8
+    assert not np.array_equal(frames, skeleton)  # the driving condition differs
+    again = benchmark.ModelMethod(pipeline, settings, driving="frames")(sample)
+    assert np.array_equal(frames, again)
+    ceiling = benchmark.VaeRoundTrip(pipeline)(sample)
+    assert ceiling.shape == sample.target.shape
