@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "scail2.commands.animate",
     "scail2.commands.convert",
     "scail2.commands.demo",
+    "scail2.commands.eval",
     "scail2.commands.masks",
     "scail2.commands.synth",
     "scail2.commands.prefs",

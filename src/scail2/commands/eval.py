@@ -1,0 +1,27 @@
+"""`scail2 eval`: the demo benchmark (copy-reference, skeleton-driven and end-to-end models on a held-out split)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="score models against the ground truth of a held-out split")
+    parser.add_argument("--model", help="SCAIL-2 model folder (default: the bundled demo model)")
+    parser.add_argument("--skeleton-model", help="skeleton-driven baseline model folder (default: the bundled one; "
+                                                  "'none' leaves the row out)")
+    parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out split")
+    parser.add_argument("--pairs", type=int, help="pairs of the split to use (default: all 64)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's setting)")
+    parser.add_argument("--shift", type=float, help="sampling shift (default: the bundled model's setting)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write every score and the summary to this JSON file")
+    parser.add_argument("--report-dir", help="write table.md and plot.png here")
+    parser.add_argument("--readme", help="replace the benchmark section of this README with the new table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from scail2.eval.report import run_benchmark
+
+    run_benchmark(args)
+    return 0
