@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scail2 demo
+	$(BIN)/scail2 demo --out outputs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -6,7 +6,8 @@
 
 Steps: load the model folder, read and resize the inputs, bind identity colours, generate, then write the
 MP4 (driving frame rate, audio copied), optional PNG frames and a JSON manifest beside the video. Every output
-is written under a temporary name and renamed when complete.
+is written under a temporary name and renamed when complete. Without `model` the bundled demo model is used
+(`scail2.bundled`), at its native size unless a size is given; `sampling_settings` picks its sampler defaults.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from scail2 import __version__
+from scail2 import __version__, bundled
 from scail2.errors import Scail2Error
-from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings, SCAIL2Pipeline
+from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, AnimationInputs, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder
 from scail2.preprocess import masks as mask_ops
 from scail2.preprocess import video_io
@@ -128,6 +129,26 @@ def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] 
     return pipeline.to(device)
 
 
+def with_bundled_model(request: AnimateRequest) -> AnimateRequest:
+    """The request on the bundled demo model, at its native size unless --height/--width were given."""
+    height, width = request.height, request.width
+    if height is None and width is None:
+        height, width = bundled.BUNDLED_SIZE
+    return dataclasses.replace(request, model=bundled.bundled_model_dir(), height=height, width=width)
+
+
+def sampling_settings(preset: str | None, use_bundled: bool, **overrides) -> SamplingSettings:
+    """The named sampler preset, or when none is named `quality` (the bundled model's own settings when it is
+    used); every override that is not None replaces one field (an explicit user flag always wins)."""
+    if preset is None:
+        base = bundled.BUNDLED_SAMPLING if use_bundled else SAMPLING_PRESETS["quality"]
+    elif preset in SAMPLING_PRESETS:
+        base = SAMPLING_PRESETS[preset]
+    else:
+        raise Scail2Error(f"--preset {preset!r} is not one of {', '.join(SAMPLING_PRESETS)}")
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
     """A cheap content fingerprint: every file's path, size and first MiB (safetensors headers, configs)."""
     digest = hashlib.sha256()
@@ -228,10 +249,12 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if out.suffix.lower() != ".mp4":
         raise Scail2Error(f"{out}: the output must be an .mp4 file")
     device = resolve_device(request.device)
+    use_bundled = pipeline is None and request.model is None
     if pipeline is None:
-        if request.model is None:
-            raise Scail2Error("no --model given: pass a converted model folder (`scail2 convert all`)")
+        request = with_bundled_model(request) if use_bundled else request
         pipeline = load_pipeline(request.model, device, request.loras)
+    if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
+        request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)
     result = pipeline(loaded.inputs, request.settings, seed=request.seed,
                       autocast_dtype=autocast_dtype(request.dtype, device))
@@ -250,6 +273,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         "segments": [dataclasses.asdict(s) for s in result.segments],
         "request": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(request).items()},
         "model_fingerprint": model_fingerprint(request.model) if request.model else None,
+        "bundled_model": use_bundled,
         "device": str(device),
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }

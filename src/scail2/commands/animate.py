@@ -15,8 +15,9 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         parser.add_argument("--mode", choices=["animate", "replace"], default="animate",
                             help="animate: the character in its own scene; replace: inserted into the driving scene")
     parser.add_argument("--model", help="converted model folder (default: the bundled demo model)")
-    parser.add_argument("--preset", choices=["quality", "fast"], default="quality",
-                        help="sampler preset; --sampler/--steps/--shift/--cfg override its fields")
+    parser.add_argument("--preset", choices=["quality", "fast"],
+                        help="sampler preset (default: quality, or the bundled model's own settings without "
+                             "--model); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields")
     parser.add_argument("--sampler", choices=["unipc", "dpm++", "euler"])
     parser.add_argument("--steps", type=int)
     parser.add_argument("--shift", type=float)
@@ -25,8 +26,9 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--height", type=int, help="output height, a multiple of 32 (with --width)")
     parser.add_argument("--width", type=int, help="output width, a multiple of 32 (with --height)")
     parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
-    parser.add_argument("--segment-length", type=int, default=81, help="frames per segment (4n+1)")
-    parser.add_argument("--overlap", type=int, default=5, help="clean-history frames between segments (4n+1)")
+    parser.add_argument("--segment-length", type=int,
+                        help="frames per segment (4n+1; default 81, 17 for the bundled model)")
+    parser.add_argument("--overlap", type=int, help="clean-history frames between segments (4n+1; default 5)")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                         help="LoRA to fuse (official SAT, Wan/ComfyUI or peft format); repeatable")
     parser.add_argument("--extra-ref", action="append", default=[], metavar="IMG",
@@ -47,15 +49,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
+    from scail2 import bundled
+    from scail2.animate import AnimateRequest, run_animate, sampling_settings
 
-    from scail2.animate import AnimateRequest, run_animate
-    from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS
-
-    preset = SAMPLING_PRESETS[args.preset]
-    overrides = {"sampler": args.sampler, "steps": args.steps, "shift": args.shift, "guidance_scale": args.cfg}
-    settings = dataclasses.replace(preset, segment_length=args.segment_length, overlap=args.overlap,
-                                   **{k: v for k, v in overrides.items() if v is not None})
+    use_bundled = args.model is None
+    if use_bundled:
+        print(f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "
+              f"demo model ({bundled.bundled_model_dir()}); prompts and --cfg do not apply to it")
+    settings = sampling_settings(args.preset, use_bundled, sampler=args.sampler, steps=args.steps, shift=args.shift,
+                                 guidance_scale=args.cfg, segment_length=args.segment_length, overlap=args.overlap)
     request = AnimateRequest(
         ref=args.ref, driving=args.driving, out=args.out, model=args.model, driving_mask=args.driving_mask,
         ref_mask=args.ref_mask, prompt=args.prompt, negative_prompt=args.negative_prompt, mode=args.mode,

@@ -1,17 +1,19 @@
-"""`scail2 demo`: the project's main job on a machine without a GPU."""
+"""`scail2 demo`: the bundled model animates held-out procedural characters (the main job without a GPU)."""
 
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the demo end to end")
-    parser.add_argument("--steps", type=int, default=8, help="denoising steps per segment")
+    parser = subparsers.add_parser("demo", help="animate held-out characters with the bundled model and score them")
+    parser.add_argument("--out", default="demo_output", help="folder for the MP4s, previews and metrics.json")
+    parser.add_argument("--model", help="model folder (default: the bundled demo model)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's setting)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from scail2.demo import run_tiny_random_demo
+    from scail2.demo import run_demo
 
-    run_tiny_random_demo(steps=args.steps, seed=args.seed)
+    run_demo(out=args.out, model=args.model, steps=args.steps, seed=args.seed)
     return 0

@@ -150,8 +150,8 @@ class CacheEncoder:
             "target_latents": target,
             "ref_latents": self.codec.encode(reference[None, :, None])[0],
             "ref_masks": compress_reference_mask(ref_mask)[0],
-            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.ascontiguousarray(driving)))[0],
-            "driving_masks": compress_driving_masks(torch.from_numpy(np.ascontiguousarray(driving_mask)))[0],
+            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.array(driving)))[0],
+            "driving_masks": compress_driving_masks(torch.from_numpy(np.array(driving_mask)))[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),
         }
         if self.text_encoder is not None:

@@ -267,15 +267,20 @@ class ProceduralPairGenerator:
         }
 
 
-def _world_of(metadata: dict, scene_key: str) -> tuple:
+def _world_of(metadata: dict, scene_key: str, with_actors: bool = True) -> tuple:
     try:
         scene, camera = Scene.from_json(metadata[scene_key]), Camera.from_json(metadata["camera"])
+        size = (metadata["height"], metadata["width"], metadata["frames"], metadata["fps"])
         actors = [Actor(Character.from_json(c["driving"]), Motion.from_json(c["motion"]),
-                        Placement.from_json(c["placement"]), int(c["identity"])) for c in metadata["characters"]]
+                        Placement.from_json(c["placement"]), int(c["identity"]))
+                  for c in metadata["characters"]] if with_actors else []
     except (KeyError, TypeError) as error:
         raise Scail2Error(f"sample {metadata.get('index')}: metadata lacks {error}; only procedural pairs "
                           "(scail2 synth) can be re-rendered") from None
-    return scene, camera, actors, (metadata["height"], metadata["width"], metadata["frames"], metadata["fps"])
+    if with_actors and not actors:
+        raise Scail2Error(f"sample {metadata.get('index')}: metadata lists no characters; only procedural pairs "
+                          "(scail2 synth) can be re-rendered")
+    return scene, camera, actors, size
 
 
 def driving_skeleton(metadata: dict) -> Rendered:
@@ -287,8 +292,11 @@ def driving_skeleton(metadata: dict) -> Rendered:
 
 def target_plate(metadata: dict) -> np.ndarray:
     """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
+    if metadata.get("mode") not in MASK_BACKGROUNDS:
+        raise Scail2Error(f"sample {metadata.get('index')}: metadata has no valid mode; only procedural pairs "
+                          "(scail2 synth) can be re-rendered")
     key = "reference_scene" if metadata["mode"] == "animation" else "driving_scene"
-    scene, camera, _, size = _world_of(metadata, key)
+    scene, camera, _, size = _world_of(metadata, key, with_actors=False)
     return render_video(scene, camera, [], *size).frames
 
 

@@ -138,7 +138,8 @@ def _radius_scales(specs, joints: Joints, local: np.ndarray, depth: np.ndarray, 
 
 
 def bone_colour(spec) -> tuple[float, float, float]:
-    """A saturated colour fixed by the bone's joint names, so a bone has the same colour in every video."""
+    """A saturated colour fixed by the bone's joint names, so a bone has the same base colour in every video
+    (drawn pixels still carry the renderer's rim shading and the scene's lighting tint)."""
     hue = (zlib.crc32(f"{spec.a}>{spec.b}".encode()) % 360) / 360.0
     return tuple(255.0 * c for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0))
 
