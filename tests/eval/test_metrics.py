@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from scail2.eval.metrics import (
@@ -70,3 +71,22 @@ def test_masked_colour_error_and_flicker():
     frozen = np.repeat(VIDEO[:1], 3, axis=0)
     expected = np.abs(np.diff(VIDEO.astype(float), axis=0)).mean()
     assert temporal_flicker(frozen, VIDEO) == pytest.approx(expected)  # a frozen video misses every change
+
+
+def test_ssim_separable_float32_equals_the_2d_float64_window():
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    window = torch.outer(g / g.sum(), g / g.sum())[None, None]
+    x = torch.from_numpy(a.astype(np.float64)).permute(0, 3, 1, 2).reshape(-1, 1, 24, 40)
+    y = torch.from_numpy(b.astype(np.float64)).permute(0, 3, 1, 2).reshape(-1, 1, 24, 40)
+    mx, my = F.conv2d(x, window), F.conv2d(y, window)
+    vx, vy = F.conv2d(x * x, window) - mx**2, F.conv2d(y * y, window) - my**2
+    cov = F.conv2d(x * y, window) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    expected = (((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean().item()
+    assert ssim(a, b) == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,77 @@
+"""`scail2 demo` and `scail2 eval` through the CLI on a tiny random model folder (the flow, files and reports;
+the bundled model's quality is measured by the benchmark, not here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scail2 import bundled
+from scail2.cli import main
+from scail2.demo import DEMO_CASES, pick_demo_pairs
+from scail2.eval import benchmark, report
+from scail2.pipelines.pipeline_scail2 import SamplingSettings
+from scail2.preprocess.video_io import probe_video
+from tests.pipelines.components import tiny_pipeline
+
+FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=17, overlap=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "demo_model"
+    tiny_pipeline(seed=0, text=False, image=False).save_pretrained(folder)
+    return folder
+
+
+def test_demo_pairs_cover_every_case_and_are_held_out():
+    pairs = pick_demo_pairs()
+    assert [label for label, _ in pairs] == [label for label, _ in DEMO_CASES]
+    assert all(sample.metadata["seed"] == benchmark.SPLITS["test"].seed for _, sample in pairs)
+    non_humanoid = dict(pairs)["non-humanoid"].metadata["body_plans"]
+    assert "humanoid" not in non_humanoid["reference"] + non_humanoid["driving"]
+    assert len(dict(pairs)["multi-character"].metadata["characters"]) >= 2
+
+
+def test_demo_writes_videos_previews_and_metrics(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bundled, "BUNDLED_SAMPLING", FAST)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_model), "--out", str(out)]) == 0
+    report_ = json.loads((out / "metrics.json").read_text())
+    assert [row["case"] for row in report_["pairs"]] == [label for label, _ in DEMO_CASES]
+    for row in report_["pairs"]:
+        info = probe_video(out / row["file"])
+        assert (info.width, info.height, info.declared_frames) == (128, 128, 17)
+        assert set(row["model"]) == set(benchmark.METRICS) == set(row["copy_reference"])
+    preview = np.asarray(Image.open(out / "preview.png"))
+    assert preview.shape[0] == 128 * len(DEMO_CASES)  # a row per case
+    gif = Image.open(out / "preview.gif")
+    assert gif.n_frames == 17 and gif.size == (4 * 128, 128 * len(DEMO_CASES))
+    assert "copy reference" in capsys.readouterr().out
+    assert not list(out.glob(".*partial*"))
+
+
+def test_eval_reports_every_method_and_updates_the_readme(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundled, "BUNDLED_SAMPLING", FAST)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.README_START}\n{report.README_END}\n")
+    result = tmp_path / "scores.json"
+    code = main(["eval", "--model", str(tiny_model), "--skeleton-model", str(tiny_model), "--pairs", "2",
+                 "--json", str(result), "--report-dir", str(tmp_path / "bench"), "--readme", str(readme), "--quiet"])
+    assert code == 0
+    scores = json.loads(result.read_text())
+    assert list(scores["summary"]) == ["copy_reference", "skeleton", "scail2", "vae_round_trip"]
+    assert len(scores["rows"]) == 2 * 4
+    text = readme.read_text()
+    assert "| SCAIL-2 (ours) |" in text and "| skeleton-driven |" in text and "plot.png" in text
+    assert (tmp_path / "bench" / "plot.png").is_file() and (tmp_path / "bench" / "table.md").is_file()
+
+
+def test_eval_without_a_skeleton_model_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    code = main(["eval", "--model", str(tiny_model), "--skeleton-model", str(tmp_path / "nowhere"), "--pairs", "1"])
+    assert code == 2
+    assert "no transformer config.json" in capsys.readouterr().err
