@@ -201,3 +201,14 @@ def test_dpo_stage_trains_a_lora_on_preference_pairs(setup, tmp_path, capsys):
     assert set(curve) == {1, 2, 3} and abs(curve[1] - 0.6931) < 0.05  # log 2: the policy starts as the reference
     adapter = json.loads((run / "export" / "lora" / "adapter_config.json").read_text())
     assert adapter["r"] == 4
+
+
+def test_export_dtype_stores_the_same_weights_in_half_precision(setup, tmp_path):
+    assert train(setup, tmp_path / "fp32", "train.max_steps=2") == 0
+    assert train(setup, tmp_path / "fp16", "train.max_steps=2", "train.export_dtype=float16") == 0
+    full, half = exported_weights(tmp_path / "fp32"), exported_weights(tmp_path / "fp16")
+    assert full.keys() == half.keys()
+    for key in full:
+        assert half[key].dtype == torch.float16 and torch.equal(half[key], full[key].half()), key
+    with pytest.raises(Scail2Error, match="export_dtype"):
+        load_config(str(CONFIG), ["train.export_dtype=int8"])

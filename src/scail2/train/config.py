@@ -64,6 +64,7 @@ class TrainLoopConfig:
     validate_every: int = 0  # 0: no validation videos
     validation_steps: int = 8  # sampler steps of a validation video
     mixed_precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
+    export_dtype: str = "float32"  # dtype of the exported transformer weights: float32, float16 or bfloat16
 
 
 @dataclass
@@ -86,6 +87,8 @@ class TrainConfig:
             raise Scail2Error(f"flow.shift must be 'auto' or a number, got {self.flow.shift!r}")
         if self.model.pretrained is None and self.model.preset is None:
             raise Scail2Error("give model.preset (train from scratch) or model.pretrained (fine-tune)")
+        if self.train.export_dtype not in ("float32", "float16", "bfloat16"):
+            raise Scail2Error(f"train.export_dtype must be float32, float16 or bfloat16, got {self.train.export_dtype!r}")
         if self.train.mixed_precision not in ("auto", "bf16", "fp32"):
             raise Scail2Error(f"train.mixed_precision must be auto, bf16 or fp32, got {self.train.mixed_precision!r}")
 

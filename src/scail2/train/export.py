@@ -63,7 +63,7 @@ def export_run(trainer) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
         transformer = SCAIL2Transformer3DModel.from_config(trainer.model.config)
         transformer.load_state_dict(weights, strict=True)
-        transformer.save_pretrained(tmp / "transformer")
+        transformer.to(getattr(torch, trainer.config.train.export_dtype)).save_pretrained(tmp / "transformer")
         components = components_folder(trainer.config)
         if components is not None:
             from scail2.models.convert_release import write_model_index
