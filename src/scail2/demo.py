@@ -7,14 +7,13 @@ a side-by-side preview (reference | driving | output | ground truth) as PNG and 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from scail2.data.pairs import PairSample, ProceduralPairGenerator
-from scail2.eval import benchmark
+from scail2.eval import benchmark, report
 
 # What the demo shows, in order: (label, predicate on a test-split pair).
 DEMO_CASES = (
@@ -75,23 +74,6 @@ def preview_gif_frames(pairs: list[tuple[str, PairSample]], outputs: list[np.nda
     return frames
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
-
-
-def write_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.partial")
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    tmp.replace(path)
-
-
 def run_demo(out: str | Path = "demo_output", model: str | Path | None = None, steps: int | None = None,
              seed: int = 0, device: str = "cpu") -> dict:
     import dataclasses
@@ -128,24 +110,22 @@ def run_demo(out: str | Path = "demo_output", model: str | Path | None = None, s
                         "body_plans": sample.metadata["body_plans"], "seconds": round(seconds, 2),
                         "model": scores, "copy_reference": baseline})
     # 4. Previews and metrics.
-    write_image(out / "preview.png", np.concatenate(
+    report.write_image(out / "preview.png", np.concatenate(
         [preview_row(sample, output, label) for (label, sample), output in zip(pairs, outputs)], axis=0))
-    write_gif(out / "preview.gif", preview_gif_frames(pairs, outputs), fps=8)
-    report = {"model": str(model_dir), "settings": dataclasses.asdict(settings), "seed": seed, "pairs": results,
-              "wall_s": round(time.perf_counter() - start, 1)}
-    tmp = out / ".metrics.json.partial"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out / "metrics.json")
-    print_report(report, out)
-    return report
+    report.write_gif(out / "preview.gif", preview_gif_frames(pairs, outputs), fps=pairs[0][1].metadata["fps"])
+    summary = {"model": str(model_dir), "settings": dataclasses.asdict(settings), "seed": seed, "pairs": results,
+               "wall_s": round(time.perf_counter() - start, 1)}
+    report.write_json(out / "metrics.json", summary)
+    print_report(summary, out)
+    return summary
 
 
-def print_report(report: dict, out: Path) -> None:
+def print_report(summary: dict, out: Path) -> None:
     names = {"model": "bundled model", "copy_reference": "copy reference"}
-    print(f"{'case':<16} {'method':<15} " + " ".join(f"{benchmark.METRIC_HEADERS[m]:>13}" for m in benchmark.METRICS))
-    for row in report["pairs"]:
+    print(f"{'case':<16} {'method':<15} " + " ".join(f"{report.METRIC_HEADERS[m]:>13}" for m in benchmark.METRICS))
+    for row in summary["pairs"]:
         for key, name in names.items():
-            cells = " ".join(f"{benchmark._format(row[key][m], m):>13}" for m in benchmark.METRICS)
+            cells = " ".join(f"{report.format_score(row[key][m], m):>13}" for m in benchmark.METRICS)
             print(f"{row['case']:<16} {name:<15} {cells}")
-    print(f"wrote {len(report['pairs'])} MP4s, preview.png, preview.gif and metrics.json to {out}/ "
-          f"in {report['wall_s']:.1f} s")
+    print(f"wrote {len(summary['pairs'])} MP4s, preview.png, preview.gif and metrics.json to {out}/ "
+          f"in {summary['wall_s']:.1f} s")

@@ -74,4 +74,5 @@ def test_eval_reports_every_method_and_updates_the_readme(tiny_model, tmp_path, 
 def test_eval_without_a_skeleton_model_is_a_one_line_error(tiny_model, tmp_path, capsys):
     code = main(["eval", "--model", str(tiny_model), "--skeleton-model", str(tmp_path / "nowhere"), "--pairs", "1"])
     assert code == 2
-    assert "no transformer config.json" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no transformer config.json" in error and "--skeleton-model none" in error and error.count("\n") == 1

@@ -25,7 +25,7 @@ def test_split_is_deterministic_and_disjoint_from_training_seeds(small_split):
     again = benchmark.split_pairs("test", 6)
     assert [s.key for s in again] == [s.key for s in small_split]
     assert all(np.array_equal(a.target, b.target) for a, b in zip(again, small_split))
-    assert benchmark.SPLITS["val"].seed != 1000  # the demo model's training seed
+    assert {s.metadata["seed"] for s in small_split} == {SMALL.seed}
     with pytest.raises(ValueError, match="unknown split"):
         benchmark.split_pairs("train")
 
@@ -66,10 +66,22 @@ def test_summary_groups_and_tables(small_split):
         members = [r for r in rows if r["method"] == "copy" and group in r["groups"]]
         assert scores["pairs"] == len(members)
         assert scores["iou"] == pytest.approx(np.mean([r["iou"] for r in members]))
-    tables = benchmark.markdown_tables(summary, {"noisy": "noisy truth"})
+    tables = report.markdown_tables(summary, {"noisy": "noisy truth"})
     assert "| noisy truth | 6 |" in tables and "body plan" in tables
-    plot = benchmark.plot_summary(summary)
+    assert report.wins(summary, "noisy", "copy") == {"psnr": True, "ssim": True, "iou": True, "colour_error": True,
+                                                     "flicker": True}
+    plot = report.plot_summary(summary)
     assert plot.dtype == np.uint8 and plot.ndim == 3 and plot.shape[2] == 3
+
+
+def test_reports_write_strict_json_and_refuse_empty_runs(tmp_path):
+    path = report.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert path.read_text().split() == ["{", '"a":', "null,", '"b":', "[", "null,", "1.5", "]", "}"]
+    assert not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(Scail2Error, match="no pairs"):
+        report.markdown_tables({})
+    with pytest.raises(Scail2Error, match="at least 1"):
+        benchmark.split_pairs("test", 0)
 
 
 def test_readme_section_is_replaced_between_markers(tmp_path):

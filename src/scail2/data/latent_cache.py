@@ -36,6 +36,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
+from scail2.data.pairs import DRIVING_SOURCES, driving_condition
 from scail2.errors import Scail2Error
 
 FORMAT = "scail2-latent-cache"
@@ -45,7 +46,6 @@ TEMPORAL_STRIDE = 4
 DETAIL_TAGS = {"limb_ends": 1, "face": 2}  # the synthesis detail map's tags
 TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks")
 OPTIONAL_FIELDS = ("text_embeds", "image_embeds")
-DRIVING_SOURCES = ("frames", "skeleton")  # skeleton: the stick-figure baseline of the demo benchmark
 
 
 def caption_for(metadata: dict) -> str:
@@ -114,16 +114,6 @@ class CacheEncoder:
             described["driving"] = self.driving
         return described
 
-    def driving_inputs(self, sample) -> tuple[np.ndarray, np.ndarray]:
-        """The driving video and its palette masks as this cache conditions on them: the frames themselves,
-        or (the skeleton baseline) the pair's stick-figure re-render and the masks of the drawn bones."""
-        if self.driving == "frames":
-            return sample.driving, sample.driving_mask()
-        from scail2.data.pairs import MASK_BACKGROUNDS, driving_skeleton, palette_mask
-
-        skeleton = driving_skeleton(sample.metadata)
-        return skeleton.frames, palette_mask(skeleton.ids, MASK_BACKGROUNDS[sample.mode]["driving"])
-
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
         from scail2.models.encoders import encode_prompts
 
@@ -145,7 +135,7 @@ class CacheEncoder:
         reference = image_to_model(sample.reference, (height, width))
         ref_mask = image_to_model(sample.reference_mask(), (height, width))
         target = encode_video(self.codec, torch.from_numpy(sample.target.copy()))[0]
-        driving, driving_mask = self.driving_inputs(sample)
+        driving, driving_mask = driving_condition(sample, self.driving)
         record = {
             "target_latents": target,
             "ref_latents": self.codec.encode(reference[None, :, None])[0],

@@ -290,6 +290,21 @@ def driving_skeleton(metadata: dict) -> Rendered:
     return render_video(scene, camera, actors, *size, skeleton=True)
 
 
+DRIVING_SOURCES = ("frames", "skeleton")  # skeleton: the stick-figure baseline of the demo benchmark
+
+
+def driving_condition(sample: PairSample, source: str = "frames") -> tuple[np.ndarray, np.ndarray]:
+    """The driving video [F, H, W, 3] and its palette masks a model is conditioned on: the frames themselves
+    (SCAIL-2), or the stick-figure re-render and the masks of its drawn bones (the skeleton-driven baseline).
+    Training caches and the benchmark both call this, so the two always agree."""
+    if source == "frames":
+        return sample.driving, sample.driving_mask()
+    if source == "skeleton":
+        skeleton = driving_skeleton(sample.metadata)
+        return skeleton.frames, palette_mask(skeleton.ids, MASK_BACKGROUNDS[sample.mode]["driving"])
+    raise Scail2Error(f"unknown driving source {source!r}; choose from {', '.join(DRIVING_SOURCES)}")
+
+
 def target_plate(metadata: dict) -> np.ndarray:
     """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
     if metadata.get("mode") not in MASK_BACKGROUNDS:

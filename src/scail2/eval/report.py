@@ -1,13 +1,20 @@
-"""`scail2 eval` end to end: load the models, run the benchmark, write the JSON, table, plot and README section."""
+"""Benchmark reports and `scail2 eval` end to end: tables, plot, JSON, README section, atomic file writes.
+
+`run_benchmark` loads the models, runs `benchmark.evaluate` on a held-out split and writes what was asked;
+`scail2 demo` writes its previews with the same helpers.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from scail2.errors import Scail2Error
@@ -15,29 +22,189 @@ from scail2.eval import benchmark
 
 LABELS = {"copy_reference": "copy reference", "skeleton": "skeleton-driven", "scail2": "SCAIL-2 (ours)",
           "vae_round_trip": "VAE round trip (ceiling)"}
+METRIC_HEADERS = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "iou": "IoU ↑", "colour_error": "colour err ↓",
+                  "flicker": "flicker ↓"}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+PLOT_COLOURS = [(150, 150, 150), (230, 140, 40), (40, 110, 220), (90, 180, 90), (170, 80, 170)]
 
+
+# 1. Files, written under a temporary name and renamed when complete ----------------------------------------
+
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def json_safe(value):
+    """NaN and infinities (no visible character, identical videos) become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    text = json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    return write_atomically(path, lambda tmp: Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG"))
+
+
+def write_gif(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    return write_atomically(path, lambda tmp: images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0))
+
+
+# 2. Tables and plot ------------------------------------------------------------------------------------------
+
+def format_score(value: float, metric: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.1f}" if metric in ("psnr", "colour_error") else f"{value:.2f}" if metric == "flicker" \
+        else f"{value:.3f}"
+
+
+def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
+    """Two markdown tables: every metric on all pairs and per task, and silhouette IoU / PSNR per body plan."""
+    labels = labels or LABELS
+    methods = list(summary)
+    if not methods:
+        raise Scail2Error("no scores to report: the benchmark ran on no pairs")
+    lines = ["| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
+             "|---|---:|" + "---:|" * len(benchmark.METRICS)]
+    tasks = [g for g in ("all", "task:animate", "task:replace", "task:multi") if g in summary[methods[0]]]
+    for group in tasks:
+        for method in methods:
+            scores = summary[method].get(group)
+            if scores:
+                name = labels.get(method, method) + ("" if group == "all" else f" ({group[5:]})")
+                lines.append(f"| {name} | {scores['pairs']} | " +
+                             " | ".join(format_score(scores[m], m) for m in benchmark.METRICS) + " |")
+    plans = [g for g in summary[methods[0]] if g.startswith("plan:")]
+    lines += ["", "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} IoU / PSNR" for m in methods) + " |",
+              "|---|" + "---:|" * len(methods)]
+    for group in plans:
+        cells = [f"{format_score(summary[m][group]['iou'], 'iou')} / {format_score(summary[m][group]['psnr'], 'psnr')}"
+                 for m in methods]
+        lines.append(f"| {group[5:]} ({summary[methods[0]][group]['pairs']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def wins(summary: dict, method: str, baseline: str, group: str = "all") -> dict[str, bool]:
+    """Per metric: does `method` beat `baseline` on `group`?"""
+    ours, theirs = summary[method][group], summary[baseline][group]
+    return {m: (ours[m] > theirs[m]) == benchmark.HIGHER_IS_BETTER[m] and ours[m] != theirs[m]
+            for m in benchmark.METRICS}
+
+
+def plot_summary(summary: dict, labels: dict[str, str] | None = None,
+                 panels: tuple[str, ...] = ("iou", "psnr")) -> np.ndarray:
+    """A grouped bar chart [H, W, 3] uint8: one panel per metric, bars per method over all pairs and each body
+    plan. Drawn with PIL, so the report needs no plotting library."""
+    from PIL import Image, ImageDraw
+
+    labels = labels or LABELS
+    methods = list(summary)
+    groups = [g for g in summary[methods[0]] if g == "all" or g.startswith("plan:")]
+    bar, gap, panel_h, left, top = 14, 18, 220, 48, 30
+    group_w = bar * len(methods) + gap
+    width = left + group_w * len(groups) + 20
+    height = top + len(panels) * (panel_h + 60) + 20 * len(methods)
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for p, metric in enumerate(panels):
+        y0 = top + p * (panel_h + 60)
+        values = [summary[m][g][metric] for m in methods for g in groups]
+        high = max([v for v in values if math.isfinite(v)] + [1e-6])
+        scale_max = 1.0 if metric in ("iou", "ssim") else math.ceil(high / 5) * 5
+        draw.text((4, y0 - 22), METRIC_HEADERS[metric], fill=(0, 0, 0))
+        for tick in np.linspace(0, scale_max, 5):
+            y = y0 + panel_h - panel_h * tick / scale_max
+            draw.line([(left - 4, y), (width - 10, y)], fill=(225, 225, 225))
+            draw.text((4, y - 6), f"{tick:g}", fill=(80, 80, 80))
+        for gi, group in enumerate(groups):
+            x0 = left + gi * group_w
+            for mi, method in enumerate(methods):
+                value = summary[method][group][metric]
+                if math.isnan(value):
+                    continue
+                h = panel_h * min(value, scale_max) / scale_max
+                draw.rectangle([x0 + mi * bar, y0 + panel_h - h, x0 + (mi + 1) * bar - 2, y0 + panel_h],
+                               fill=PLOT_COLOURS[mi % len(PLOT_COLOURS)])
+            draw.text((x0, y0 + panel_h + 4), group.removeprefix("plan:")[:9], fill=(0, 0, 0))
+    legend_y = top + len(panels) * (panel_h + 60) - 20
+    for mi, method in enumerate(methods):
+        y = legend_y + 20 * mi
+        draw.rectangle([left, y, left + 12, y + 12], fill=PLOT_COLOURS[mi % len(PLOT_COLOURS)])
+        draw.text((left + 18, y), labels.get(method, method), fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the benchmark markers of `readme` with `section`."""
+    text = _readme_text(readme)
+    write_atomically(readme, lambda tmp: tmp.write_text(_readme_pattern().sub(
+        lambda _: f"{README_START}\n{section}{README_END}", text)))
+
+
+def _readme_pattern() -> re.Pattern:
+    return re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+
+
+def _readme_text(readme: Path) -> str:
+    if not readme.is_file():
+        raise Scail2Error(f"{readme}: no such file; pass the README to update with --readme")
+    text = readme.read_text()
+    if not _readme_pattern().search(text):
+        raise Scail2Error(f"{readme} has no '{README_START}' ... '{README_END}' markers; add them where the table "
+                          "goes")
+    return text
+
+
+# 3. `scail2 eval` --------------------------------------------------------------------------------------------
 
 def skeleton_pipeline(folder: str | Path, vae) -> object:
-    """The skeleton baseline: its own transformer (a folder with transformer/, or the transformer folder) and the
-    SCAIL-2 model's VAE, which it was trained with."""
+    """The skeleton baseline: a full model folder, or a transformer (folder with transformer/, or the
+    transformer folder itself) that decodes with `vae` (the SCAIL-2 model's, which it was trained with)."""
+    from scail2.animate import load_pipeline
     from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
     from scail2.pipelines.pipeline_scail2 import SCAIL2Pipeline
 
     folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return load_pipeline(folder, torch.device("cpu"))
     weights = folder / "transformer" if (folder / "transformer").is_dir() else folder
     if not (weights / "config.json").is_file():
-        raise Scail2Error(f"{weights}: no transformer config.json; pass the skeleton run's export/model folder")
+        raise Scail2Error(f"{weights}: no transformer config.json; pass the skeleton run's export/model folder with "
+                          "--skeleton-model, or --skeleton-model none to leave the baseline out")
     transformer = SCAIL2Transformer3DModel.from_pretrained(weights, torch_dtype=torch.float32)
     return SCAIL2Pipeline(transformer=transformer.eval(), vae=vae)
 
 
-def build_methods(args) -> dict:
+def build_methods(args) -> tuple[dict, object]:
     from scail2.animate import load_pipeline
     from scail2.bundled import BUNDLED_SAMPLING, BUNDLED_SKELETON, bundled_model_dir
 
-    device = torch.device("cpu")
-    pipeline = load_pipeline(args.model or bundled_model_dir(), device)
+    pipeline = load_pipeline(args.model or bundled_model_dir(), torch.device("cpu"))
     overrides = {k: v for k, v in (("steps", args.steps), ("shift", args.shift)) if v is not None}
     settings = dataclasses.replace(BUNDLED_SAMPLING, **overrides)
     methods = {"copy_reference": benchmark.copy_reference}
@@ -49,45 +216,47 @@ def build_methods(args) -> dict:
     return methods, settings
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the text between the benchmark markers of `readme` with `section`."""
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
-        raise Scail2Error(f"{readme} has no '{README_START}' ... '{README_END}' markers; add them where the table "
-                          "goes")
-    _write(readme, pattern.sub(lambda _: f"{README_START}\n{section}{README_END}", text))
+def command_line(args) -> str:
+    """The `scail2 eval` call that regenerates this report."""
+    parts = ["scail2 eval", f"--split {args.split}"]
+    for flag, value in (("--model", args.model), ("--skeleton-model", args.skeleton_model), ("--pairs", args.pairs),
+                        ("--steps", args.steps), ("--shift", args.shift), ("--json", args.json),
+                        ("--report-dir", args.report_dir), ("--readme", args.readme)):
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    if args.seed:
+        parts.append(f"--seed {args.seed}")
+    return " ".join(parts)
 
 
 def run_benchmark(args) -> dict:
+    if args.readme:
+        _readme_text(Path(args.readme))  # fail before the long run, not after it
+    count = benchmark.SPLIT_SIZE if args.pairs is None else args.pairs
+    samples = benchmark.split_pairs(args.split, count)
     methods, settings = build_methods(args)
-    samples = benchmark.split_pairs(args.split, args.pairs or benchmark.SPLIT_SIZE)
     rows = benchmark.evaluate(methods, samples, progress=not args.quiet)
     summary = benchmark.summarise(rows)
-    tables = benchmark.markdown_tables(summary, LABELS)
-    print(tables)
-    protocol = (f"{len(samples)} held-out pairs of the `{args.split}` split (128x128, 17 frames), "
-                f"{settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed {args.seed}; "
-                f"regenerate with `scail2 eval --split {args.split}"
-                + (" --report-dir docs/benchmark --readme README.md`" if args.readme else "`") + ".")
+    tables = markdown_tables(summary)
+    split = benchmark.SPLITS[args.split]
+    beaten = wins(summary, "scail2", "copy_reference")
+    protocol = (f"{len(samples)} held-out pairs of the `{args.split}` split ({split.width}x{split.height}, "
+                f"{split.frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
+                f"{args.seed}. SCAIL-2 beats copy-reference on {sum(beaten.values())} of {len(beaten)} metrics. "
+                f"Regenerate with `{command_line(args)}`.")
+    print(protocol + "\n\n" + tables)
     if args.json:
-        _write(Path(args.json), json.dumps({"split": args.split, "settings": dataclasses.asdict(settings),
-                                            "summary": summary, "rows": rows}, indent=1) + "\n")
+        write_json(args.json, {"split": args.split, "settings": dataclasses.asdict(settings), "summary": summary,
+                               "rows": rows})
     if args.report_dir:
-        from scail2.demo import write_image
-
         folder = Path(args.report_dir)
-        _write(folder / "table.md", protocol + "\n\n" + tables)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_image(folder / "plot.png", benchmark.plot_summary(summary, LABELS))
+        write_atomically(folder / "table.md", lambda tmp: tmp.write_text(protocol + "\n\n" + tables))
+        write_image(folder / "plot.png", plot_summary(summary))
     if args.readme:
-        plot = f"![benchmark plot]({Path(args.report_dir) / 'plot.png'})\n" if args.report_dir else ""
-        update_readme(Path(args.readme), f"{protocol}\n\n{tables}\n{plot}")
+        readme = Path(args.readme)
+        plot = ""
+        if args.report_dir:
+            link = os.path.relpath(Path(args.report_dir).resolve() / "plot.png", readme.resolve().parent)
+            plot = f"![benchmark plot]({Path(link).as_posix()})\n"
+        update_readme(readme, f"{protocol}\n\n{tables}\n{plot}")
     return summary

@@ -109,7 +109,7 @@ def _pad_frames(frames: torch.Tensor, length: int) -> torch.Tensor:
     return frames if missing <= 0 else torch.cat([frames, frames[-1:].expand(missing, *frames.shape[1:])])
 
 
-def _to_uint8(video: torch.Tensor) -> torch.Tensor:
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8."""
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
 
@@ -268,7 +268,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
     def stitch(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
         """Concatenate each segment's new frames (history and padding dropped) -> [T, H, W, 3] uint8."""
         parts = [video[:, seg.history_frames : seg.real_frames] for video, seg in zip(decoded, segments)]
-        return _to_uint8(torch.cat(parts, dim=1))
+        return to_uint8(torch.cat(parts, dim=1))
 
     def history_latent(self, previous: torch.Tensor, segment: Segment) -> torch.Tensor | None:
         """The last `overlap` decoded frames of the previous segment, re-encoded: [1, z, t_h, h, w]."""

@@ -24,7 +24,7 @@ LANE_RISE = 0.1  # a lane-1 character stands this much higher [world units]
 LANE_SHRINK = 0.3  # and is this much smaller (fraction)
 # Parts per rasteriser call: a few frames at a time keeps the sample arrays in cache (measured best ~250).
 PARTS_PER_DRAW = 250
-# Stick-figure bones: 2% of the body height thick, never under 3 pixels across (they must survive the VAE
+# Stick-figure bones: a radius of 2% of the body height (4% across), never under 3 pixels across (they must survive the VAE
 # at half resolution, as pose renderers draw 4-pixel limbs at 512 px).
 SKELETON_BONE_RADIUS = 0.02
 SKELETON_MIN_PIXELS = 1.5
@@ -118,8 +118,8 @@ def actor_batches(posed: PosedActor, views: tuple, height: int, width: int, skel
     ends = (px[frame, ia[part]], py[frame, ia[part]], px[frame, ib[part]], py[frame, ib[part]])
     if skeleton:
         bone = np.maximum(SKELETON_BONE_RADIUS * body_px[frame], SKELETON_MIN_PIXELS)
-        return _skeleton_style(specs, posed.actor.identity).batch(part, frame, *ends, bone, bone, body_px[frame])
-    return _PartStyle(character, specs, posed.actor.identity).batch(part, frame, *ends, ra, rb, body_px[frame])
+        return _PartStyle.bones(specs, posed.actor.identity).batch(part, frame, *ends, bone, bone, body_px[frame])
+    return _PartStyle.of(character, specs, posed.actor.identity).batch(part, frame, *ends, ra, rb, body_px[frame])
 
 
 def _radius_scales(specs, joints: Joints, local: np.ndarray, depth: np.ndarray, index: dict) -> np.ndarray:
@@ -144,32 +144,39 @@ def bone_colour(spec) -> tuple[float, float, float]:
     return tuple(255.0 * c for c in colorsys.hsv_to_rgb(hue, 0.9, 1.0))
 
 
-def _skeleton_style(specs, identity: int) -> "_PartStyle":
-    style = _PartStyle.__new__(_PartStyle)
-    style.fill = np.array([bone_colour(s) for s in specs], dtype=np.float32)
-    style.pattern = style.line = style.fill
-    style.outlined = style.patterned = np.zeros(len(specs), dtype=bool)
-    style.tag = np.zeros(len(specs), dtype=np.uint8)
-    style.identity = np.full(len(specs), identity, dtype=np.uint8)
-    style.outline, style.kind, style.period = 0.0, PATTERN_FLAT, 1.0
-    return style
-
-
+@dataclass(frozen=True)
 class _PartStyle:
-    """Per-part colours and outline settings of one character, ready to slice per frame."""
+    """Per-part colours and outline settings of one character, ready to slice per frame ([P] arrays)."""
 
-    def __init__(self, character: Character, specs, identity: int):
-        colours = character.colours
-        self.fill = np.array([colours[s.colour] for s in specs], dtype=np.float32)
-        self.pattern = np.array([colours["pattern"]] * len(specs), dtype=np.float32)
-        self.line = np.array([colours["outline"]] * len(specs), dtype=np.float32)
-        self.outlined = np.array([s.outlined for s in specs])
-        self.patterned = np.array([s.patterned for s in specs])
-        self.tag = np.array([s.tag for s in specs], dtype=np.uint8)
-        self.identity = np.full(len(specs), identity, dtype=np.uint8)
-        self.outline = character.outline
-        self.kind = PATTERN_CODES[character.pattern]
-        self.period = character.pattern_scale
+    fill: np.ndarray  # [P, 3]
+    pattern: np.ndarray  # [P, 3]
+    line: np.ndarray  # [P, 3]
+    outlined: np.ndarray  # [P] bool
+    patterned: np.ndarray  # [P] bool
+    tag: np.ndarray  # [P] uint8
+    identity: np.ndarray  # [P] uint8
+    outline: float  # outline width in body units
+    kind: int  # pattern code
+    period: float  # pattern period in body units
+
+    @classmethod
+    def of(cls, character: Character, specs, identity: int) -> "_PartStyle":
+        colours, count = character.colours, len(specs)
+        return cls(fill=np.array([colours[s.colour] for s in specs], dtype=np.float32),
+                   pattern=np.array([colours["pattern"]] * count, dtype=np.float32),
+                   line=np.array([colours["outline"]] * count, dtype=np.float32),
+                   outlined=np.array([s.outlined for s in specs]), patterned=np.array([s.patterned for s in specs]),
+                   tag=np.array([s.tag for s in specs], dtype=np.uint8),
+                   identity=np.full(count, identity, dtype=np.uint8), outline=character.outline,
+                   kind=PATTERN_CODES[character.pattern], period=character.pattern_scale)
+
+    @classmethod
+    def bones(cls, specs, identity: int) -> "_PartStyle":
+        """Stick-figure style: flat bone colours, no outline or pattern, no detail tags."""
+        fill, flags = np.array([bone_colour(s) for s in specs], dtype=np.float32), np.zeros(len(specs), dtype=bool)
+        return cls(fill=fill, pattern=fill, line=fill, outlined=flags, patterned=flags,
+                   tag=np.zeros(len(specs), dtype=np.uint8), identity=np.full(len(specs), identity, dtype=np.uint8),
+                   outline=0.0, kind=PATTERN_FLAT, period=1.0)
 
     def batch(self, part, frame, ax, ay, bx, by, ra, rb, body_px: np.ndarray) -> PartBatch:
         width = np.minimum(self.outline * body_px, 0.4 * np.minimum(ra, rb))
