@@ -14,7 +14,6 @@ from scail2.animate import model_fingerprint, sampling_settings
 from scail2.cli import build_parser, main
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings
 from scail2.preprocess.video_io import probe_video, read_video
-from tests.pipelines.components import tiny_pipeline
 from tests.pipelines.media import (
     moving_square_frames,
     square_masks,
@@ -27,12 +26,6 @@ from tests.pipelines.media import (
 SIZE = (64, 96)  # the patched native size: unequal, so a swapped axis fails
 FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=9, overlap=5)
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bundled") / "demo_model"
-    tiny_pipeline(seed=0, text=False, image=False).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,9 @@ from scail2.demo import DEMO_CASES, pick_demo_pairs
 from scail2.eval import benchmark, report
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 from scail2.preprocess.video_io import probe_video
-from tests.pipelines.components import tiny_pipeline
 
 FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=17, overlap=5)
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "demo_model"
-    tiny_pipeline(seed=0, text=False, image=False).save_pretrained(folder)
-    return folder
 
 
 def test_demo_pairs_cover_every_case_and_are_held_out():
