@@ -4,7 +4,6 @@ the bundled model's quality is measured by the benchmark, not here)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
