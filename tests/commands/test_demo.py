@@ -7,9 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from scail2 import bundled
+from scail2.animate import load_pipeline
 from scail2.cli import main
 from scail2.demo import DEMO_CASES, pick_demo_pairs
 from scail2.eval import benchmark, report
@@ -68,3 +70,18 @@ def test_eval_without_a_skeleton_model_is_a_one_line_error(tiny_model, tmp_path,
     assert code == 2
     error = capsys.readouterr().err
     assert "no transformer config.json" in error and "--skeleton-model none" in error and error.count("\n") == 1
+
+
+def test_bundled_models_ship_complete_within_40_mb_and_generate():
+    assets = bundled.BUNDLED_MODEL.parent
+    size = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"bundled weights take {size / 2**20:.1f} MiB"
+    pipeline = load_pipeline(bundled.bundled_model_dir(), torch.device("cpu"))
+    assert pipeline.transformer.config.model_type == "t2v" and pipeline.text_encoder is None
+    skeleton = report.skeleton_pipeline(bundled.BUNDLED_SKELETON, pipeline.vae)
+    assert skeleton.transformer.config == pipeline.transformer.config
+    sample = next(s for _, s in pick_demo_pairs() if s.task == "animate")
+    settings = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=17)
+    for model, driving in ((pipeline, "frames"), (skeleton, "skeleton")):
+        video = benchmark.ModelMethod(model, settings, driving=driving)(sample)
+        assert video.shape == sample.target.shape and 0 < video.std()
