@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -212,3 +213,34 @@ def test_export_dtype_stores_the_same_weights_in_half_precision(setup, tmp_path)
         assert half[key].dtype == torch.float16 and torch.equal(half[key], full[key].half()), key
     with pytest.raises(Scail2Error, match="export_dtype"):
         load_config(str(CONFIG), ["train.export_dtype=int8"])
+
+
+def test_cache_holds_character_coverage_and_foreground_weight_raises_the_loss(setup, tmp_path):
+    from types import SimpleNamespace
+
+    from scail2.data.latent_cache import LatentCache, mask_to_latent
+    from scail2.data.shards import MotionPairDataset, read_shard
+    from scail2.train.trainer import Trainer
+
+    record = LatentCache(setup / "cache")[0]
+    sample = next(iter(read_shard(MotionPairDataset(setup / "data", verify=False).shard_paths[0])))
+    assert record.key == sample.key
+    coverage = record.tensors["target_masks"]
+    latent = record.tensors["target_latents"]
+    assert coverage.shape == (1, *latent.shape[1:]) and 0 < coverage.max() <= 1 and coverage.min() >= 0
+    torch.testing.assert_close(coverage, mask_to_latent(sample.target_ids, tuple(latent.shape[-2:])))
+    # a frame whose left half is character: the latent cells of that half are fully covered, the others empty
+    ids = np.zeros((5, 16, 24), np.uint8)
+    ids[:, :, :12] = 2
+    half = mask_to_latent(ids, (2, 3))
+    assert half.shape == (1, 2, 2, 3) and torch.equal(half[..., :1], torch.ones(1, 2, 2, 1))
+    assert torch.equal(half[..., 2:], torch.zeros(1, 2, 2, 1))
+
+    assert train(setup, tmp_path / "plain", "train.max_steps=2") == 0
+    assert train(setup, tmp_path / "fg", "train.max_steps=2", "flow.foreground_weight=4") == 0
+    assert losses(tmp_path / "fg")[1] > losses(tmp_path / "plain")[1]  # same draws, weights >= 1
+    fake = SimpleNamespace(config=SimpleNamespace(flow=SimpleNamespace(foreground_weight=4.0)))
+    with pytest.raises(Scail2Error, match="target_masks"):
+        Trainer._foreground_weights(fake, {"target_latents": latent})
+    with pytest.raises(Scail2Error, match="foreground_weight"):
+        load_config(str(CONFIG), ["flow.foreground_weight=-1"])

@@ -12,6 +12,7 @@ Tensors of one sample (z latent channels, T latent frames, h x w latent grid):
     target_latents [z, T, h, w]      ref_latents [z, 1, h, w]       ref_masks [28, 1, h, w]
     pose_latents   [z, T, h/2, w/2]  driving_masks [28, T, h/2, w/2]
     detail_masks   [2, T, h, w]      fraction of limb-end (0) and face/head (1) pixels per latent cell
+    target_masks   [1, T, h, w]      fraction of character pixels per latent cell (foreground loss weight)
     text_embeds    [L, text_dim]     image_embeds [N, image_dim]    (only with those encoders)
 
 Each shard is written under a temporary name and renamed when complete, so a killed run resumes at the first
@@ -45,7 +46,7 @@ SUPPORTED_VERSIONS = (1,)
 TEMPORAL_STRIDE = 4
 DETAIL_TAGS = {"limb_ends": 1, "face": 2}  # the synthesis detail map's tags
 TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks")
-OPTIONAL_FIELDS = ("text_embeds", "image_embeds")
+OPTIONAL_FIELDS = ("text_embeds", "image_embeds", "target_masks")  # target_masks: caches from 2026-11-21 on
 
 
 def caption_for(metadata: dict) -> str:
@@ -56,12 +57,22 @@ def caption_for(metadata: dict) -> str:
     return "; ".join(parts)
 
 
-def detail_to_latent(detail: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-    """Detail tags [F, H, W] (F = 4n+1) -> coverage [2, T_lat, h, w]: the largest over each latent frame's pixels."""
-    planes = torch.stack([torch.from_numpy(detail == tag) for tag in DETAIL_TAGS.values()], dim=1).float()
-    pooled = F.interpolate(planes, size=grid, mode="area")  # [F, 2, h, w]
-    groups = torch.cat([pooled[:1].expand(TEMPORAL_STRIDE, -1, -1, -1), pooled[1:]])  # frame 0 stands for 4
+def coverage_to_latent(planes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bool/float planes [F, C, H, W] (F = 4n+1) -> coverage [C, T_lat, h, w]: per latent cell the area fraction,
+    the largest over the pixel frames that latent frame stands for (frame 0 stands for 4, as in the VAE)."""
+    pooled = F.interpolate(planes.float(), size=grid, mode="area")  # [F, C, h, w]
+    groups = torch.cat([pooled[:1].expand(TEMPORAL_STRIDE, -1, -1, -1), pooled[1:]])
     return groups.unflatten(0, (-1, TEMPORAL_STRIDE)).amax(dim=1).permute(1, 0, 2, 3).contiguous()
+
+
+def detail_to_latent(detail: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Detail tags [F, H, W] -> coverage [2, T_lat, h, w] of limb ends (0) and face/head (1)."""
+    return coverage_to_latent(torch.stack([torch.from_numpy(detail == tag) for tag in DETAIL_TAGS.values()], 1), grid)
+
+
+def mask_to_latent(ids: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Identity maps [F, H, W] -> character coverage [1, T_lat, h, w] (the foreground loss weight)."""
+    return coverage_to_latent(torch.from_numpy(ids > 0)[:, None], grid)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -143,13 +154,14 @@ class CacheEncoder:
             "pose_latents": encode_driving(self.codec, torch.from_numpy(np.array(driving)))[0],
             "driving_masks": compress_driving_masks(torch.from_numpy(np.array(driving_mask)))[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),
+            "target_masks": mask_to_latent(sample.target_ids, tuple(target.shape[-2:])),
         }
         if self.text_encoder is not None:
             record["text_embeds"] = self.encode_text([caption_for(sample.metadata)])[0]
         if self.image_encoder is not None:
             pixels = clip_pixel_values(reference, size=self.image_encoder.config.image_size)
             record["image_embeds"] = clip_image_features(self.image_encoder, pixels)[0].float()
-        return {k: v.detach().to("cpu", self.dtype if k != "detail_masks" else torch.float32).contiguous()
+        return {k: v.detach().to("cpu", self.dtype if k not in ("detail_masks", "target_masks") else torch.float32).contiguous()
                 for k, v in record.items()}
 
 

@@ -29,6 +29,7 @@ class FlowConfig:
     history_probability: float = 0.15  # chance that a sample's first latent frames are clean history
     history_latent_frames: int = 2  # 5 pixel frames
     text_dropout: float = 0.1  # chance of the empty prompt (classifier-free guidance training)
+    foreground_weight: float = 0.0  # > 0: loss weight 1 + w * character coverage per latent cell (needs target_masks)
     augmentations: list[dict] = field(default_factory=list)  # [{name, probability, strength}] driving-signal hooks
 
 
@@ -83,6 +84,8 @@ class TrainConfig:
             raise Scail2Error("train.batch_size must be >= 1 and train.max_steps >= 0")
         if not 0 <= self.flow.history_probability <= 1 or not 0 <= self.flow.text_dropout <= 1:
             raise Scail2Error("flow.history_probability and flow.text_dropout must lie in [0, 1]")
+        if self.flow.foreground_weight < 0:
+            raise Scail2Error(f"flow.foreground_weight must be >= 0, got {self.flow.foreground_weight}")
         if isinstance(self.flow.shift, str) and self.flow.shift != "auto":
             raise Scail2Error(f"flow.shift must be 'auto' or a number, got {self.flow.shift!r}")
         if self.model.pretrained is None and self.model.preset is None:
