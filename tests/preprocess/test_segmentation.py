@@ -23,11 +23,13 @@ from scail2.preprocess.segmentation.filters import (
     as_float_images,
     box_mean,
     fill_holes,
+    gaussian_blur,
     guided_filter,
     guided_upsample,
     label_components,
     remove_small_components,
 )
+from scail2.preprocess.segmentation.motion import MotionSettings, anchored_pieces, clean_plate, inpaint_outside
 from scail2.preprocess.segmentation.refine import Refinement, refine_identities
 from scail2.preprocess.segmentation.sam2 import ObjectPrompt, Sam2Tracker, parse_boxes, parse_points
 from tests.preprocess.segmentation_clips import crossing_clip, fixed_camera_clip, iou
@@ -91,6 +93,32 @@ def test_box_mean_matches_average_pooling():
     torch.testing.assert_close(box_mean(x, 2), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_gaussian_blur_per_axis():
+    x = torch.rand(2, 9, 14, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gaussian_blur(x, (1.5, 1.5)), gaussian_blur(x, 1.5))
+    torch.testing.assert_close(gaussian_blur(x, (0.0, 0.0)), x)
+    stripe = torch.zeros(9, 14)
+    stripe[4] = 1.0
+    stripe[4, 7] = 3.0
+    along = gaussian_blur(stripe, (0.0, 2.0))  # spreads along the row, never into the next rows
+    assert float(along[4].sub(1.0).abs().max()) > 0.1 and float(along[torch.arange(9) != 4].abs().max()) == 0.0
+    across = gaussian_blur(stripe, (2.0, 0.0))
+    assert float(across[3].max()) > 0.1 and float(across[:, 0].sub(across[:, 1]).abs().max()) < 1e-6
+
+
+def test_inpainting_fills_a_gap_from_its_sides():
+    # sky over ground; the gap at the top right touches the borders and sits far above the ground's edge
+    image = torch.zeros(3, 40, 60)
+    image[2, :20] = 1.0  # blue sky
+    image[1, 20:] = 1.0  # green ground
+    known = torch.ones(40, 60, dtype=torch.bool)
+    known[:18, 30:] = False
+    gap = inpaint_outside(image, known)[:, :18, 30:]
+    assert bool((gap[2] > gap[1]).all())  # every gap pixel is filled with more sky than ground
+    round_fill = inpaint_outside(image, known, stretch=1.0)[:, :18, 30:]
+    assert float((round_fill[2] > round_fill[1]).float().mean()) < 0.7  # round Gaussians reach the ground first
+
+
 def test_fast_guided_filter_at_equal_size_is_the_guided_filter():
     guide, source = torch.rand(1, 3, 19, 28), torch.rand(1, 2, 19, 28)
     torch.testing.assert_close(guided_upsample(guide, source, guide, 3), guided_filter(guide, source, 3),
@@ -127,7 +155,7 @@ def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed,kind", [(0, "walk"), (3, "run")])
+@pytest.mark.parametrize("seed,kind", [(0, "walk"), (3, "run"), (0, "wave"), (3, "idle")])
 def test_weight_free_method_reaches_iou_09_on_fixed_camera_clips(seed, kind):
     clip = fixed_camera_clip(seed, kind)
     masks, ids = motion_masks(clip.frames, max_characters=1)
@@ -150,6 +178,28 @@ def test_identities_stay_stable_through_an_occlusion_crossing(seed):
         hidden = sum(1 for t in range(ids.shape[0]) if (clip.ids[t] == truth).sum() < 40)
         assert owners == [truth] * (ids.shape[0] - hidden)
     assert iou(ids.numpy() > 0, clip.ids > 0) >= 0.85
+
+
+def test_clean_plate_drops_a_character_who_stays_most_of_the_clip():
+    scene = torch.tensor([0.2, 0.4, 0.9]).view(3, 1, 1).expand(3, 5, 7).contiguous()
+    character = torch.tensor([0.8, 0.1, 0.3]).view(3, 1, 1).expand(3, 5, 7)
+    frames = torch.stack([character] * 7 + [scene] * 3)  # the character covers the pixels 70% of the time
+    frames[0, :, 2, 3] = torch.nan  # a frame that does not see a pixel (moving camera) is left out
+    assert torch.allclose(frames.nanmedian(dim=0).values, character)  # the plain median paints it in
+    plate = clean_plate(frames, scene, quantile=0.3)
+    torch.testing.assert_close(plate, scene)
+
+
+def test_anchored_pieces_keep_what_movement_stays_joined_to():
+    candidates = torch.zeros(12, 20, dtype=torch.bool)
+    candidates[2:8, 2:6] = True  # a body
+    candidates[2:6, 14:18] = True  # a prop
+    moving = torch.zeros(10, 12, 20, dtype=torch.bool)
+    moving[:, 1:3, 7:10] = True  # a waving hand beside the body in every frame (within 2 pixels of it)
+    moving[:2, 3:5, 11:13] = True  # a passer-by near the prop in 2 frames of 10
+    kept = anchored_pieces(candidates, moving, MotionSettings())
+    assert bool(kept[2:8, 2:6].all()) and not bool(kept[:, 10:].any())
+    assert not anchored_pieces(candidates, torch.zeros_like(moving), MotionSettings()).any()
 
 
 def test_no_movement_is_a_clear_error():

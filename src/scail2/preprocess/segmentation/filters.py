@@ -104,18 +104,27 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     return total / count
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of the last two dims of [..., H, W] (replicated borders)."""
-    if sigma <= 0:
-        return x
+def _gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
     radius = max(1, math.ceil(3.0 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(x.dtype)
+    return (kernel / kernel.sum()).to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float | tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian blur of the last two dims of [..., H, W] (replicated borders); `sigma` is one
+    value or (vertical, horizontal)."""
+    sigma_y, sigma_x = sigma if isinstance(sigma, tuple) else (sigma, sigma)
     lead = x.shape[:-2]
     flat = x.reshape(-1, 1, *x.shape[-2:])  # [M, 1, H, W]
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    if sigma_y > 0:
+        kernel = _gaussian_kernel(sigma_y, x.dtype, x.device)
+        pad = kernel.numel() // 2
+        flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
+    if sigma_x > 0:
+        kernel = _gaussian_kernel(sigma_x, x.dtype, x.device)
+        pad = kernel.numel() // 2
+        flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
     return flat.reshape(*lead, *x.shape[-2:])
 
 

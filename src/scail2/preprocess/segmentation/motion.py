@@ -7,15 +7,20 @@ Fixed (or nearly fixed) camera, the main case:
    change probability m_t of each pixel against it (`change_maps`: exposure matched, overlays that stay
    put on screen and flickering pixels tolerated).
 3. The motion region: where the clip moves between nearby frames (`motion_region`); characters live in it.
+   Inside it the background is re-taken as a clean plate: per pixel, the median of the frames that look
+   most like the scene around the region (a character who stays in one spot most of the clip drops out).
 4. The static layer S: where a character barely moves (a seated speaker's torso) it *is* the median.
    `static_prior` compares the median with the scene around the motion region continued into it, and
-   colour models of moving pixels versus the outside scene refine that (`static_layer`).
+   colour models of moving pixels versus the outside scene refine that (`static_layer`). Pieces of the
+   median outside the motion region that stand out from the scene and stay joined to the movement in most
+   frames (the body of someone who only waves) join S (`still_parts`).
 5. The per-frame prior P = (1 - S) m + S (1 - m / 2): where the median is scene, a change means
    character; where the median shows the character, matching it means character and a change is
    undecided (left to colour). Outside the motion region changes count for little.
-6. `colour_model.refine_probability` over the clip; pieces of a frame's mask without movement of their
-   own are dropped (`keep_moving_pieces`); `matte_boundary` puts each edge where the compositing
-   equation says a pixel is half covered.
+6. `colour_model.refine_probability` over the clip; pieces of a frame's mask with neither movement of
+   their own nor a still part of a character are dropped (`keep_moving_pieces`); `matte_boundary` puts
+   each edge where the compositing equation says a pixel is half covered (against the continued scene
+   where the median shows the character).
 
 When even the aligned frames mostly differ from their median (strong parallax, fast motion), the first
 frame is segmented as a still image (`still.py`) and carried forward frame by frame with colour models
@@ -41,8 +46,9 @@ from scail2.preprocess.segmentation.filters import (
     gaussian_blur,
     label_components,
     remove_small_components,
+    rgb_to_lab,
 )
-from scail2.preprocess.segmentation.still import StillSettings, still_probability
+from scail2.preprocess.segmentation.still import StillSettings, barrier_distance, border_seeds, still_probability
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ MAX_LOGIT = 6.0
 MAD_TO_SIGMA = 1.4826
 # Frames the median is taken over (evenly spaced), which bounds its memory and time on long clips.
 MEDIAN_SAMPLES = 96
+# Colour distance ([0, 1] RGB) within which a frame's pixel matches the scene continued into the motion region.
+PLATE_MATCH = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,11 @@ class MotionSettings:
     min_moving_pixels: int = 4  # a piece of a frame's mask needs this many moving pixels to count
     static_change_frequency: float = 0.05  # pixels changing in this share of frames are judged by their changes too
     outside_region_weight: float = 0.1  # a change away from any movement is this much less likely a character
+    plate_quantile: float = 0.4  # the clean plate is the median of this share of frames that look most like the scene
+    still_part_contrast: float = 20.0  # Lab barrier distance from the border at which a still piece stands out
+    still_part_max_fraction: float = 0.25  # ... and covers at most this share of the frame
+    still_part_max_region: float = 0.1  # still parts are looked for only when the motion region is smaller
+    anchor_share: float = 0.6  # a still piece belongs to a character when movement touches it in this share of frames
 
 
 @dataclass
@@ -109,6 +122,12 @@ class AlignedBackground:
             return maps
         return camera.warp(maps[:, None], camera.invert(self.params))[:, 0]
 
+    def to_frames_image(self, reference_image: torch.Tensor) -> torch.Tensor:
+        """A reference image [3, h, w] -> [T, 3, h, w] seen from each frame."""
+        if self.params is None:
+            return reference_image.expand(self.per_frame.shape[0], -1, -1, -1)
+        return camera.warp(reference_image[None], self.params)
+
     def to_frames(self, reference_map: torch.Tensor) -> torch.Tensor:
         """A reference map [h, w] -> [T, h, w] seen from each frame."""
         if self.params is None:
@@ -116,26 +135,53 @@ class AlignedBackground:
         return camera.warp(reference_map[None, None].float(), self.params)[:, 0]
 
 
-def aligned_background(images: torch.Tensor, settings: MotionSettings) -> AlignedBackground:
-    """The clip's background median, with the camera's motion taken out when there is any."""
+def aligned_background(images: torch.Tensor, settings: MotionSettings, params: torch.Tensor | None = None,
+                       plate: tuple[torch.Tensor, torch.Tensor] | None = None) -> AlignedBackground:
+    """The clip's background median, with the camera's motion taken out when there is any.
+
+    `params` reuses an earlier camera estimate. With `plate` = (scene [3, h, w], region bool [h, w]), pixels
+    inside the region take the median of only the frames that look most like the scene there
+    (`clean_plate`): a character who stands in one place for most of the clip no longer paints itself
+    into the background.
+    """
     count, _, height, width = images.shape
-    params = camera.estimate_camera_motion(images, settings.camera) if count >= 3 else None
-    if params is not None and float(camera.displacement_pixels(params, height, width).max()) < settings.camera.still_pixels:
-        params = None
+    if params is None:
+        params = camera.estimate_camera_motion(images, settings.camera) if count >= 3 else None
+        if params is not None and float(camera.displacement_pixels(params, height, width).max()) < settings.camera.still_pixels:
+            params = None
     picks = torch.linspace(0, count - 1, min(MEDIAN_SAMPLES, count)).round().long().unique()
     if params is None:
-        median = images[picks].median(dim=0).values
+        colours = images[picks]
+    else:
+        inverse = camera.invert(params[picks])
+        stack = torch.cat([images[picks], torch.ones(len(picks), 1, height, width)], dim=1)
+        aligned = torch.stack([camera.warp(stack[k : k + 1], inverse[k : k + 1])[0] for k in range(len(picks))])
+        colours = torch.where(aligned[:, 3:] > 0.999, aligned[:, :3], torch.nan)
+    median = colours.nanmedian(dim=0).values
+    if plate is not None:
+        scene, region = plate
+        median = torch.where(region, clean_plate(colours, scene, settings.plate_quantile), median)
+    if params is None:
         return AlignedBackground(None, median, median.expand(count, -1, -1, -1),
                                  torch.ones(count, height, width, dtype=torch.bool))
-    inverse = camera.invert(params[picks])
-    stack = torch.cat([images[picks], torch.ones(len(picks), 1, height, width)], dim=1)
-    aligned = torch.stack([camera.warp(stack[k : k + 1], inverse[k : k + 1])[0] for k in range(len(picks))])
-    colours = torch.where(aligned[:, 3:] > 0.999, aligned[:, :3], torch.nan)
-    median = colours.nanmedian(dim=0).values
     median = torch.where(median.isnan(), images[count // 2], median)
     inside = torch.cat([median, torch.ones(1, height, width)])[None]
     seen = camera.warp(inside, params)
     return AlignedBackground(params, median, seen[:, :3], seen[:, 3] > 0.999)
+
+
+def clean_plate(colours: torch.Tensor, scene: torch.Tensor, quantile: float) -> torch.Tensor:
+    """[3, h, w]: per pixel, the median of the `quantile` share of frames `colours` [K, 3, h, w] (NaN where
+    a frame does not see the pixel) whose colour departs least from `scene` [3, h, w]."""
+    departure = (gaussian_blur(colours.nan_to_num(), 1.0) - gaussian_blur(scene, 1.0)).pow(2).sum(dim=1)
+    departure = torch.where(colours[:, 0].isnan(), torch.inf, departure)
+    rank = max(1, int(quantile * colours.shape[0]))
+    threshold = departure.kthvalue(rank, dim=0).values
+    chosen = (departure <= threshold) & departure.isfinite()
+    plate = torch.where(chosen[:, None], colours, torch.nan).nanmedian(dim=0).values
+    # Only where some frames do look like the continued scene: elsewhere that guess is too rough to trust.
+    trusted = threshold <= PLATE_MATCH**2
+    return torch.where(trusted, plate, colours.nanmedian(dim=0).values)
 
 
 def _distance(images: torch.Tensor, background: torch.Tensor, settings: BackgroundSettings) -> torch.Tensor:
@@ -197,15 +243,22 @@ def motion_region(images: torch.Tensor, settings: MotionSettings) -> torch.Tenso
     return fill_holes(erode(dilate(moving, radius), radius))
 
 
-def inpaint_outside(image: torch.Tensor, known: torch.Tensor, scales=(4, 8, 16, 32, 64)) -> torch.Tensor:
+def inpaint_outside(image: torch.Tensor, known: torch.Tensor, scales=(4, 8, 16, 32, 64), stretch: float = 2.0) -> torch.Tensor:
     """Fill the unknown part of `image` [3, h, w] from the `known` (bool [h, w]) part: normalised
-    Gaussian averages of growing size, each pixel taking the finest scale that reaches it."""
+    Gaussian averages of growing size, each pixel taking the finest scale that reaches it.
+
+    The Gaussians are `stretch` times wider than the scale across and that much shorter up and down:
+    scenes change far more from top to bottom (sky, horizon, floor, wall) than from side to side, so a
+    gap is better filled from its left and right than from above and below.
+    """
     weight = known.float()
     filled = image.clone()
     done = known.clone()
     for sigma in scales:
-        estimate = gaussian_blur(image * weight, sigma) / gaussian_blur(weight, sigma).clamp_min(1e-6)
-        reached = gaussian_blur(weight, sigma) > 0.05
+        spread = (sigma / stretch, sigma * stretch)
+        coverage = gaussian_blur(weight, spread)
+        estimate = gaussian_blur(image * weight, spread) / coverage.clamp_min(1e-6)
+        reached = coverage > 0.05
         filled = torch.where(~done & reached, estimate, filled)
         done |= reached
     return filled
@@ -236,6 +289,12 @@ def static_prior(images: torch.Tensor, change: torch.Tensor, median: torch.Tenso
     return torch.where(region, prior.clamp(-settings.static_max_logit, settings.static_max_logit), -MAX_LOGIT)
 
 
+def scene_around(median: torch.Tensor, region: torch.Tensor, settings: MotionSettings):
+    """(scene [3, h, w], outside bool [h, w]): the median away from the motion region, continued into it."""
+    outside = ~dilate(region, _pixels(region.shape, settings.static_margin_fraction))
+    return inpaint_outside(median, outside), outside
+
+
 def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tensor, region: torch.Tensor,
                  region_seen: torch.Tensor, settings: MotionSettings) -> torch.Tensor:
     """Probability [h, w] that the median shows a character rather than the scene: `static_prior`, then
@@ -244,8 +303,7 @@ def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tenso
     The clip statistics are taken in frame coordinates; with a slowly moving camera that blurs them a
     little, which the colour models absorb.
     """
-    outside = ~dilate(region, _pixels(region.shape, settings.static_margin_fraction))
-    scene = inpaint_outside(median, outside)
+    scene, outside = scene_around(median, region, settings)
     prior = static_prior(images, change, median, scene, region, settings)
     step = max(1, images.shape[0] // 32)
     moving = (change[::step] > 0.5) & region_seen[::step]
@@ -254,6 +312,51 @@ def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tenso
     layer = refine_probability(median[None], prior[None], settings.refine, foreground_samples=foreground,
                                background_samples=scenery)[0]
     return layer * region
+
+
+def anchored_pieces(candidates: torch.Tensor, moving: torch.Tensor, settings: MotionSettings) -> torch.Tensor:
+    """bool [h, w]: the pieces of `candidates` [h, w] that movement (`moving` [T, h, w], same coordinates)
+    touches in at least `anchor_share` of the frames that move at all.
+
+    A standing body stays joined to its waving hand all clip long; a prop that a walker passes is
+    touched for a few frames only.
+    """
+    labels, count = label_components(candidates)
+    if count == 0:
+        return torch.zeros_like(candidates)
+    active = moving.flatten(1).sum(dim=1) >= settings.min_moving_pixels
+    if not bool(active.any()):
+        return torch.zeros_like(candidates)
+    near = dilate(moving[active], 2)
+    touched = torch.zeros(count + 1)
+    for frame in near:
+        touched[torch.unique(labels[frame])] += 1
+    keep = touched >= settings.anchor_share * int(active.sum())
+    keep[0] = False
+    return keep[labels]
+
+
+def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor,
+                settings: MotionSettings) -> torch.Tensor:
+    """bool [h, w]: pieces of the median outside the motion region that stand out from the scene (their
+    minimum barrier distance from the top, left and right borders, as in `still.py`) and that the
+    clip's movement stays joined to: the body of someone who only waves, nods or talks. Pieces that reach
+    the top, left or right border or cover more than `still_part_max_fraction` of the frame are scenery,
+    and so is everything when the movement itself spans more than `still_part_max_region` of the frame
+    (someone who walks or gestures widely has no large still part beside the movement)."""
+    height, width = median.shape[-2:]
+    if float(region.float().mean()) > settings.still_part_max_region:
+        return torch.zeros_like(region)
+    seeds = border_seeds(height, width, settings.still.border_fraction)
+    distance = barrier_distance(rgb_to_lab(median[None])[0], seeds, settings.still.passes).sum(dim=0)
+    labels, count = label_components((distance > settings.still_part_contrast) & ~region)
+    # Scenery, not a body: pieces that reach the top, left or right border, or cover much of the frame.
+    scenery = torch.unique(labels[dilate(seeds, 2)])
+    areas = component_areas(labels, count)
+    keep = areas <= settings.still_part_max_fraction * height * width
+    keep[scenery] = False
+    keep[0] = False
+    return anchored_pieces(keep[labels], moving, settings)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,15 +368,27 @@ def segment_with_background(images: torch.Tensor, background: AlignedBackground,
                             settings: MotionSettings) -> ClipSegmentation:
     region = motion_region(images, settings)  # frame coordinates: the camera barely moves in 2 frames
     region = background.to_reference(region[None].float().expand(images.shape[0], -1, -1)).amax(dim=0) > 0.5
+    scene, _ = scene_around(background.median, region, settings)
+    background = aligned_background(images, settings, background.params, plate=(scene, region))
+    change, _ = change_maps(images, background, settings.background)
+    moving_reference = background.to_reference((change > 0.5).float()) > 0.5
+    standing = still_parts(background.median, region, moving_reference, settings)
+    region = region | standing
     region_seen = background.to_frames(region) > 0.5
-    layer = static_layer(images, change, background.median, region, region_seen, settings)
+    layer = torch.maximum(static_layer(images, change, background.median, region, region_seen, settings),
+                          standing.float())
     layer_seen = background.to_frames(layer)
     prior = (1.0 - layer_seen) * change + layer_seen * (1.0 - 0.5 * change)
     prior = torch.where(region_seen, prior, settings.outside_region_weight * prior)  # characters move
     probability = refine_probability(images, _logit(prior), settings.refine)
-    moving = (change > 0.5) & (layer_seen < 0.5)
+    # A piece of a frame's mask counts as a character when it moves, or when it is a still part of one.
+    anchored = anchored_pieces(layer > 0.5, moving_reference, settings)
+    moving = ((change > 0.5) & (layer_seen < 0.5)) | (background.to_frames(anchored.float()) > 0.5)
     mask = keep_moving_pieces(probability > 0.5, moving, settings.min_moving_pixels)
-    mask = matte_boundary(images, background.per_frame, mask) & background.valid
+    # Where the median shows the character itself, edges are matted against the scene continued inwards.
+    scene, _ = scene_around(background.median, region, settings)
+    plate = torch.where(layer_seen[:, None] > 0.5, background.to_frames_image(scene), background.per_frame)
+    mask = matte_boundary(images, plate, mask) & background.valid
     probability = torch.where(mask, probability.clamp_min(0.5 + 1e-3), probability.clamp_max(0.5 - 1e-3))
     return ClipSegmentation(probability, "background", background.params, background.median, layer, region)
 
