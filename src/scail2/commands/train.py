@@ -30,4 +30,5 @@ def run(args) -> int:
         exported = export_run(trainer)
         if exported is not None:
             print(f"exported {exported}")
+    trainer.group.shutdown()  # on an error torchrun stops the other ranks; a barrier here would hang
     return 0

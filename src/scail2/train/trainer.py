@@ -79,6 +79,13 @@ class ProcessGroup:
         if self.world_size > 1:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """Leave the process group together: gloo's worker threads must stop before the interpreter exits,
+        or a rank can abort at exit ("terminate called without an active exception")."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def init_processes() -> ProcessGroup:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
