@@ -296,14 +296,15 @@ def scene_around(median: torch.Tensor, region: torch.Tensor, settings: MotionSet
 
 
 def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tensor, region: torch.Tensor,
-                 region_seen: torch.Tensor, settings: MotionSettings) -> torch.Tensor:
+                 region_seen: torch.Tensor, scene: tuple[torch.Tensor, torch.Tensor],
+                 settings: MotionSettings) -> torch.Tensor:
     """Probability [h, w] that the median shows a character rather than the scene: `static_prior`, then
     colour models (the changing pixels for characters, the median outside the region for the scene).
 
     The clip statistics are taken in frame coordinates; with a slowly moving camera that blurs them a
-    little, which the colour models absorb.
+    little, which the colour models absorb. `scene` is `scene_around(median, region)`.
     """
-    scene, outside = scene_around(median, region, settings)
+    scene, outside = scene
     prior = static_prior(images, change, median, scene, region, settings)
     step = max(1, images.shape[0] // 32)
     moving = (change[::step] > 0.5) & region_seen[::step]
@@ -375,7 +376,8 @@ def segment_with_background(images: torch.Tensor, background: AlignedBackground,
     standing = still_parts(background.median, region, moving_reference, settings)
     region = region | standing
     region_seen = background.to_frames(region) > 0.5
-    layer = torch.maximum(static_layer(images, change, background.median, region, region_seen, settings),
+    scene = scene_around(background.median, region, settings)
+    layer = torch.maximum(static_layer(images, change, background.median, region, region_seen, scene, settings),
                           standing.float())
     layer_seen = background.to_frames(layer)
     prior = (1.0 - layer_seen) * change + layer_seen * (1.0 - 0.5 * change)
@@ -386,8 +388,7 @@ def segment_with_background(images: torch.Tensor, background: AlignedBackground,
     moving = ((change > 0.5) & (layer_seen < 0.5)) | (background.to_frames(anchored.float()) > 0.5)
     mask = keep_moving_pieces(probability > 0.5, moving, settings.min_moving_pixels)
     # Where the median shows the character itself, edges are matted against the scene continued inwards.
-    scene, _ = scene_around(background.median, region, settings)
-    plate = torch.where(layer_seen[:, None] > 0.5, background.to_frames_image(scene), background.per_frame)
+    plate = torch.where(layer_seen[:, None] > 0.5, background.to_frames_image(scene[0]), background.per_frame)
     mask = matte_boundary(images, plate, mask) & background.valid
     probability = torch.where(mask, probability.clamp_min(0.5 + 1e-3), probability.clamp_max(0.5 - 1e-3))
     return ClipSegmentation(probability, "background", background.params, background.median, layer, region)
