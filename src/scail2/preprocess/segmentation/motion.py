@@ -369,8 +369,8 @@ def segment_with_background(images: torch.Tensor, background: AlignedBackground,
                             settings: MotionSettings) -> ClipSegmentation:
     region = motion_region(images, settings)  # frame coordinates: the camera barely moves in 2 frames
     region = background.to_reference(region[None].float().expand(images.shape[0], -1, -1)).amax(dim=0) > 0.5
-    scene, _ = scene_around(background.median, region, settings)
-    background = aligned_background(images, settings, background.params, plate=(scene, region))
+    first_guess, _ = scene_around(background.median, region, settings)
+    background = aligned_background(images, settings, background.params, plate=(first_guess, region))
     change, _ = change_maps(images, background, settings.background)
     moving_reference = background.to_reference((change > 0.5).float()) > 0.5
     standing = still_parts(background.median, region, moving_reference, settings)
