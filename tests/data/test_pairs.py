@@ -122,6 +122,22 @@ def test_metadata_rebuilds_the_driving_and_target_videos():
         np.testing.assert_array_equal(video.frames, expected)
 
 
+def test_animation_reference_is_shot_from_the_targets_first_view():
+    # The output of an animation starts in the reference's view: away from the characters, the reference and
+    # the target's first frame show the same scene at the same framing, whatever zoom the camera starts at.
+    config = SynthConfig(height=48, width=64, frames=5, seed=5, tasks=("animate",), same_identity=0.0)
+    generator = ProceduralPairGenerator(config)
+    zooms, errors = [], []
+    for index in range(6):
+        sample = generator.generate(index)
+        scenery = ~_dilate(sample.reference_ids > 0, 3) & ~_dilate(sample.target_ids[0] > 0, 3)
+        difference = np.abs(sample.reference.astype(float) - sample.target[0].astype(float))[scenery]
+        zooms.append(sample.metadata["camera"]["zoom"])
+        errors.append(difference.mean())
+    assert max(zooms) - min(zooms) > 0.05  # the starting zoom does vary
+    assert max(errors) < 0.5, errors  # levels of 255 (version 1 shot it at zoom 1: up to 7)
+
+
 def test_bad_settings_are_refused_clearly():
     with pytest.raises(Scail2Error, match="unknown tasks"):
         SynthConfig(tasks=("dance",))

@@ -97,14 +97,16 @@ def test_losers_differ_from_winners_and_drift_further_from_the_drift_free_result
         for name in ("reference", "reference_ids", "driving", "driving_ids", "target_ids", "target_detail"):
             np.testing.assert_array_equal(getattr(sample, name), getattr(original, name), err_msg=name)
         assert pair.loser.shape == winner.shape == original.target.shape and pair.loser.dtype == np.uint8
-        assert _mean_abs(pair.loser, winner) > 0.3
+        # The drift acts on the characters: measured where they are, so small characters meet the same bar.
+        character = sample.target_ids > 0
+        assert _mean_abs(pair.loser[character], winner[character]) > 3.0
         assert pair.info["source_key"] == original.key and pair.info["driving_drift"] > 0.3
         ideal = drift_free(original.reference, original.reference_mask(), original.driving, original.driving_mask(),
                            original.mode)
-        winner_errors.append(_mean_abs(winner, ideal))
-        loser_errors.append(_mean_abs(pair.loser, ideal))
+        winner_errors.append(_mean_abs(winner[character], ideal[character]))
+        loser_errors.append(_mean_abs(pair.loser[character], ideal[character]))
     pairs = list(zip(winner_errors, loser_errors))
-    assert all(loser > winner + 0.1 for winner, loser in pairs), pairs
+    assert all(loser > winner + 0.5 for winner, loser in pairs), pairs
 
 
 def test_the_loser_comes_from_a_twice_synthesised_driving_video():
