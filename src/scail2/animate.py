@@ -121,6 +121,10 @@ def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] 
         pipeline = SCAIL2Pipeline.from_pretrained(str(folder))
     except (OSError, ValueError, EnvironmentError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
+    latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
+    if latent_channels != transformer_channels:
+        raise Scail2Error(f"{folder}: the VAE has {latent_channels} latent channels but the transformer expects "
+                          f"{transformer_channels}; put the VAE the transformer was trained with in {folder / 'vae'}")
     if loras:
         from scail2.models.lora import apply_loras, parse_lora_arg
 

@@ -49,16 +49,20 @@ def tiny_image_encoder(hidden_size: int):
     return CLIPVisionModel(config).eval()
 
 
-def tiny_vae():
+def tiny_vae(z_dim: int = 16):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1).eval()
+    # Wan2.1's latent statistics (diffusers' defaults) for z 16; plain ones for other widths
+    stats = {} if z_dim == 16 else dict(latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+    return AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1, **stats).eval()
 
 
-def tiny_pipeline(seed: int = 0, text: bool = True, image: bool = True) -> SCAIL2Pipeline:
+def tiny_pipeline(seed: int = 0, text: bool = True, image: bool = True, z_dim: int = 16) -> SCAIL2Pipeline:
+    """`z_dim` other than Wan's 16: a VAE with wider latents and a transformer whose in/out channels follow."""
     torch.manual_seed(seed)
-    transformer = SCAIL2Transformer3DModel.from_preset("tiny", model_type="i2v" if image else "t2v").eval()
-    parts = dict(transformer=transformer, vae=tiny_vae())
+    transformer = SCAIL2Transformer3DModel.from_preset("tiny", model_type="i2v" if image else "t2v",
+                                                       in_dim=z_dim + 4, out_dim=z_dim).eval()
+    parts = dict(transformer=transformer, vae=tiny_vae(z_dim))
     if text:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer = tiny_tokenizer(Path(tmp))

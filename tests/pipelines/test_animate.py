@@ -314,6 +314,20 @@ def test_missing_model_files(model_dir, files, tmp_path, capsys):
     _fails(capsys, out, main([*args[:2], str(tmp_path / "nowhere"), *args[3:]]), "nowhere", "model_index.json")
 
 
+def test_wider_latents_run_end_to_end_and_a_mismatched_vae_is_an_error(files, tmp_path, capsys):
+    folder = tmp_path / "z24"
+    tiny_pipeline(seed=0, text=False, image=False, z_dim=24).save_pretrained(folder)
+    out = tmp_path / "o.mp4"
+    assert animate(folder, files, out, "--steps", "1") == 0
+    assert read_video(out).frames.shape == (14, H, W, 3)
+
+    import shutil
+
+    shutil.rmtree(folder / "vae")
+    tiny_pipeline(seed=0, text=False, image=False).vae.save_pretrained(folder / "vae")  # z 16
+    _fails(capsys, tmp_path / "m.mp4", animate(folder, files, tmp_path / "m.mp4"), "24", "16 latent channels")
+
+
 def test_nan_output_is_an_error_and_writes_nothing(files, tmp_path, capsys):
     pipe = tiny_pipeline(seed=0)
     with torch.no_grad():

@@ -125,6 +125,23 @@ def test_foreground_weight_up_weights_character_pixels():
     assert weighted_mean(error, weight) == pytest.approx((0.25 * 4 + 0.25 * 1) / 1.75)
 
 
+def test_first_frame_weight_scales_frame_zero_alone():
+    from scail2.train.vae import VaeLossConfig, pixel_weights
+
+    clips = torch.zeros(2, 3, 5, 4, 6)
+    masks = torch.zeros(2, 1, 5, 4, 6)
+    masks[:, :, :, 1, 2] = 1.0
+    assert pixel_weights(clips, VaeLossConfig(), masks) is None  # neutral: the plain mean
+    weight = pixel_weights(clips, VaeLossConfig(first_frame_weight=5.0), None)
+    assert weight.shape == (2, 1, 5, 4, 6)
+    assert torch.equal(weight[:, :, 0], torch.full((2, 1, 4, 6), 5.0)) and torch.equal(weight[:, :, 1:], torch.ones(2, 1, 4, 4, 6))
+    both = pixel_weights(clips, VaeLossConfig(foreground_weight=3.0, first_frame_weight=2.0), masks)
+    assert both[0, 0, 0, 1, 2] == 8.0 and both[0, 0, 0, 0, 0] == 2.0 and both[1, 0, 4, 1, 2] == 4.0
+    assert both[1, 0, 4, 0, 0] == 1.0
+    with pytest.raises(Scail2Error, match="first_frame_weight"):
+        load_vae_config(CONFIG, ["loss.first_frame_weight=0"])
+
+
 def test_resumed_run_equals_an_uninterrupted_one(data, whole_run, tmp_path):
     split = tmp_path / "split"
     assert train(data, split, "train.max_steps=4", flags=("--max-steps", "2")) == 0
@@ -173,6 +190,19 @@ def test_export_loads_and_round_trips_through_the_codec(data, whole_run):
     pooled = torch.cat(latents, dim=1).double()  # [16, every latent cell]
     torch.testing.assert_close(pooled.mean(1), torch.zeros(16, dtype=torch.float64), atol=1e-4, rtol=0)
     torch.testing.assert_close(pooled.std(1, correction=0), torch.ones(16, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_wider_latents_export_with_their_own_statistics(data, tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    from scail2.pipelines.vae import VideoLatentCodec
+
+    assert train(data, tmp_path / "z24", "model.z_dim=24", "train.max_steps=2", "train.preview_every=0") == 0
+    vae = AutoencoderKLWan.from_pretrained(tmp_path / "z24" / "export" / "vae")
+    assert vae.config.z_dim == 24 and len(vae.config.latents_mean) == len(vae.config.latents_std) == 24
+    latent = VideoLatentCodec(vae).encode(pipeline_inputs(PairVideos(data), 0)["target"])
+    assert latent.shape == (1, 24, 3, 4, 6)
+    assert torch.isfinite(latent).all() and latent.std() > 0.1  # normalised by the export's statistics
 
 
 def test_a_new_sitting_can_start_from_an_export(data, whole_run, tmp_path):

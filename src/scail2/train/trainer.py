@@ -179,7 +179,9 @@ class Trainer:
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:
-            raise Scail2Error(f"the cache has {latent} latent channels, the model {self.model.latent_channels}")
+            raise Scail2Error(f"the cache has {latent} latent channels, the model {self.model.latent_channels}; set "
+                              f"model.overrides.in_dim={latent + 4} and model.overrides.out_dim={latent} (the VAE's "
+                              f"z_dim) or re-cache with the model's VAE")
         if "text_embeds" in sample and sample["text_embeds"].shape[-1] != cfg.text_dim:
             raise Scail2Error(f"the cache's text features are {sample['text_embeds'].shape[-1]} wide, the model's "
                               f"text_dim is {cfg.text_dim}; set model.overrides.text_dim")

@@ -1,8 +1,9 @@
 """Training a small video VAE (diffusers `AutoencoderKLWan`) on the RGB videos of a MotionPair dataset.
 
-The latent layout stays Wan's (spec 4.3): z_dim 16, 8x spatial and 4x temporal compression with a causal
-first frame, so the transformer, the pipeline and the latent cache use the result unchanged; only the widths
-shrink. Sections: 1. config, 2. clips from the shards, 3. the model and the losses, 4. the trainer (a step,
+The latent layout stays Wan's (spec 4.3): 8x spatial and 4x temporal compression with a causal first frame, so
+the pipeline and the latent cache use the result unchanged; the widths shrink, and the latent channels (z_dim,
+16 in Wan2.1) may grow, since a small decoder keeps thin limbs only when the latent carries more than 16
+numbers per 8x8x4 block (the transformer's in_dim/out_dim follow: z_dim + 4 and z_dim). Sections: 1. config, 2. clips from the shards, 3. the model and the losses, 4. the trainer (a step,
 checkpoints, previews), 5. release: latent statistics, export, reconstruction PSNR.
 
 Determinism: the pairs of step s come from a per-epoch permutation seeded by (seed, epoch), and every other draw
@@ -32,7 +33,6 @@ from scail2.train.config import latest_checkpoint, load_config, prune_checkpoint
 from scail2.preprocess.resize import half_resolution
 
 CHECKPOINT_PREFIX = "step-"
-Z_DIM = 16  # Wan's latent channels: the transformer's in/out channels depend on it
 SPATIAL_STRIDE = 8  # patch_size x 2^(len(dim_mult) - 1)
 TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a causal first frame (Wan2.1)
 
@@ -45,6 +45,7 @@ TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a 
 @dataclass
 class VaeArchConfig:
     base_dim: int = 16  # channels of the full-resolution level; Wan2.1 uses 96
+    z_dim: int = 16  # latent channels (Wan2.1: 16); the transformer's in_dim is z_dim + 4, its out_dim z_dim
     decoder_base_dim: int | None = None  # decoder width when it differs from the encoder's
     dim_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])  # width per level (4 levels = 8x)
     num_res_blocks: int = 1  # residual blocks per encoder level (the decoder has one more)
@@ -73,6 +74,8 @@ class VaeLossConfig:
     gradient: float = 0.5  # L1 between horizontal/vertical finite differences: crisp edges without a network
     kl: float = 1.0e-5  # KL to N(0, 1), mean per latent element
     foreground_weight: float = 0.0  # extra L1/MSE weight on character pixels (from the shards' masks)
+    first_frame_weight: float = 1.0  # L1/MSE weight of each clip's first frame, which the causal VAE encodes
+    # alone, as it does every reference image: at 1 it is 1/17 of a clip's loss and comes back the blurriest
     sample_posterior: bool = True  # decode a posterior sample (True) or its mean
 
 
@@ -124,9 +127,9 @@ class VaeTrainConfig:
             raise Scail2Error(f"model.patch_size {model.patch_size} with {len(model.dim_mult)} levels in "
                               f"model.dim_mult compresses space {stride}x; Wan's layout needs {SPATIAL_STRIDE}x: use 4 "
                               f"levels without patching or 3 levels with patch_size 2")
-        if min(model.dim_mult) < 1 or model.base_dim < 1:
-            raise Scail2Error(f"model.base_dim and model.dim_mult must be positive, got {model.base_dim}, "
-                              f"{model.dim_mult}")
+        if min(model.dim_mult) < 1 or model.base_dim < 1 or model.z_dim < 1:
+            raise Scail2Error(f"model.base_dim, model.z_dim and model.dim_mult must be positive, got "
+                              f"{model.base_dim}, {model.z_dim}, {model.dim_mult}")
         if model.num_res_blocks < 1:
             raise Scail2Error(f"model.num_res_blocks must be at least 1, got {model.num_res_blocks}")
         if data.clip_frames < 1 or (data.clip_frames - 1) % 4:
@@ -138,6 +141,9 @@ class VaeTrainConfig:
             raise Scail2Error(f"data.streams must list target and/or driving, got {data.streams}")
         if not 0 <= data.half_resolution_probability <= 1:
             raise Scail2Error("data.half_resolution_probability must lie in [0, 1]")
+        if self.loss.foreground_weight < 0 or self.loss.first_frame_weight <= 0:
+            raise Scail2Error(f"loss.foreground_weight must be >= 0 and loss.first_frame_weight > 0, got "
+                              f"{self.loss.foreground_weight} and {self.loss.first_frame_weight}")
         if self.export.dtype not in ("float32", "float16"):
             raise Scail2Error(f"export.dtype must be float32 or float16, got {self.export.dtype!r}")
         if self.train.batch_size < 1 or self.train.max_steps < 0 or self.train.keep_checkpoints < 1:
@@ -304,11 +310,11 @@ def build_vae(config: VaeArchConfig, seed: int = 0):
 
     channels = 3 * (config.patch_size or 1) ** 2
     torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=config.base_dim, decoder_base_dim=config.decoder_base_dim, z_dim=Z_DIM,
+    return AutoencoderKLWan(base_dim=config.base_dim, decoder_base_dim=config.decoder_base_dim, z_dim=config.z_dim,
                             dim_mult=list(config.dim_mult), num_res_blocks=config.num_res_blocks,
                             temperal_downsample=config.temporal_downsample(), is_residual=config.is_residual,
                             patch_size=config.patch_size, in_channels=channels, out_channels=channels,
-                            latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM,
+                            latents_mean=[0.0] * config.z_dim, latents_std=[1.0] * config.z_dim,
                             scale_factor_temporal=4, scale_factor_spatial=SPATIAL_STRIDE)
 
 
@@ -341,6 +347,18 @@ def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Ten
     return error.mean() if weight is None else (error * weight).mean() / weight.mean()
 
 
+def pixel_weights(clips: torch.Tensor, config: VaeLossConfig, masks: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-pixel L1/MSE weights [B, 1, T, H, W]: 1 + foreground_weight on character coverage, times
+    first_frame_weight on frame 0; None when both are neutral (the plain mean)."""
+    foreground = masks is not None and config.foreground_weight != 0
+    if not foreground and config.first_frame_weight == 1:
+        return None
+    weight = 1 + config.foreground_weight * masks if foreground else torch.ones_like(clips[:, :1])
+    frame_scale = torch.ones(clips.shape[2], dtype=weight.dtype)
+    frame_scale[0] = config.first_frame_weight
+    return weight * frame_scale[:, None, None]
+
+
 def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch.Generator,
                masks: torch.Tensor | None = None) -> dict:
     """The weighted total ("loss") and its terms for a batch of clips [B, 3, T, H, W] in [-1, 1]; `masks`
@@ -348,7 +366,7 @@ def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch
     posterior = vae.encode(clips).latent_dist
     z = posterior.sample(generator=generator) if config.sample_posterior else posterior.mode()
     recon = decode_unclamped(vae, z)
-    weight = None if masks is None or not config.foreground_weight else 1 + config.foreground_weight * masks
+    weight = pixel_weights(clips, config, masks)
     terms = {"l1": weighted_mean((recon - clips).abs(), weight), "mse": weighted_mean((recon - clips).pow(2), weight),
              "gradient": edge_l1(recon, clips),
              "kl": 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()}
@@ -545,8 +563,9 @@ def pipeline_inputs(videos: PairVideos, index: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def latent_statistics(vae, videos: PairVideos, pairs: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the posterior means over every latent of the first `pairs` pairs."""
-    total = torch.zeros(Z_DIM, dtype=torch.float64)
-    squares = torch.zeros(Z_DIM, dtype=torch.float64)
+    z_dim = vae.config.z_dim
+    total = torch.zeros(z_dim, dtype=torch.float64)
+    squares = torch.zeros(z_dim, dtype=torch.float64)
     count = 0
     for index in range(min(pairs, len(videos))):
         for video in pipeline_inputs(videos, index).values():
