@@ -56,11 +56,13 @@ def whole_run(data, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("patch_size, dim_mult", [(None, [1, 2, 2, 2]), (2, [1, 2, 2])])
-def test_unclamped_decode_matches_diffusers_decode(patch_size, dim_mult):
-    vae = build_vae(VaeArchConfig(base_dim=4, dim_mult=dim_mult, patch_size=patch_size), seed=3).eval()
+@pytest.mark.parametrize("patch_size, dim_mult, residual, z_dim",
+                         [(None, [1, 2, 2, 2], False, 16), (2, [1, 2, 2], False, 16), (2, [1, 2, 2], True, 12)])
+def test_unclamped_decode_matches_diffusers_decode(patch_size, dim_mult, residual, z_dim):
+    config = VaeArchConfig(base_dim=4, dim_mult=dim_mult, patch_size=patch_size, is_residual=residual, z_dim=z_dim)
+    vae = build_vae(config, seed=3).eval()
     torch.manual_seed(0)
-    z = 3 * torch.randn(2, 16, 3, 2, 3)  # large latents drive some pixels outside [-1, 1]
+    z = 3 * torch.randn(2, z_dim, 3, 2, 3)  # large latents drive some pixels outside [-1, 1]
     with torch.no_grad():
         unclamped = decode_unclamped(vae, z)
         reference = vae.decode(z).sample
@@ -224,6 +226,8 @@ def test_bad_input_is_a_one_line_error(data, tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(Scail2Error, match="needs 8x"):
         load_vae_config(CONFIG, ["model.dim_mult=[1,2,2,2]"])  # patch 2 with 4 levels: 16x
+    with pytest.raises(Scail2Error, match="last two"):
+        load_vae_config(CONFIG, ["model.is_residual=true", "model.dim_mult=[1,2,4]"])  # shortcut 32 -> 64 at 1x
     with pytest.raises(Scail2Error, match="4n\\+1"):
         load_vae_config(CONFIG, ["data.clip_frames=8"])
     assert train(tmp_path / "missing", tmp_path / "run") == 2

@@ -130,6 +130,9 @@ class VaeTrainConfig:
         if min(model.dim_mult) < 1 or model.base_dim < 1 or model.z_dim < 1:
             raise Scail2Error(f"model.base_dim, model.z_dim and model.dim_mult must be positive, got "
                               f"{model.base_dim}, {model.z_dim}, {model.dim_mult}")
+        if model.is_residual and model.dim_mult[-1] != model.dim_mult[-2]:
+            raise Scail2Error(f"model.is_residual needs the last two model.dim_mult widths equal (the last level's "
+                              f"parameter-free shortcut cannot widen), got {model.dim_mult}; e.g. [1, 2, 2]")
         if model.num_res_blocks < 1:
             raise Scail2Error(f"model.num_res_blocks must be at least 1, got {model.num_res_blocks}")
         if data.clip_frames < 1 or (data.clip_frames - 1) % 4:
@@ -310,12 +313,16 @@ def build_vae(config: VaeArchConfig, seed: int = 0):
 
     channels = 3 * (config.patch_size or 1) ** 2
     torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=config.base_dim, decoder_base_dim=config.decoder_base_dim, z_dim=config.z_dim,
-                            dim_mult=list(config.dim_mult), num_res_blocks=config.num_res_blocks,
-                            temperal_downsample=config.temporal_downsample(), is_residual=config.is_residual,
-                            patch_size=config.patch_size, in_channels=channels, out_channels=channels,
-                            latents_mean=[0.0] * config.z_dim, latents_std=[1.0] * config.z_dim,
-                            scale_factor_temporal=4, scale_factor_spatial=SPATIAL_STRIDE)
+    try:
+        return AutoencoderKLWan(base_dim=config.base_dim, decoder_base_dim=config.decoder_base_dim,
+                                z_dim=config.z_dim, dim_mult=list(config.dim_mult),
+                                num_res_blocks=config.num_res_blocks, temperal_downsample=config.temporal_downsample(),
+                                is_residual=config.is_residual, patch_size=config.patch_size, in_channels=channels,
+                                out_channels=channels, latents_mean=[0.0] * config.z_dim,
+                                latents_std=[1.0] * config.z_dim, scale_factor_temporal=4,
+                                scale_factor_spatial=SPATIAL_STRIDE)
+    except ValueError as error:  # diffusers' own width checks (the residual shortcuts')
+        raise Scail2Error(f"the model section cannot build an AutoencoderKLWan: {error}") from None
 
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
