@@ -127,6 +127,16 @@ def test_foreground_weight_up_weights_character_pixels():
     assert weighted_mean(error, weight) == pytest.approx((0.25 * 4 + 0.25 * 1) / 1.75)
 
 
+def test_temporal_loss_sees_changing_errors_not_constant_ones():
+    from scail2.train.vae import temporal_l1
+
+    target = torch.randn(2, 3, 5, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert temporal_l1(target + 0.3, target) < 1e-6  # an error that stays put does not flicker
+    offsets = torch.tensor([0.0, 0.2, 0.0, 0.2, 0.0])[None, None, :, None, None]
+    assert temporal_l1(target + offsets, target) == pytest.approx(0.2)  # every frame step changes it by 0.2
+    assert temporal_l1(target[:, :, :1] + 1, target[:, :, :1]) == 0  # one frame: nothing to compare
+
+
 def test_first_frame_weight_scales_frame_zero_alone():
     from scail2.train.vae import VaeLossConfig, pixel_weights
 

@@ -72,6 +72,7 @@ class VaeLossConfig:
     l1: float = 1.0  # pixel L1 in [-1, 1]
     mse: float = 0.0  # pixel MSE
     gradient: float = 0.5  # L1 between horizontal/vertical finite differences: crisp edges without a network
+    temporal: float = 0.0  # L1 between frame-to-frame differences: errors that change between frames are flicker
     kl: float = 1.0e-5  # KL to N(0, 1), mean per latent element
     foreground_weight: float = 0.0  # extra L1/MSE weight on character pixels (from the shards' masks)
     first_frame_weight: float = 1.0  # L1/MSE weight of each clip's first frame, which the causal VAE encodes
@@ -349,6 +350,13 @@ def edge_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((dx(recon) - dx(target)).abs().mean() + (dy(recon) - dy(target)).abs().mean())
 
 
+def temporal_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the frame-to-frame differences of two videos [B, C, T, H, W] (0 for single frames)."""
+    if recon.shape[2] < 2:
+        return recon.new_zeros(())
+    return (recon.diff(dim=2) - target.diff(dim=2)).abs().mean()
+
+
 def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean of error [B, C, T, H, W] with per-pixel weights [B, 1, T, H, W] (None: plain mean), scale-preserving."""
     return error.mean() if weight is None else (error * weight).mean() / weight.mean()
@@ -375,7 +383,7 @@ def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch
     recon = decode_unclamped(vae, z)
     weight = pixel_weights(clips, config, masks)
     terms = {"l1": weighted_mean((recon - clips).abs(), weight), "mse": weighted_mean((recon - clips).pow(2), weight),
-             "gradient": edge_l1(recon, clips),
+             "gradient": edge_l1(recon, clips), "temporal": temporal_l1(recon, clips),
              "kl": 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()}
     terms["loss"] = sum(getattr(config, name) * value for name, value in terms.items())
     return terms
