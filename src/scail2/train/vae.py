@@ -1,10 +1,10 @@
 """Training a small video VAE (diffusers `AutoencoderKLWan`) on the RGB videos of a MotionPair dataset.
 
 The latent layout stays Wan's (spec 4.3): 8x spatial and 4x temporal compression with a causal first frame, so
-the pipeline and the latent cache use the result unchanged; the widths shrink, and the latent channels (z_dim,
-16 in Wan2.1) may grow, since a small decoder keeps thin limbs only when the latent carries more than 16
-numbers per 8x8x4 block (the transformer's in_dim/out_dim follow: z_dim + 4 and z_dim). Sections: 1. config, 2. clips from the shards, 3. the model and the losses, 4. the trainer (a step,
-checkpoints, previews), 5. release: latent statistics, export, reconstruction PSNR.
+the pipeline and the latent cache use the result unchanged. The widths shrink; the latent channels (`z_dim`, 16
+in Wan2.1) may change, and the transformer's in_dim/out_dim then follow (z_dim + 4, z_dim). Sections: 1. config,
+2. clips from the shards, 3. the model and the losses, 4. the trainer (a step, checkpoints, previews), 5. release:
+latent statistics, export, reconstruction PSNR.
 
 Determinism: the pairs of step s come from a per-epoch permutation seeded by (seed, epoch), and every other draw
 (stream, frame window, crop, flip, posterior noise) from generators seeded by (seed, step, slot); checkpoints
@@ -76,7 +76,7 @@ class VaeLossConfig:
     kl: float = 1.0e-5  # KL to N(0, 1), mean per latent element
     foreground_weight: float = 0.0  # extra L1/MSE weight on character pixels (from the shards' masks)
     first_frame_weight: float = 1.0  # L1/MSE weight of each clip's first frame, which the causal VAE encodes
-    # alone, as it does every reference image: at 1 it is 1/17 of a clip's loss and comes back the blurriest
+    # alone, as it does every reference image (at 1 that path gets 1/17 of a 17-frame clip's loss)
     sample_posterior: bool = True  # decode a posterior sample (True) or its mean
 
 
