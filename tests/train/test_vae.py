@@ -146,7 +146,8 @@ def test_first_frame_weight_scales_frame_zero_alone():
     assert pixel_weights(clips, VaeLossConfig(), masks) is None  # neutral: the plain mean
     weight = pixel_weights(clips, VaeLossConfig(first_frame_weight=5.0), None)
     assert weight.shape == (2, 1, 5, 4, 6)
-    assert torch.equal(weight[:, :, 0], torch.full((2, 1, 4, 6), 5.0)) and torch.equal(weight[:, :, 1:], torch.ones(2, 1, 4, 4, 6))
+    assert torch.equal(weight[:, :, 0], torch.full((2, 1, 4, 6), 5.0))
+    assert torch.equal(weight[:, :, 1:], torch.ones(2, 1, 4, 4, 6))
     both = pixel_weights(clips, VaeLossConfig(foreground_weight=3.0, first_frame_weight=2.0), masks)
     assert both[0, 0, 0, 1, 2] == 8.0 and both[0, 0, 0, 0, 0] == 2.0 and both[1, 0, 4, 1, 2] == 4.0
     assert both[1, 0, 4, 0, 0] == 1.0

@@ -369,7 +369,7 @@ def pixel_weights(clips: torch.Tensor, config: VaeLossConfig, masks: torch.Tenso
     if not foreground and config.first_frame_weight == 1:
         return None
     weight = 1 + config.foreground_weight * masks if foreground else torch.ones_like(clips[:, :1])
-    frame_scale = torch.ones(clips.shape[2], dtype=weight.dtype)
+    frame_scale = torch.ones(clips.shape[2], dtype=weight.dtype, device=weight.device)
     frame_scale[0] = config.first_frame_weight
     return weight * frame_scale[:, None, None]
 
