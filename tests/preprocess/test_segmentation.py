@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from scail2.errors import Scail2Error
 from scail2.preprocess.segmentation import camera
+from scail2.preprocess.segmentation.colour_model import colour_bins, fit_histogram
 from scail2.preprocess.segmentation.extract import (
     MaskSettings,
     MotionMasks,
@@ -29,7 +30,16 @@ from scail2.preprocess.segmentation.filters import (
     label_components,
     remove_small_components,
 )
-from scail2.preprocess.segmentation.motion import MotionSettings, anchored_pieces, clean_plate, inpaint_outside
+from scail2.preprocess.segmentation.motion import (
+    AlignedBackground,
+    MotionSettings,
+    anchored_pieces,
+    change_maps,
+    character_coloured,
+    clean_plate,
+    inpaint_outside,
+    still_parts,
+)
 from scail2.preprocess.segmentation.refine import Refinement, refine_identities
 from scail2.preprocess.segmentation.sam2 import ObjectPrompt, Sam2Tracker, parse_boxes, parse_points
 from tests.preprocess.segmentation_clips import crossing_clip, fixed_camera_clip, iou
@@ -155,7 +165,7 @@ def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed,kind", [(0, "walk"), (3, "run"), (0, "wave"), (3, "idle")])
+@pytest.mark.parametrize("seed,kind", [(0, "walk"), (3, "run"), (0, "wave"), (3, "idle"), (3, "spin"), (0, "mix")])
 def test_weight_free_method_reaches_iou_09_on_fixed_camera_clips(seed, kind):
     clip = fixed_camera_clip(seed, kind)
     masks, ids = motion_masks(clip.frames, max_characters=1)
@@ -200,6 +210,49 @@ def test_anchored_pieces_keep_what_movement_stays_joined_to():
     kept = anchored_pieces(candidates, moving, MotionSettings())
     assert bool(kept[2:8, 2:6].all()) and not bool(kept[:, 10:].any())
     assert not anchored_pieces(candidates, torch.zeros_like(moving), MotionSettings()).any()
+
+
+def test_still_parts_beside_a_wide_movement_are_small_ones_in_moving_colours():
+    sky, skin, leaf = (torch.tensor(c).view(3, 1, 1) for c in ([0.55, 0.7, 0.9], [0.35, 0.2, 0.1], [0.2, 0.6, 0.2]))
+    median = sky.expand(3, 40, 60).clone()
+    median[:, 9:15, 27:33] = skin  # a still head: 36 pixels
+    median[:, 9:15, 14:20] = leaf  # a still bush of the same size
+    median[:, 3:14, 36:56] = skin  # a large still piece: 220 pixels
+    region = torch.zeros(40, 60, dtype=torch.bool)
+    region[15:35, 10:50] = True  # a spinning body and its arms: a third of the frame
+    moving = torch.zeros(12, 40, 60, dtype=torch.bool)
+    moving[:, 15:17, 12:40] = True  # the shoulders and arms move in every frame, beside all three pieces
+    arms = skin.expand(3, 4, 4)[None]
+    moving_colours = fit_histogram(colour_bins(arms), torch.ones(1, 4, 4))
+    kept = still_parts(median, region, moving, MotionSettings(), moving_colours)
+    assert bool(kept[9:15, 27:33].all())  # 36 <= 15% of the region's 800 pixels, in the moving colours
+    assert not bool(kept[9:15, 14:20].any())  # small, but coloured like nothing that moves
+    assert not bool(kept[3:14, 36:56].any())  # 220 > 120: beside a wide movement, that is scenery
+    assert not bool(still_parts(median, region, moving, MotionSettings()).any())  # no colours, no still parts
+    small_region = region & (torch.arange(60) < 20)  # a region of 200 pixels (8%): no colour or size test
+    assert bool(still_parts(median, small_region, moving, MotionSettings())[3:14, 36:56].all())
+
+
+def test_a_character_standing_still_differs_from_a_clean_background_while_twinkling_does_not():
+    scene = torch.full((3, 10, 14), 0.5)
+    frames = scene.expand(20, -1, -1, -1).clone()
+    frames[4:, :, 2:6, 2:6] = 0.9  # a character stands still from frame 4 on (80% of the clip)
+    frames[::2, :, 6:9, 9:12] = 0.2  # a light that twinkles every other frame
+    background = AlignedBackground(None, scene, scene.expand(20, -1, -1, -1), torch.ones(20, 10, 14, dtype=torch.bool))
+    change, _ = change_maps(frames, background, MotionSettings().background)
+    assert bool((change[4:, 3:5, 3:5] > 0.5).all()) and bool((change[:4, 3:5, 3:5] < 0.5).all())
+    assert bool((change[:, 7, 10] < 0.5).all())
+
+
+def test_a_ghost_coloured_like_the_scene_does_not_count_as_covering_it():
+    frames = torch.zeros(6, 3, 12, 16)
+    frames[:, 2] = 0.9  # a blue scene
+    frames[:, :, 3:9, 2:6] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)  # a red character
+    probability = torch.zeros(6, 12, 16)
+    probability[:, 3:9, 2:6] = 0.95
+    probability[:, 3:6, 10:13] = 0.9  # a ghost: masked, but showing the blue scene
+    covered = character_coloured(frames, probability)
+    assert bool(covered[:, 3:9, 2:6].all()) and not bool(covered[:, :, 8:].any())
 
 
 def test_no_movement_is_a_clear_error():

@@ -229,6 +229,26 @@ def test_a_new_sitting_can_start_from_an_export(data, whole_run, tmp_path):
         VaeTrainer(other, data, tmp_path / "other")
 
 
+def test_a_decoder_only_sitting_keeps_the_latents(data, whole_run, tmp_path):
+    start = whole_run / "export" / "vae"
+    assert train(data, tmp_path / "dec", f"train.init_from={start}", "train.freeze_encoder=true",
+                 "train.max_steps=2", "train.preview_every=0", "optim.warmup_steps=1") == 0
+    before = load_file(str(start / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(tmp_path / "dec" / "export" / "vae" / "diffusion_pytorch_model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[key], after[key]) for key in trained)
+    folders = (start, tmp_path / "dec" / "export" / "vae")
+    configs = [json.loads((folder / "config.json").read_text()) for folder in folders]
+    assert configs[0]["latents_mean"] == configs[1]["latents_mean"]  # the same latents, so caches stay valid
+    assert configs[0]["latents_std"] == configs[1]["latents_std"]
+    with pytest.raises(Scail2Error, match="freeze_encoder"):
+        VaeTrainer(load_vae_config(CONFIG, TINY + ["train.freeze_encoder=true"]), data, tmp_path / "no-init")
+
+
 def test_bad_input_is_a_one_line_error(data, tmp_path, capsys):
     assert train(data, tmp_path / "run", flags=("--resume",)) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err

@@ -98,6 +98,9 @@ class VaeLoopConfig:
     batch_size: int = 8
     seed: int = 0
     init_from: str | None = None  # an exported VAE folder to start from (same model section), e.g. a new sitting
+    # Train the decoder only (needs init_from): the encoder, hence the latents and every cache built on them,
+    # stay exactly as they were, so a transformer trained on those caches keeps working with the new decoder.
+    freeze_encoder: bool = False
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     log_every: int = 10
     checkpoint_every: int = 100
@@ -375,10 +378,12 @@ def pixel_weights(clips: torch.Tensor, config: VaeLossConfig, masks: torch.Tenso
 
 
 def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch.Generator,
-               masks: torch.Tensor | None = None) -> dict:
+               masks: torch.Tensor | None = None, train_encoder: bool = True) -> dict:
     """The weighted total ("loss") and its terms for a batch of clips [B, 3, T, H, W] in [-1, 1]; `masks`
-    [B, 1, T, H, W] (character coverage) up-weight character pixels by loss.foreground_weight."""
-    posterior = vae.encode(clips).latent_dist
+    [B, 1, T, H, W] (character coverage) up-weight character pixels by loss.foreground_weight. Without
+    `train_encoder` the encoder runs without a graph (a decoder-only sitting)."""
+    with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+        posterior = vae.encode(clips).latent_dist
     z = posterior.sample(generator=generator) if config.sample_posterior else posterior.mode()
     recon = decode_unclamped(vae, z)
     weight = pixel_weights(clips, config, masks)
@@ -416,7 +421,14 @@ class VaeTrainer:
         self.vae = build_vae(config.model, config.train.seed).train()
         if config.train.init_from:
             self._load_initial_weights(Path(config.train.init_from))
-        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+        if config.train.freeze_encoder:
+            if not config.train.init_from:
+                raise Scail2Error("train.freeze_encoder keeps an encoder as it is: give the VAE to keep with "
+                                  "train.init_from=RUN/export/vae")
+            for module in (self.vae.encoder, self.vae.quant_conv):
+                module.requires_grad_(False)
+        self.trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.optim.lr, betas=tuple(config.optim.betas),
                                            eps=config.optim.eps, weight_decay=config.optim.weight_decay)
         self.ema = {name: p.detach().clone() for name, p in self.vae.named_parameters()}
         self.step = 0
@@ -447,10 +459,11 @@ class VaeTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         clips, masks = self.plan.batch(step)
-        terms = vae_losses(self.vae, clips, self.config.loss, step_generator(self.config.train.seed, step), masks)
+        terms = vae_losses(self.vae, clips, self.config.loss, step_generator(self.config.train.seed, step), masks,
+                           train_encoder=not self.config.train.freeze_encoder)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.grad_clip)
         self.optimizer.step()
         decay = min(self.config.optim.ema_decay, (1 + step) / (10 + step))  # warm-up: forget the random init fast
         with torch.no_grad():

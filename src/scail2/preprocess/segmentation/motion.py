@@ -21,6 +21,9 @@ Fixed (or nearly fixed) camera, the main case:
    their own nor a still part of a character are dropped (`keep_moving_pieces`); `matte_boundary` puts
    each edge where the compositing equation says a pixel is half covered (against the continued scene
    where the median shows the character).
+7. A second pass of 2-6 whose median leaves out, per pixel, the frames the first pass masked in the
+   character's colours: where a character stood for most of the clip the median held the character,
+   and the first pass saw a ghost wherever the scene reappeared.
 
 When even the aligned frames mostly differ from their median (strong parallax, fast motion), the first
 frame is segmented as a still image (`still.py`) and carried forward frame by frame with colour models
@@ -36,7 +39,14 @@ import torch
 
 from scail2.preprocess.segmentation import camera
 from scail2.preprocess.segmentation.background import BackgroundSettings, change_probability, exposure_gains
-from scail2.preprocess.segmentation.colour_model import ColourSamples, RefineSettings, colour_bins, refine_probability
+from scail2.preprocess.segmentation.colour_model import (
+    ColourSamples,
+    RefineSettings,
+    colour_bins,
+    colour_evidence,
+    fit_histogram,
+    refine_probability,
+)
 from scail2.preprocess.segmentation.filters import (
     box_mean,
     component_areas,
@@ -81,8 +91,13 @@ class MotionSettings:
     plate_quantile: float = 0.4  # the clean plate is the median of this share of frames that look most like the scene
     still_part_contrast: float = 20.0  # Lab barrier distance from the border at which a still piece stands out
     still_part_max_fraction: float = 0.25  # ... and covers at most this share of the frame
-    still_part_max_region: float = 0.1  # still parts are looked for only when the motion region is smaller
+    still_part_max_region: float = 0.1  # beyond a motion region this large, still parts are small next to it:
+    still_part_region_share: float = 0.15  # ... at most this share of the region's area (a head above a spin)
+    still_part_colour_evidence: float = 1.0  # ... and its colours this much likelier (mean log) among moving pixels
     anchor_share: float = 0.6  # a still piece belongs to a character when movement touches it in this share of frames
+    background_passes: int = 2  # the second pass takes the background from the frames the first found uncovered
+    uncovered_share: float = 0.05  # ... at pixels that this share of the frames (at least 2) see uncovered
+    covered_margin_fraction: float = 0.01  # the first pass's masks are grown by this much before that
 
 
 @dataclass
@@ -136,13 +151,16 @@ class AlignedBackground:
 
 
 def aligned_background(images: torch.Tensor, settings: MotionSettings, params: torch.Tensor | None = None,
-                       plate: tuple[torch.Tensor, torch.Tensor] | None = None) -> AlignedBackground:
+                       plate: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       covered: torch.Tensor | None = None) -> AlignedBackground:
     """The clip's background median, with the camera's motion taken out when there is any.
 
     `params` reuses an earlier camera estimate. With `plate` = (scene [3, h, w], region bool [h, w]), pixels
     inside the region take the median of only the frames that look most like the scene there
     (`clean_plate`): a character who stands in one place for most of the clip no longer paints itself
-    into the background.
+    into the background. With `covered` (bool [T, h, w], frame coordinates: an earlier pass's character
+    masks), a pixel's median leaves out the frames where it is covered, wherever at least
+    `uncovered_share` of the frames see it uncovered.
     """
     count, _, height, width = images.shape
     if params is None:
@@ -161,6 +179,14 @@ def aligned_background(images: torch.Tensor, settings: MotionSettings, params: t
     if plate is not None:
         scene, region = plate
         median = torch.where(region, clean_plate(colours, scene, settings.plate_quantile), median)
+    if covered is not None:
+        hidden = covered[picks].float()
+        if params is not None:
+            hidden = torch.stack([camera.warp(hidden[k : k + 1, None], inverse[k : k + 1])[0, 0]
+                                  for k in range(len(picks))])
+        uncovered = torch.where(hidden[:, None] < 0.5, colours, torch.nan)
+        enough = (~uncovered[:, 0].isnan()).sum(dim=0) >= max(2, settings.uncovered_share * len(picks))
+        median = torch.where(enough, uncovered.nanmedian(dim=0).values, median)
     if params is None:
         return AlignedBackground(None, median, median.expand(count, -1, -1, -1),
                                  torch.ones(count, height, width, dtype=torch.bool))
@@ -195,8 +221,10 @@ def change_maps(images: torch.Tensor, background: AlignedBackground, settings: B
 
     With a moving camera, a pixel also counts as unchanged when it matches the plain (screen-fixed)
     median: captions, logos and picture-in-picture boxes stay put on screen while the scene moves.
-    A pixel's own threshold rises with the flicker it shows in most frames (its 30th-percentile
-    distance), so twinkling lights or a rippling backdrop are not taken for characters.
+    A pixel's own threshold rises with the flicker it shows in most frames (the 30th percentile of its
+    change between consecutive frames), so twinkling lights or a rippling backdrop are not taken for
+    characters, while a character who stands still for most of the clip still differs from a clean
+    background.
     """
     distance = _distance(images, background.per_frame, settings)
     distance = torch.where(background.valid, distance, torch.inf)
@@ -206,7 +234,14 @@ def change_maps(images: torch.Tensor, background: AlignedBackground, settings: B
     step = max(1, distance.shape[0] // 16)
     finite = distance[::step][distance[::step].isfinite()]
     noise = float(finite.median()) * MAD_TO_SIGMA
-    flicker = torch.quantile(distance[::step].clamp_max(10.0), settings.flicker_quantile, dim=0)  # [h, w]
+    # Flicker is how much a pixel changes between consecutive frames in most of them: twinkling lights and
+    # rippling water do, a character standing still over the (clean) background does not. With a moving
+    # camera it is the distance to the aligned background instead.
+    if background.params is None:
+        typical = _distance(images[1:], images[:-1], settings)[::step]
+    else:  # consecutive frames differ by the camera's motion; the aligned background does not
+        typical = distance[::step]
+    flicker = torch.quantile(typical.clamp_max(10.0), settings.flicker_quantile, dim=0)  # [h, w]
     threshold = torch.maximum(torch.tensor(max(settings.min_threshold, settings.noise_multiple * noise)),
                               settings.flicker_multiple * flicker)
     change = change_probability(distance.clamp_max(10.0), threshold)
@@ -337,16 +372,23 @@ def anchored_pieces(candidates: torch.Tensor, moving: torch.Tensor, settings: Mo
     return keep[labels]
 
 
-def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor,
-                settings: MotionSettings) -> torch.Tensor:
+def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor, settings: MotionSettings,
+                moving_colours: torch.Tensor | None = None) -> torch.Tensor:
     """bool [h, w]: pieces of the median outside the motion region that stand out from the scene (their
     minimum barrier distance from the top, left and right borders, as in `still.py`) and that the
     clip's movement stays joined to: the body of someone who only waves, nods or talks. Pieces that reach
-    the top, left or right border or cover more than `still_part_max_fraction` of the frame are scenery,
-    and so is everything when the movement itself spans more than `still_part_max_region` of the frame
-    (someone who walks or gestures widely has no large still part beside the movement)."""
+    the top, left or right border or cover more than `still_part_max_fraction` of the frame are scenery.
+
+    When the movement itself spans more than `still_part_max_region` of the frame (someone who walks,
+    dances or spins), a still part beside it can only be a small piece of the same character: the head
+    above a spinning body. It must then cover at most `still_part_region_share` of the region, and its
+    colours must be clearly likelier among the moving pixels (`moving_colours`, a `fit_histogram` table)
+    than in the scene outside the region (`still_part_colour_evidence`): a skin-coloured head passes
+    (2.5 on a procedural spin), the prop or fence a dancing hand keeps brushing does not (0.1 and 0.7).
+    """
     height, width = median.shape[-2:]
-    if float(region.float().mean()) > settings.still_part_max_region:
+    wide = float(region.float().mean()) > settings.still_part_max_region
+    if wide and moving_colours is None:
         return torch.zeros_like(region)
     seeds = border_seeds(height, width, settings.still.border_fraction)
     distance = barrier_distance(rgb_to_lab(median[None])[0], seeds, settings.still.passes).sum(dim=0)
@@ -355,6 +397,12 @@ def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor
     scenery = torch.unique(labels[dilate(seeds, 2)])
     areas = component_areas(labels, count)
     keep = areas <= settings.still_part_max_fraction * height * width
+    if wide:
+        bins = colour_bins(median[None])[0]
+        evidence = colour_evidence(bins, moving_colours, fit_histogram(bins[~region], torch.ones(int((~region).sum()))))
+        mean_evidence = torch.zeros(count + 1).index_add_(0, labels.flatten(), evidence.flatten()) / areas.clamp_min(1)
+        keep &= (areas <= settings.still_part_region_share * float(region.sum()))
+        keep &= mean_evidence > settings.still_part_colour_evidence
     keep[scenery] = False
     keep[0] = False
     return anchored_pieces(keep[labels], moving, settings)
@@ -365,15 +413,43 @@ def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor
 # ---------------------------------------------------------------------------------------------------
 
 
-def segment_with_background(images: torch.Tensor, background: AlignedBackground, change: torch.Tensor,
+def segment_with_background(images: torch.Tensor, background: AlignedBackground,
                             settings: MotionSettings) -> ClipSegmentation:
+    """The fixed (or aligned) camera path: motion region, clean plate, then `background_passes` passes of
+    steps 2-6, each later one with the background taken from the frames the previous pass found uncovered."""
     region = motion_region(images, settings)  # frame coordinates: the camera barely moves in 2 frames
     region = background.to_reference(region[None].float().expand(images.shape[0], -1, -1)).amax(dim=0) > 0.5
     first_guess, _ = scene_around(background.median, region, settings)
-    background = aligned_background(images, settings, background.params, plate=(first_guess, region))
+    plate = (first_guess, region)
+    background = aligned_background(images, settings, background.params, plate=plate)
+    result = segment_pass(images, background, region, settings)
+    for _ in range(settings.background_passes - 1):
+        covered = dilate(character_coloured(images, result.probability),
+                         _pixels(region.shape, settings.covered_margin_fraction))
+        background = aligned_background(images, settings, background.params, plate=plate, covered=covered)
+        result = segment_pass(images, background, region, settings)
+    return result
+
+
+def character_coloured(images: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
+    """bool [T, h, w]: mask pixels (`probability` > 0.5) whose colour is likelier under the masks' colour
+    model than under the rest's. A ghost (the true background where a wrong median holds the character)
+    is masked but coloured like the scene, so the next background pass still sees the scene there."""
+    bins = colour_bins(images)
+    evidence = colour_evidence(bins, fit_histogram(bins, probability), fit_histogram(bins, 1.0 - probability))
+    return (probability > 0.5) & (evidence > 0)
+
+
+def segment_pass(images: torch.Tensor, background: AlignedBackground, region: torch.Tensor,
+                 settings: MotionSettings) -> ClipSegmentation:
+    """Steps 2-6 of the module docstring against one background, inside a motion `region` (reference
+    coordinates)."""
     change, _ = change_maps(images, background, settings.background)
     moving_reference = background.to_reference((change > 0.5).float()) > 0.5
-    standing = still_parts(background.median, region, moving_reference, settings)
+    step = max(1, images.shape[0] // 32)
+    in_region = background.to_frames(region)[::step] > 0.5
+    moving_colours = fit_histogram(colour_bins(images[::step]), ((change[::step] > 0.5) & in_region).float())
+    standing = still_parts(background.median, region, moving_reference, settings, moving_colours)
     region = region | standing
     region_seen = background.to_frames(region) > 0.5
     scene = scene_around(background.median, region, settings)
@@ -440,7 +516,7 @@ def segment_clip(images: torch.Tensor, settings: MotionSettings = MotionSettings
                        "--method sam2 does better)", 100 * changed)
         result = segment_by_propagation(images, settings)
     else:
-        result = segment_with_background(images, background, change, settings)
+        result = segment_with_background(images, background, settings)
     result.changed_fraction = changed
     return result
 
