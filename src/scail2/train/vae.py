@@ -468,7 +468,8 @@ class VaeTrainer:
         decay = min(self.config.optim.ema_decay, (1 + step) / (10 + step))  # warm-up: forget the random init fast
         with torch.no_grad():
             for name, param in self.vae.named_parameters():
-                self.ema[name].lerp_(param.detach(), 1 - decay)
+                if param.requires_grad:  # a frozen encoder's EMA is its weights already
+                    self.ema[name].lerp_(param.detach(), 1 - decay)
         metrics = {name: float(value.detach()) for name, value in terms.items()}
         return {**metrics, "lr": lr, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - start}
 

@@ -399,9 +399,9 @@ def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor
     keep = areas <= settings.still_part_max_fraction * height * width
     if wide:
         bins = colour_bins(median[None])[0]
-        evidence = colour_evidence(bins, moving_colours, fit_histogram(bins[~region], torch.ones(int((~region).sum()))))
+        evidence = colour_evidence(bins, moving_colours, fit_histogram(bins, (~region).float()))
         mean_evidence = torch.zeros(count + 1).index_add_(0, labels.flatten(), evidence.flatten()) / areas.clamp_min(1)
-        keep &= (areas <= settings.still_part_region_share * float(region.sum()))
+        keep &= areas <= settings.still_part_region_share * float(region.sum())
         keep &= mean_evidence > settings.still_part_colour_evidence
     keep[scenery] = False
     keep[0] = False
