@@ -42,6 +42,7 @@ from scail2.preprocess.segmentation.motion import (
 )
 from scail2.preprocess.segmentation.refine import Refinement, refine_identities
 from scail2.preprocess.segmentation.sam2 import ObjectPrompt, Sam2Tracker, parse_boxes, parse_points
+from scail2.preprocess.segmentation.tracking import TrackingSettings, track_identities
 from tests.preprocess.segmentation_clips import crossing_clip, fixed_camera_clip, iou
 
 
@@ -253,6 +254,23 @@ def test_a_ghost_coloured_like_the_scene_does_not_count_as_covering_it():
     probability[:, 3:6, 10:13] = 0.9  # a ghost: masked, but showing the blue scene
     covered = character_coloured(frames, probability)
     assert bool(covered[:, 3:9, 2:6].all()) and not bool(covered[:, :, 8:].any())
+
+
+def test_a_small_track_is_kept_with_a_note_only_when_nothing_larger_moves():
+    frames, height, width = 8, 40, 60  # 2,400 pixels: 1% is 24
+    images = torch.full((frames, 3, height, width), 0.5)
+    small = torch.zeros(frames, height, width, dtype=torch.bool)
+    for t in range(frames):
+        small[t, 30:34, 2 + t : 6 + t] = True  # 16 pixels moving right (a waving hand far away)
+    alone = track_identities(small, images, TrackingSettings(max_characters=2))
+    assert torch.equal(alone.ids > 0, small) and len(alone.tracks) == 1
+    assert len(alone.notes) == 1 and alone.notes[0].startswith("kept a small track") and "0.67%" in alone.notes[0]
+
+    beside = small.clone()
+    beside[:, 5:15, 30:40] = True  # 100 pixels: a character of 4% of the frame
+    tracked = track_identities(beside, images, TrackingSettings(max_characters=2))
+    assert len(tracked.tracks) == 1 and not bool(tracked.ids[small].any()) and bool(tracked.ids[:, 5:15, 30:40].all())
+    assert len(tracked.notes) == 1 and tracked.notes[0].startswith("dropped a track at x=")
 
 
 def test_no_movement_is_a_clear_error():

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-characters", type=int, default=1,
                         help="keep at most K characters, largest first (default 1; raise it for several people)")
     parser.add_argument("--min-track-fraction", type=float, default=0.01,
-                        help="drop characters never covering this share of the frame (default 0.01, with a warning)")
+                        help="drop characters never covering this share of the frame (default 0.01, with a warning; kept "
+                             "when nothing larger moves)")
     parser.add_argument("--preview", action="store_true", help="also write preview.mp4 (masks over the video)")
     parser.add_argument("--driving-mask", help="provided masks: a video or PNG folder, binary or palette colours")
     parser.add_argument("--ref-mask", help="provided reference mask (binary or palette colours)")

@@ -53,7 +53,7 @@ class MaskSettings:
     # One by default: spurious motion (parallax, reflections) must not become a second identity, which
     # would also break the reference binding; several characters are asked for with --max-characters K.
     max_characters: int = 1
-    min_track_fraction: float = 0.01  # tracks whose largest mask is under this share of the frame are dropped
+    min_track_fraction: float = 0.01  # smaller tracks are dropped (kept, with a note, when nothing larger moves)
     work_size: int = 320  # longer side of the weight-free method's working resolution
     refinement: Refinement = field(default_factory=Refinement)
     sam2_model: str | None = None
@@ -130,7 +130,7 @@ class MotionMasks(DrivingMasks):
             tracked = track_identities(segmentation.probability > 0.5, small, settings.tracking())
         self.ids = tracked.ids
         self.method = "motion" if segmentation.method == "background" else "motion (propagation: moving camera)"
-        self.notes = [f"dropped {line}" for line in tracked.dropped]
+        self.notes = list(tracked.notes)
         if segmentation.method != "background":
             self.notes.append(f"{100 * segmentation.changed_fraction:.0f}% of a typical frame differs from the "
                               "background model even after aligning the camera; still-image segmentation was carried "

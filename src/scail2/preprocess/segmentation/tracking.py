@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrackingSettings:
     max_characters: int = 1  # keep the largest tracks (`scail2 masks --max-characters`)
-    min_track_fraction: float = 0.01  # tracks whose largest mask is under this share of the frame are dropped
+    min_track_fraction: float = 0.01  # smaller tracks are dropped (kept, with a note, when nothing larger moves)
     min_component_fraction: float = 2e-4  # pieces under this share of the frame are ignored
     min_new_track_fraction: float = 2e-3  # a piece must cover this share of the frame to start a track
     max_speed_fraction: float = 0.03  # predicted motion per frame is capped at this share of the longer side
@@ -63,7 +63,7 @@ class Track:
 class TrackedIdentities:
     ids: torch.Tensor  # [T, h, w] uint8: 0 background, k = identity k (palette order)
     tracks: list[Track]  # in identity order
-    dropped: list[str]  # one line per dropped track, for the user
+    notes: list[str]  # one line per dropped (or small but kept) track, for the user
 
 
 def _centroid(mask: torch.Tensor) -> torch.Tensor:
@@ -227,25 +227,34 @@ def _merge_companions(tracker: IdentityTracker, settings: TrackingSettings) -> N
 
 
 def _select(tracks: list[Track], count: int, area: int, settings: TrackingSettings) -> tuple[list[Track], list[str]]:
-    """Drop short, small and surplus tracks; the rest in upstream identity order."""
-    kept, dropped = [], []
+    """Drop short, small and surplus tracks; the rest in upstream identity order.
+
+    Small tracks are kept, with a note, when nothing larger moves: a distant character or one that only moves a
+    hand is better reviewed in the preview than refused.
+    """
+    kept, small, notes = [], [], []
     for track in tracks:
         if track.frames == 0:  # folded into another track
             continue
-        peak = track.peak_area / area
         if track.frames < max(2, settings.min_track_frames * count):
-            dropped.append(f"a track seen in only {track.frames} of {count} frames (spurious motion)")
-        elif peak < settings.min_track_fraction:
-            dropped.append(f"a track at x={track.first_centre_x:.0f}px from frame {track.first_frame} covering at "
-                           f"most {100 * peak:.2f}% of the frame (under {100 * settings.min_track_fraction:g}%)")
+            notes.append(f"dropped a track seen in only {track.frames} of {count} frames (spurious motion)")
+        elif track.peak_area / area < settings.min_track_fraction:
+            small.append(track)
         else:
             kept.append(track)
+    for track in small:
+        where = (f"track at x={track.first_centre_x:.0f}px from frame {track.first_frame} covering at most "
+                 f"{100 * track.peak_area / area:.2f}% of the frame (under {100 * settings.min_track_fraction:g}%)")
+        notes.append(f"dropped a {where}" if kept else f"kept a small {where}, as nothing larger moves; check the "
+                     "preview")
+    if not kept:
+        kept = small
     kept.sort(key=lambda tr: tr.total_area, reverse=True)
     for track in kept[settings.max_characters :]:
-        dropped.append(f"a track at x={track.first_centre_x:.0f}px from frame {track.first_frame} beyond "
-                       f"--max-characters {settings.max_characters}")
+        notes.append(f"dropped a track at x={track.first_centre_x:.0f}px from frame {track.first_frame} beyond "
+                     f"--max-characters {settings.max_characters}")
     kept = sorted(kept[: settings.max_characters], key=lambda tr: (tr.first_frame, tr.first_centre_x))
-    return kept, dropped
+    return kept, notes
 
 
 def track_identities(foreground: torch.Tensor, images: torch.Tensor,
@@ -257,11 +266,11 @@ def track_identities(foreground: torch.Tensor, images: torch.Tensor,
     for t in range(count):
         tracker.update(t, foreground[t], bins[t])
     _merge_companions(tracker, settings)
-    kept, dropped = _select(tracker.tracks, count, height * width, settings)
+    kept, notes = _select(tracker.tracks, count, height * width, settings)
     lookup = torch.zeros(len(tracker.tracks) + 1, dtype=torch.uint8)
     for identity, track in enumerate(kept, start=1):
         lookup[track.key] = identity
     ids = torch.stack([lookup[assignment] for assignment in tracker.assignments])
-    for line in dropped:
-        logger.debug("dropped %s", line)
-    return TrackedIdentities(ids, kept, dropped)
+    for line in notes:
+        logger.debug("%s", line)
+    return TrackedIdentities(ids, kept, notes)
