@@ -249,6 +249,23 @@ def test_a_decoder_only_sitting_keeps_the_latents(data, whole_run, tmp_path):
         VaeTrainer(load_vae_config(CONFIG, TINY + ["train.freeze_encoder=true"]), data, tmp_path / "no-init")
 
 
+def test_a_wider_decoder_learns_on_the_kept_encoder(data, whole_run, tmp_path):
+    start = whole_run / "export" / "vae"
+    wider = ["model.decoder_base_dim=6", f"train.init_from={start}"]
+    trainer = VaeTrainer(load_vae_config(CONFIG, TINY + wider + ["train.freeze_encoder=true"]), data, tmp_path / "w")
+    exported = load_file(str(start / "diffusion_pytorch_model.safetensors"))
+    mine = trainer.vae.state_dict()
+    assert all(torch.equal(mine[k], exported[k].float()) for k in exported if k.startswith(("encoder.", "quant_conv.")))
+    assert mine["decoder.conv_in.weight"].shape[0] != exported["decoder.conv_in.weight"].shape[0]
+    assert all(not p.requires_grad for n, p in trainer.vae.named_parameters() if n.startswith("encoder."))
+    assert all(p.requires_grad for n, p in trainer.vae.named_parameters() if n.startswith("decoder."))
+    with pytest.raises(Scail2Error, match="VAE of another architecture"):  # the whole VAE must match otherwise
+        VaeTrainer(load_vae_config(CONFIG, TINY + wider), data, tmp_path / "w2")
+    with pytest.raises(Scail2Error, match="encoder of another architecture"):
+        VaeTrainer(load_vae_config(CONFIG, TINY + ["model.base_dim=8", f"train.init_from={start}",
+                                                   "train.freeze_encoder=true"]), data, tmp_path / "w3")
+
+
 def test_bad_input_is_a_one_line_error(data, tmp_path, capsys):
     assert train(data, tmp_path / "run", flags=("--resume",)) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from scail2.preprocess.resize import half_resolution
 CHECKPOINT_PREFIX = "step-"
 SPATIAL_STRIDE = 8  # patch_size x 2^(len(dim_mult) - 1)
 TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a causal first frame (Wan2.1)
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what train.freeze_encoder keeps: the latents
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -46,7 +47,8 @@ TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a 
 class VaeArchConfig:
     base_dim: int = 16  # channels of the full-resolution level; Wan2.1 uses 96
     z_dim: int = 16  # latent channels (Wan2.1: 16); the transformer's in_dim is z_dim + 4, its out_dim z_dim
-    decoder_base_dim: int | None = None  # decoder width when it differs from the encoder's
+    # Decoder width when it differs from the encoder's; with train.freeze_encoder a new width learns on kept latents.
+    decoder_base_dim: int | None = None
     dim_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])  # width per level (4 levels = 8x)
     num_res_blocks: int = 1  # residual blocks per encoder level (the decoder has one more)
     patch_size: int | None = None  # 2: fold 2x2 pixels into channels first (as Wan2.2), so 3 levels give 8x
@@ -425,8 +427,8 @@ class VaeTrainer:
             if not config.train.init_from:
                 raise Scail2Error("train.freeze_encoder keeps an encoder as it is: give the VAE to keep with "
                                   "train.init_from=RUN/export/vae")
-            for module in (self.vae.encoder, self.vae.quant_conv):
-                module.requires_grad_(False)
+            for name, param in self.vae.named_parameters():
+                param.requires_grad_(not name.startswith(ENCODER_PREFIXES))
         self.trainable = [p for p in self.vae.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.optim.lr, betas=tuple(config.optim.betas),
                                            eps=config.optim.eps, weight_decay=config.optim.weight_decay)
@@ -436,13 +438,24 @@ class VaeTrainer:
             self.load_latest_checkpoint()
 
     def _load_initial_weights(self, folder: Path) -> None:
-        source = load_exported_vae(folder)
-        fresh = self.vae.state_dict()
-        weights = source.state_dict()
-        if weights.keys() != fresh.keys() or any(weights[k].shape != fresh[k].shape for k in fresh):
-            raise Scail2Error(f"train.init_from {folder} holds a VAE of another architecture than this config's "
+        """All weights of an exported VAE of the same architecture; with train.freeze_encoder, only its encoder
+        when the decoder differs (a wider `decoder_base_dim` learns from scratch on the kept latents)."""
+        weights, fresh = load_exported_vae(folder).state_dict(), self.vae.state_dict()
+
+        def matches(prefixes: tuple[str, ...]) -> bool:
+            mine = {k for k in fresh if k.startswith(prefixes)}
+            theirs = {k for k in weights if k.startswith(prefixes)}
+            return mine == theirs and all(weights[k].shape == fresh[k].shape for k in mine)
+
+        if matches(("",)):
+            self.vae.load_state_dict(weights)
+        elif self.config.train.freeze_encoder and matches(ENCODER_PREFIXES):
+            self.vae.load_state_dict({k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}, strict=False)
+            print(f"train.init_from {folder}: encoder loaded; the decoder differs and starts from scratch")
+        else:
+            kept = "encoder" if self.config.train.freeze_encoder else "VAE"
+            raise Scail2Error(f"train.init_from {folder} holds a {kept} of another architecture than this config's "
                               f"model section; copy the model section of its training.json")
-        self.vae.load_state_dict(weights)
 
     # A step ---------------------------------------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
