@@ -68,6 +68,11 @@ def test_summary_groups_and_tables(small_split):
         assert scores["iou"] == pytest.approx(np.mean([r["iou"] for r in members]))
     tables = report.markdown_tables(summary, {"noisy": "noisy truth"})
     assert "| noisy truth | 6 |" in tables and "body plan" in tables
+    copy = summary["copy"]["all"]
+    assert 0 < copy["flicker_character"] < copy["flicker"]  # cameras pan: scenery changes too
+    assert summary["noisy"]["all"]["flicker_character"] == 0  # a constant offset changes nothing over time
+    split = f"| on the characters | {copy['flicker_character']:.2f} | 0.00 |"
+    assert split in tables and f"| elsewhere | {copy['flicker'] - copy['flicker_character']:.2f} | 0.00 |" in tables
     assert report.wins(summary, "noisy", "copy") == {"psnr": True, "ssim": True, "iou": True, "colour_error": True,
                                                      "flicker": True}
     plot = report.plot_summary(summary)

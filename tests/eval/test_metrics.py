@@ -72,6 +72,17 @@ def test_masked_colour_error_and_flicker():
     expected = np.abs(np.diff(VIDEO.astype(float), axis=0)).mean()
     assert temporal_flicker(frozen, VIDEO) == pytest.approx(expected)  # a frozen video misses every change
 
+    region = np.zeros(VIDEO.shape[:3], dtype=bool)
+    region[0, 2:5, 3:11] = True  # in frame 0 only: it still takes both of its transitions' pixels (0-1 only)
+    region[2, 15:18, 20:26] = True  # frame 2: the 1-2 transition
+    inside = temporal_flicker(frozen, VIDEO, region)
+    change = np.abs(np.diff(VIDEO.astype(float), axis=0))
+    hand = (change[0, 2:5, 3:11].sum() + change[1, 15:18, 20:26].sum()) / change.size
+    assert inside == pytest.approx(hand)
+    assert temporal_flicker(frozen, VIDEO, np.zeros_like(region)) == 0
+    assert temporal_flicker(frozen, VIDEO, np.ones_like(region)) == pytest.approx(expected)
+    assert 0 < inside < expected  # the rest, total - inside, is the flicker elsewhere
+
 
 def test_ssim_separable_float32_equals_the_2d_float64_window():
     import torch.nn.functional as F

@@ -33,6 +33,8 @@ SPLITS = {"test": SynthConfig(height=128, width=128, frames=17, seed=2000),
           "val": SynthConfig(height=128, width=128, frames=17, seed=3000)}
 SPLIT_SIZE = 64
 METRICS = ("psnr", "ssim", "iou", "colour_error", "flicker")
+# Averaged like the metrics, not ranked: the part of the flicker on the target's characters (the rest is scenery).
+DIAGNOSTICS = ("flicker_character",)
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "iou": True, "colour_error": False, "flicker": False}
 # A pixel belongs to the output's character when it departs from the empty scene by more than this (0-255):
 # above the VAE's background error (a few levels) and below character/scene contrast.
@@ -97,7 +99,7 @@ class VaeRoundTrip:
 
 
 def pair_metrics(output: np.ndarray, sample: PairSample, plate: np.ndarray | None = None) -> dict[str, float]:
-    """The five scores of one output against its pair's target."""
+    """The five scores of one output against its pair's target, and the flicker's part on the characters."""
     if output.shape != sample.target.shape:
         raise ValueError(f"output {list(output.shape)} does not match the target {list(sample.target.shape)}")
     plate = target_plate(sample.metadata) if plate is None else plate
@@ -107,7 +109,8 @@ def pair_metrics(output: np.ndarray, sample: PairSample, plate: np.ndarray | Non
             "iou": metrics.silhouette_iou(silhouette, character),
             "colour_error": metrics.masked_colour_error(output, sample.target, np.broadcast_to(
                 character[..., None], output.shape)),
-            "flicker": metrics.temporal_flicker(output, sample.target)}
+            "flicker": metrics.temporal_flicker(output, sample.target),
+            "flicker_character": metrics.temporal_flicker(output, sample.target, character)}
 
 
 def pair_groups(sample: PairSample) -> list[str]:
@@ -149,7 +152,8 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         for group in order:
             members = [row for row in mine if group in row["groups"]]
             if members:
-                groups[group] = {"pairs": len(members), **{m: _mean([row[m] for row in members]) for m in METRICS}}
+                groups[group] = {"pairs": len(members),
+                                 **{m: _mean([row[m] for row in members]) for m in METRICS + DIAGNOSTICS}}
         summary[method] = groups
     return summary
 

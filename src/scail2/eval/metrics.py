@@ -76,9 +76,18 @@ def masked_colour_error(prediction: np.ndarray, target: np.ndarray, mask: np.nda
     return float(np.abs(_float(prediction) - _float(target))[mask].mean())
 
 
-def temporal_flicker(prediction: np.ndarray, target: np.ndarray) -> float:
+def temporal_flicker(prediction: np.ndarray, target: np.ndarray, region: np.ndarray | None = None) -> float:
     """Mean absolute difference between the frame-to-frame changes of the prediction and of the target, in
-    0-255 levels: 0 when the prediction changes exactly as the ground truth does (a single frame gives 0)."""
+    0-255 levels: 0 when the prediction changes exactly as the ground truth does (a single frame gives 0).
+
+    With `region` (bool [T, H, W]) only the transitions of pixels inside it in either frame are summed, still
+    divided by all of them: the part of the flicker found there, so the parts of a split add up to the whole.
+    """
     if prediction.shape[0] < 2:
         return 0.0
-    return float(np.abs(np.diff(_float(prediction), axis=0) - np.diff(_float(target), axis=0)).mean())
+    error = np.abs(np.diff(_float(prediction), axis=0) - np.diff(_float(target), axis=0))
+    if region is None:
+        return float(error.mean())
+    region = np.asarray(region, dtype=bool)
+    inside = region[1:] | region[:-1]
+    return float(error[np.broadcast_to(inside[..., None], error.shape)].sum() / error.size)
