@@ -18,8 +18,10 @@ BUNDLED_MODEL = Path(str(files("scail2") / "assets" / "demo_model"))
 BUNDLED_SKELETON = Path(str(files("scail2") / "assets" / "skeleton_baseline"))
 BUNDLED_SIZE = (128, 128)  # (height, width) it was trained at
 # Used when the user names no --preset; explicit --steps/--shift/... still override single fields. Segments of
-# its training length (17 frames), continued from 5 clean frames as in training.
-BUNDLED_SAMPLING = SamplingSettings(sampler="unipc", steps=20, shift=3.0, guidance_scale=1.0, segment_length=17,
+# its training length (17 frames), continued from 5 clean frames as in training. Chosen on the val split (12
+# pairs, steps 3,800 and 5,200): Euler with 10 steps beat UniPC with 20 on all five metrics at half the time;
+# fewer steps score higher still on PSNR but blur the characters (1 step: the posterior mean, IoU -0.02).
+BUNDLED_SAMPLING = SamplingSettings(sampler="euler", steps=10, shift=3.0, guidance_scale=1.0, segment_length=17,
                                     overlap=5)
 
 

@@ -82,11 +82,11 @@ def test_explicit_flags_win_and_guidance_is_off_without_a_text_encoder(tiny_mode
 def test_sampler_defaults_resolve_per_model_and_flags_override_fields():
     assert build_parser().parse_args(["animate", "--ref", "r", "--driving", "d", "--out", "o"]).preset is None
     assert sampling_settings(None, use_bundled=True) == bundled.BUNDLED_SAMPLING
-    assert bundled.BUNDLED_SAMPLING.steps == 20 and bundled.BUNDLED_SAMPLING.guidance_scale == 1.0
+    assert bundled.BUNDLED_SAMPLING.steps == 10 and bundled.BUNDLED_SAMPLING.guidance_scale == 1.0
     assert sampling_settings(None, use_bundled=False) == SAMPLING_PRESETS["quality"]
     assert sampling_settings("fast", use_bundled=True) == SAMPLING_PRESETS["fast"]
     custom = sampling_settings(None, use_bundled=True, steps=7, shift=None, sampler=None)
-    assert (custom.steps, custom.shift, custom.sampler) == (7, bundled.BUNDLED_SAMPLING.shift, "unipc")
+    assert (custom.steps, custom.shift, custom.sampler) == (7, bundled.BUNDLED_SAMPLING.shift, "euler")
 
 
 @pytest.mark.parametrize("layout", ["absent", "vae_only"])
