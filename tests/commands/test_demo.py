@@ -40,7 +40,7 @@ def test_demo_writes_videos_previews_and_metrics(tiny_model, tmp_path, monkeypat
     for row in report_["pairs"]:
         info = probe_video(out / row["file"])
         assert (info.width, info.height, info.declared_frames) == (128, 128, 17)
-        assert set(row["model"]) == set(benchmark.METRICS) == set(row["copy_reference"])
+        assert set(row["model"]) == set(benchmark.METRICS + benchmark.DIAGNOSTICS) == set(row["copy_reference"])
     preview = np.asarray(Image.open(out / "preview.png"))
     assert preview.shape[0] == 128 * len(DEMO_CASES)  # a row per case
     gif = Image.open(out / "preview.gif")
