@@ -107,13 +107,12 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
         cells = [f"{format_score(summary[m][group]['iou'], 'iou')} / {format_score(summary[m][group]['psnr'], 'psnr')}"
                  for m in methods]
         lines.append(f"| {group[5:]} ({summary[methods[0]][group]['pairs']}) | " + " | ".join(cells) + " |")
-    if all("flicker_character" in summary[m]["all"] for m in methods):
-        lines += ["", "| flicker, all pairs | " + " | ".join(labels.get(m, m) for m in methods) + " |",
-                  "|---|" + "---:|" * len(methods)]
-        for name, part in (("on the characters", lambda s: s["flicker_character"]),
-                           ("elsewhere", lambda s: s["flicker"] - s["flicker_character"])):
-            cells = [format_score(part(summary[m]["all"]), "flicker") for m in methods]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| flicker, all pairs | " + " | ".join(labels.get(m, m) for m in methods) + " |",
+              "|---|" + "---:|" * len(methods)]
+    for name, part in (("on the characters", lambda s: s["flicker_character"]),
+                       ("elsewhere", lambda s: s["flicker"] - s["flicker_character"])):
+        cells = [format_score(part(summary[m]["all"]), "flicker") for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
