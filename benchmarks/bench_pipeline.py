@@ -11,7 +11,8 @@ import argparse
 import torch
 
 from benchmarks.common import random_transformer, timed
-from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings, SCAIL2Pipeline
+from scail2.conditioning import AnimationInputs
+from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline
 from scail2.pipelines.segments import plan_segments
 
 

@@ -25,7 +25,8 @@ import torch
 
 from scail2 import __version__, bundled
 from scail2.errors import Scail2Error
-from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, AnimationInputs, SamplingSettings, SCAIL2Pipeline
+from scail2.conditioning import AnimationInputs
+from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder
 from scail2.preprocess import masks as mask_ops
 from scail2.preprocess import video_io

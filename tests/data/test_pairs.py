@@ -54,7 +54,7 @@ def test_same_seed_and_index_give_identical_bytes_regardless_of_history():
     assert encode_sample(other_seed) != first
 
 
-@pytest.mark.parametrize("task,mode", [("animate", "animation"), ("replace", "replacement")])
+@pytest.mark.parametrize("task,mode", [("animate", "animate"), ("replace", "replace")])
 def test_mask_backgrounds_follow_the_mode(task, mode):
     sample = _first(SynthConfig(height=40, width=56, frames=5, seed=1, tasks=(task,), same_identity=0.0))
     assert (sample.task, sample.mode) == (task, mode)
@@ -64,8 +64,8 @@ def test_mask_backgrounds_follow_the_mode(task, mode):
                               ("target", sample.target_mask(), sample.target_ids)):
         assert (mask[ids == 0] == MASK_BACKGROUNDS[mode][stream]).all()
         assert (mask[ids == 1] == IDENTITY_COLORS[0]).all() and (ids == 1).any()
-    assert MASK_BACKGROUNDS[mode]["reference"] == (WHITE if mode == "animation" else BLACK)
-    assert MASK_BACKGROUNDS[mode]["driving"] == (BLACK if mode == "animation" else WHITE)
+    assert MASK_BACKGROUNDS[mode]["reference"] == (WHITE if mode == "animate" else BLACK)
+    assert MASK_BACKGROUNDS[mode]["driving"] == (BLACK if mode == "animate" else WHITE)
 
 
 def test_multi_character_identities_are_bound_by_colour_left_to_right():

@@ -28,7 +28,7 @@ from scail2.data.preference import (
 )
 from scail2.data.shards import MotionPairDataset, write_dataset
 from scail2.errors import Scail2Error
-from scail2.pipelines.conditioning import encode_video
+from scail2.conditioning import encode_video
 
 # 32x48 pixels, 5 frames: latents [16, 2, 4, 6], driving latents [16, 2, 2, 3]; 3 pairs in shards of 2 + 1.
 SOURCE = SynthConfig(height=32, width=48, frames=5, seed=4)
@@ -121,7 +121,7 @@ def test_the_loser_comes_from_a_twice_synthesised_driving_video():
     (own, drive0, mode0), (ref1, drive1, mode1), (ref2, drive2, mode2) = calls
     frame = pair.info["resynthesis_frame"]
     np.testing.assert_array_equal(own, sample.driving[frame])  # the driving character's own appearance
-    assert mode0 == "replacement" and mode1 == mode2 == sample.mode
+    assert mode0 == "replace" and mode1 == mode2 == sample.mode
     assert drive0 is sample.driving and drive1 is sample.driving
     np.testing.assert_array_equal(ref1, sample.reference)
     np.testing.assert_array_equal(ref2, sample.reference)
@@ -131,7 +131,8 @@ def test_the_loser_comes_from_a_twice_synthesised_driving_video():
 
 
 def test_a_pipeline_works_as_the_animator():
-    from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings
+    from scail2.conditioning import AnimationInputs
+    from scail2.pipelines.pipeline_scail2 import SamplingSettings
     from scail2.preprocess.resize import image_to_model
     from tests.pipelines.components import tiny_pipeline
 
@@ -145,7 +146,7 @@ def test_a_pipeline_works_as_the_animator():
     inputs = AnimationInputs(image_to_model(sample.reference, (32, 32)),
                              image_to_model(sample.reference_mask(), (32, 32)), torch.from_numpy(sample.driving),
                              torch.from_numpy(sample.driving_mask()), mode="replace")
-    seed = call_seed(7, sample.reference, sample.reference_mask(), "replacement")
+    seed = call_seed(7, sample.reference, sample.reference_mask(), "replace")
     np.testing.assert_array_equal(frames, pipeline(inputs, settings, seed=seed, progress=False).frames.numpy())
     assert animate.describe()["settings"]["steps"] == 1 and animate.describe()["animator"] == "pipeline"
 
@@ -251,10 +252,10 @@ def test_bad_input_is_refused_and_leaves_nothing_half_written(source, built, tmp
     assert sorted(p.name for p in out.iterdir()) == ["meta.json"]
     with pytest.raises(Scail2Error, match="is not a scail2 preference dataset"):
         build_preference_cache(source, tmp_path / "cache", CacheEncoder.__new__(CacheEncoder), progress=False)
-    with pytest.raises(Scail2Error, match="animation mode must be one of animation, replacement"):
+    with pytest.raises(Scail2Error, match="animation mode must be one of animate, replace, got 'dance'"):
         sample = ProceduralPairGenerator(SOURCE).generate(0)
         ProceduralAnimator()(sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(),
-                             "animate")
+                             "dance")
 
 
 def test_unknown_sample_versions_are_refused(built, tmp_path):

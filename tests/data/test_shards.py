@@ -16,7 +16,7 @@ import pytest
 import webdataset
 from PIL import Image
 
-from scail2.data.pairs import ModelPairGenerator, ProceduralPairGenerator, SynthConfig
+from scail2.data.pairs import ModelPairGenerator, ProceduralPairGenerator, SynthConfig, target_plate
 from scail2.data.shards import (
     MotionPairDataset,
     decode_sample,
@@ -74,7 +74,20 @@ def test_encode_decode_round_trip_keeps_every_pixel_and_the_mode_palette():
     _samples_equal(decode_sample(dict(record), "memory"), sample)
     mask = Image.open(io.BytesIO(record["reference_mask.png"]))
     background = tuple(np.asarray(mask.convert("RGB"))[sample.reference_ids == 0][0])
-    assert mask.mode == "P" and background == (WHITE if sample.mode == "animation" else (0, 0, 0))
+    assert mask.mode == "P" and background == (WHITE if sample.mode == "animate" else (0, 0, 0))
+
+
+@pytest.mark.parametrize("stored,mode", [("animation", "animate"), ("replacement", "replace")])
+def test_samples_stored_with_the_older_mode_words_read_back_in_the_current_ones(stored, mode):
+    sample = ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=5, seed=7, tasks=(mode,))).generate(0)
+    record = encode_sample(sample)
+    header = json.loads(record["json"])
+    header["mode"] = header["metadata"]["mode"] = stored
+    record["json"] = json.dumps(header).encode()
+    decoded = decode_sample(record, "memory")
+    assert decoded.mode == mode
+    np.testing.assert_array_equal(decoded.reference_mask(), sample.reference_mask())
+    assert target_plate(decoded.metadata).shape == sample.target.shape
 
 
 def test_written_dataset_reads_back(reference_run):

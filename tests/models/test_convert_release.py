@@ -104,7 +104,8 @@ def test_missing_release_files_are_listed(tmp_path, capsys):
 
 
 def test_converted_release_generates(release, tmp_path):
-    from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings
+    from scail2.conditioning import AnimationInputs
+    from scail2.pipelines.pipeline_scail2 import SamplingSettings
 
     root, _ = release
     config = tmp_path / "tiny16.json"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from scail2.cli import main
-from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings, SCAIL2Pipeline
+from scail2.conditioning import AnimationInputs
+from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline
 from scail2.pipelines.segments import plan_segments
 from scail2.preprocess.video_io import probe_video, read_video
 from tests.pipelines.components import tiny_pipeline

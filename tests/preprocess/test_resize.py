@@ -12,8 +12,6 @@ from scail2.errors import Scail2Error
 from scail2.preprocess.resize import (
     choose_target_size,
     frame_resizer,
-    frames_to_model_video,
-    half_resolution,
     image_to_model,
     rectangle_crop_geometry,
     resize_crop_uint8,
@@ -74,19 +72,3 @@ def test_image_path_normalises_before_resizing():
     signed = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0 * 2.0 - 1.0
     torch.testing.assert_close(out, resize_for_rectangle_crop(signed, (48, 80)), rtol=0, atol=0)
     assert out.shape == (3, 48, 80)
-
-
-def test_model_video_layout_and_range():
-    frames = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 4, 6, 3)
-    video = frames_to_model_video(frames)
-    assert video.shape == (3, 2, 4, 6)
-    assert video[:, 0].max() == -1.0 and video[:, 1].min() == 1.0
-
-
-def test_half_resolution_is_the_2x2_mean():
-    video = torch.randn(3, 5, 16, 24, generator=torch.Generator().manual_seed(0))
-    half = half_resolution(video)
-    assert half.shape == (3, 5, 8, 12)
-    torch.testing.assert_close(half, F.avg_pool2d(video, 2), rtol=0, atol=1e-6)
-    with pytest.raises(ValueError):
-        half_resolution(torch.zeros(3, 1, 15, 24))

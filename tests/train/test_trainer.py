@@ -218,7 +218,8 @@ def test_export_dtype_stores_the_same_weights_in_half_precision(setup, tmp_path)
 def test_cache_holds_character_coverage_and_foreground_weight_raises_the_loss(setup, tmp_path):
     from types import SimpleNamespace
 
-    from scail2.data.latent_cache import LatentCache, mask_to_latent
+    from scail2.conditioning import mask_to_latent
+    from scail2.data.latent_cache import LatentCache
     from scail2.data.shards import MotionPairDataset, read_shard
     from scail2.train.trainer import Trainer
 

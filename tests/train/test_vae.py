@@ -187,7 +187,7 @@ def test_loss_falls_on_a_tiny_overfit_set(tmp_path):
 def test_export_loads_and_round_trips_through_the_codec(data, whole_run):
     from diffusers import AutoencoderKLWan
 
-    from scail2.pipelines.vae import VideoLatentCodec
+    from scail2.conditioning import VideoLatentCodec
 
     vae = AutoencoderKLWan.from_pretrained(whole_run / "export" / "vae")
     assert next(vae.parameters()).dtype == torch.float32  # stored as fp16, loaded as fp32
@@ -208,7 +208,7 @@ def test_export_loads_and_round_trips_through_the_codec(data, whole_run):
 def test_wider_latents_export_with_their_own_statistics(data, tmp_path):
     from diffusers import AutoencoderKLWan
 
-    from scail2.pipelines.vae import VideoLatentCodec
+    from scail2.conditioning import VideoLatentCodec
 
     assert train(data, tmp_path / "z24", "model.z_dim=24", "train.max_steps=2", "train.preview_every=0") == 0
     vae = AutoencoderKLWan.from_pretrained(tmp_path / "z24" / "export" / "vae")

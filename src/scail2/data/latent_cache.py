@@ -32,19 +32,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
+from scail2.conditioning import (
+    VideoLatentCodec,
+    compress_driving_masks,
+    compress_reference_mask,
+    detail_to_latent,
+    encode_driving,
+    encode_video,
+    mask_to_latent,
+)
 from scail2.data.pairs import DRIVING_SOURCES, driving_condition
 from scail2.errors import Scail2Error
+from scail2.modes import parse_mode
 
 FORMAT = "scail2-latent-cache"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-TEMPORAL_STRIDE = 4
-DETAIL_TAGS = {"limb_ends": 1, "face": 2}  # the synthesis detail map's tags
 TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks")
 OPTIONAL_FIELDS = ("text_embeds", "image_embeds", "target_masks")  # target_masks: caches from 2026-11-21 on
 
@@ -57,24 +64,6 @@ def caption_for(metadata: dict) -> str:
     return "; ".join(parts)
 
 
-def coverage_to_latent(planes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bool/float planes [F, C, H, W] (F = 4n+1) -> coverage [C, T_lat, h, w]: per latent cell the area fraction,
-    the largest over the pixel frames that latent frame stands for (frame 0 stands for 4, as in the VAE)."""
-    pooled = F.interpolate(planes.float(), size=grid, mode="area")  # [F, C, h, w]
-    groups = torch.cat([pooled[:1].expand(TEMPORAL_STRIDE, -1, -1, -1), pooled[1:]])
-    return groups.unflatten(0, (-1, TEMPORAL_STRIDE)).amax(dim=1).permute(1, 0, 2, 3).contiguous()
-
-
-def detail_to_latent(detail: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-    """Detail tags [F, H, W] -> coverage [2, T_lat, h, w] of limb ends (0) and face/head (1)."""
-    return coverage_to_latent(torch.stack([torch.from_numpy(detail == tag) for tag in DETAIL_TAGS.values()], 1), grid)
-
-
-def mask_to_latent(ids: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-    """Identity maps [F, H, W] -> character coverage [1, T_lat, h, w] (the foreground loss weight)."""
-    return coverage_to_latent(torch.from_numpy(ids > 0)[:, None], grid)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Encoding
 # ------------------------------------------------------------------------------------------------------------
@@ -85,8 +74,6 @@ class CacheEncoder:
 
     def __init__(self, vae, text_encoder=None, tokenizer=None, image_encoder=None, text_len: int = 512,
                  dtype: torch.dtype = torch.float32, driving: str = "frames"):
-        from scail2.pipelines.vae import VideoLatentCodec
-
         if driving not in DRIVING_SOURCES:
             raise Scail2Error(f"unknown driving source {driving!r}; choose from {', '.join(DRIVING_SOURCES)}")
         self.driving = driving
@@ -134,12 +121,6 @@ class CacheEncoder:
     def encode(self, sample) -> dict[str, torch.Tensor]:
         """One PairSample -> the tensors of its cache record."""
         from scail2.models.encoders import clip_image_features, clip_pixel_values
-        from scail2.pipelines.conditioning import (
-            compress_driving_masks,
-            compress_reference_mask,
-            encode_driving,
-            encode_video,
-        )
         from scail2.preprocess.resize import image_to_model
 
         height, width = sample.reference.shape[:2]
@@ -179,7 +160,7 @@ class CachedSample:
 
     @property
     def replace(self) -> bool:
-        return self.mode == "replacement"
+        return parse_mode(self.mode) == "replace"
 
 
 def _read_json(path: Path) -> dict:

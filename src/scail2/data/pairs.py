@@ -36,15 +36,16 @@ from scail2.data.world import (
     Scene,
 )
 from scail2.errors import Scail2Error
+from scail2.modes import Mode, parse_mode
 from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WHITE
 
 TASKS = ("animate", "replace", "multi")
-TASK_MODES = {"animate": "animation", "replace": "replacement", "multi": "animation"}
+TASK_MODES: dict[str, Mode] = {"animate": "animate", "replace": "replace", "multi": "animate"}
 # Relative task frequencies: MotionPair-60K is about 3:1 animation to replacement (spec 7.6).
 TASK_WEIGHTS = {"animate": 3.0, "replace": 1.0, "multi": 1.0}
 MASK_BACKGROUNDS = {
-    "animation": {"reference": WHITE, "driving": BLACK, "target": BLACK},
-    "replacement": {"reference": BLACK, "driving": WHITE, "target": BLACK},
+    "animate": {"reference": WHITE, "driving": BLACK, "target": BLACK},
+    "replace": {"reference": BLACK, "driving": WHITE, "target": BLACK},
 }
 DETAIL_LIMB_END, DETAIL_FACE = 1, 2
 
@@ -59,7 +60,7 @@ def palette_mask(ids: np.ndarray, background: tuple[int, int, int]) -> np.ndarra
 class PairSample:
     key: str
     task: str  # one of TASKS
-    mode: str  # "animation" or "replacement"
+    mode: Mode
     reference: np.ndarray  # [H, W, 3] uint8
     reference_ids: np.ndarray  # [H, W] uint8 identity map
     reference_detail: np.ndarray  # [H, W] uint8 detail tags
@@ -183,7 +184,7 @@ class ProceduralPairGenerator:
         if cast.same_identity:
             target = driving
         else:
-            target_scene = scene_b if TASK_MODES[task] == "animation" else scene_a
+            target_scene = scene_b if TASK_MODES[task] == "animate" else scene_a
             target = render_video(target_scene, camera, self._actors(cast.references, cast, identities), *size)
         ref_actors = self._reference_actors(rngs["reference"], cast, identities)
         # The reference is shot from where the camera starts: in animation the output begins in the reference's
@@ -311,10 +312,12 @@ def driving_condition(sample: PairSample, source: str = "frames") -> tuple[np.nd
 
 def target_plate(metadata: dict) -> np.ndarray:
     """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
-    if metadata.get("mode") not in MASK_BACKGROUNDS:
+    try:
+        mode = parse_mode(str(metadata.get("mode")))
+    except Scail2Error:
         raise Scail2Error(f"sample {metadata.get('index')}: metadata has no valid mode; only procedural pairs "
-                          "(scail2 synth) can be re-rendered")
-    key = "reference_scene" if metadata["mode"] == "animation" else "driving_scene"
+                          "(scail2 synth) can be re-rendered") from None
+    key = "reference_scene" if mode == "animate" else "driving_scene"
     scene, camera, _, size = _world_of(metadata, key, with_actors=False)
     return render_video(scene, camera, [], *size).frames
 
@@ -362,7 +365,7 @@ class RealClip:
 class AnimationRequest:
     """What an animation model is asked: animate `reference` with the motion of `driving`."""
 
-    mode: str  # "animation" or "replacement"
+    mode: Mode
     reference: np.ndarray  # [H, W, 3] the new identity
     reference_mask: np.ndarray  # [H, W, 3] palette mask with the mode's background
     driving: np.ndarray  # [F, H, W, 3] the real clip
@@ -410,7 +413,7 @@ class ModelPairGenerator:
             raise Scail2Error(f"clip index {index} is out of range: the generator holds {len(self.clips)} clips")
         clip = self.clips[index]
         rng = np.random.default_rng([self.seed, index])
-        mode = "replacement" if rng.uniform() < self.replace_fraction else "animation"
+        mode = "replace" if rng.uniform() < self.replace_fraction else "animate"
         frames, height, width = clip.frames.shape[:3]
         new_identity, new_ids = self.identity_source(rng, height, width)
         backgrounds = MASK_BACKGROUNDS[mode]
@@ -423,7 +426,7 @@ class ModelPairGenerator:
                               f"and ids {list(result.ids.shape)}; expected {list(clip.frames.shape)} and "
                               f"{list(clip.ids.shape)}")
         detail = clip.detail if clip.detail is not None else np.zeros(clip.ids.shape, np.uint8)
-        task = "animate" if mode == "animation" else "replace"
+        task = mode
         if int(clip.ids.max(initial=0)) > 1:
             task = "multi"
         metadata = {"index": index, "task": task, "mode": mode, "clip": clip.key, "request_seed": request.seed,

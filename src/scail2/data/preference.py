@@ -14,7 +14,7 @@ masks of d are reused for d' (G returns frames only), as a generated video's re-
 close to them.
 
 G is any callable `animate(reference, reference_mask, driving, driving_masks, mode) -> frames`, uint8 arrays
-[H, W, 3], [H, W, 3], [F, H, W, 3], [F, H, W, 3], mode "animation" or "replacement", returning [F, H, W, 3]:
+[H, W, 3], [H, W, 3], [F, H, W, 3], [F, H, W, 3], mode "animate" or "replace", returning [F, H, W, 3]:
 
 - `PipelineAnimator` wraps a `SCAIL2Pipeline`: the real thing (the loser then carries the model's own drift);
 - `ProceduralAnimator` is a weight-free stand-in for tests and bootstrapping. It does NOT animate (it keeps
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from scail2.conditioning import AnimationInputs, encode_video
 from scail2.data import latent_cache
 from scail2.data.pairs import MASK_BACKGROUNDS, PairSample, palette_mask
 from scail2.data.shards import (
@@ -59,6 +60,7 @@ from scail2.data.shards import (
     shard_name,
 )
 from scail2.errors import Scail2Error
+from scail2.modes import parse_mode
 from scail2.preprocess.palette import IDENTITY_COLORS
 
 FORMAT = "scail2-preference"
@@ -66,7 +68,6 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 DEFAULT_SHARD_SIZE = 32  # a model-based build spends minutes per pair; small shards lose little when killed
 LOSER_FIELD = "loser_latents"
-MODES = ("animation", "replacement")
 
 
 class Animator(Protocol):
@@ -76,19 +77,22 @@ class Animator(Protocol):
                  driving_masks: np.ndarray, mode: str) -> np.ndarray: ...
 
 
+# The words the seeds hash: the spellings preference data was first built with, so every build stays reproducible.
+SEED_WORDS = {"animate": b"animation", "replace": b"replacement"}
+
+
 def call_seed(seed: int, reference: np.ndarray, reference_mask: np.ndarray, mode: str) -> int:
     """A seed keyed on the animator's seed and the reference: the winner and loser calls of one pair share it
     (their driving signals differ, their reference does not), different pairs get different draws."""
     digest = hashlib.blake2b(digest_size=8)
-    for part in (np.int64(seed).tobytes(), mode.encode(), np.ascontiguousarray(reference).tobytes(),
+    for part in (np.int64(seed).tobytes(), SEED_WORDS[parse_mode(mode)], np.ascontiguousarray(reference).tobytes(),
                  np.ascontiguousarray(reference_mask).tobytes()):
         digest.update(part)
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def _check_call(reference, reference_mask, driving, driving_masks, mode: str) -> None:
-    if mode not in MODES:
-        raise Scail2Error(f"animation mode must be one of {', '.join(MODES)}, got {mode!r}")
+    parse_mode(mode, "animation mode")
     if driving.ndim != 4 or driving.shape[-1] != 3 or driving.shape[0] < 1:
         raise Scail2Error(f"driving must be uint8 [F, H, W, 3], got {driving.dtype}{list(driving.shape)}")
     size = driving.shape[1:]
@@ -233,7 +237,7 @@ class ProceduralAnimator:
         character = torch.from_numpy(character).permute(0, 3, 1, 2)  # [F, 3, H, W]
         hole, ref_hole = torch.from_numpy(ids > 0)[:, None], torch.from_numpy(ref_ids > 0)[None, None]
         alpha = hole.float()  # [F, 1, H, W]
-        if mode == "animation":  # the reference's own scene, the reference character removed
+        if mode == "animate":  # the reference's own scene, the reference character removed
             image = torch.from_numpy(reference.astype(np.float32)).permute(2, 0, 1)[None]  # [1, 3, H, W]
             background = _fill_holes(image, ref_hole).expand(frames, -1, -1, -1)
         else:  # the driving scene, the driving character removed
@@ -255,13 +259,9 @@ class ProceduralAnimator:
 class PipelineAnimator:
     """G from a `SCAIL2Pipeline`: one generation per call with fixed sampling settings and a reference-keyed seed."""
 
-    PIPELINE_MODES = {"animation": "animate", "replacement": "replace"}
-
-    def __init__(self, pipeline, settings=None, seed: int = 0, prompt: str = "",
+    def __init__(self, pipeline, settings, seed: int = 0, prompt: str = "",
                  autocast_dtype: torch.dtype | None = None, name: str = "scail2"):
-        from scail2.pipelines.pipeline_scail2 import SamplingSettings
-
-        self.pipeline, self.settings = pipeline, settings or SamplingSettings()
+        self.pipeline, self.settings = pipeline, settings  # settings: a pipelines.SamplingSettings
         self.seed, self.prompt, self.autocast_dtype, self.name = seed, prompt, autocast_dtype, name
 
     def describe(self) -> dict:
@@ -271,16 +271,8 @@ class PipelineAnimator:
 
     def __call__(self, reference: np.ndarray, reference_mask: np.ndarray, driving: np.ndarray,
                  driving_masks: np.ndarray, mode: str) -> np.ndarray:
-        from scail2.pipelines.pipeline_scail2 import AnimationInputs
-        from scail2.preprocess.resize import image_to_model
-
         _check_call(reference, reference_mask, driving, driving_masks, mode)
-        size = driving.shape[1:3]
-        inputs = AnimationInputs(reference=image_to_model(reference, size),
-                                 reference_mask=image_to_model(reference_mask, size),
-                                 driving=torch.from_numpy(np.array(driving)),
-                                 driving_masks=torch.from_numpy(np.array(driving_masks)),
-                                 mode=self.PIPELINE_MODES[mode], prompt=self.prompt)
+        inputs = AnimationInputs.from_arrays(reference, reference_mask, driving, driving_masks, mode, self.prompt)
         result = self.pipeline(inputs, self.settings, seed=call_seed(self.seed, reference, reference_mask, mode),
                                autocast_dtype=self.autocast_dtype, progress=False)
         return result.frames.cpu().numpy()
@@ -331,10 +323,10 @@ class PreferencePairBuilder:
         sample.check()
         mode, reference_mask, driving_mask = sample.mode, sample.reference_mask(), sample.driving_mask()
         frame = best_visible_frame(sample.driving_ids)
-        own_mask = palette_mask(sample.driving_ids[frame], MASK_BACKGROUNDS["replacement"]["reference"])
-        scene_masks = palette_mask(sample.driving_ids, MASK_BACKGROUNDS["replacement"]["driving"])
+        own_mask = palette_mask(sample.driving_ids[frame], MASK_BACKGROUNDS["replace"]["reference"])
+        scene_masks = palette_mask(sample.driving_ids, MASK_BACKGROUNDS["replace"]["driving"])
         resynthesised = self._call(sample, "re-synthesised driving video", sample.driving[frame], own_mask,
-                                   sample.driving, scene_masks, "replacement")
+                                   sample.driving, scene_masks, "replace")
         winner = self._call(sample, "winner", sample.reference, reference_mask, sample.driving, driving_mask, mode)
         loser = self._call(sample, "loser", sample.reference, reference_mask, resynthesised, driving_mask, mode)
         info = {"format": FORMAT, "version": FORMAT_VERSION, "source_key": sample.key, "resynthesis_frame": frame,
@@ -547,8 +539,6 @@ class _EncoderWithLosers:
         self._losers = _shard_losers(shard)
 
     def encode(self, sample: PairSample) -> dict[str, torch.Tensor]:
-        from scail2.pipelines.conditioning import encode_video
-
         key, loser = next(self._losers, (None, None))
         if key != sample.key:
             raise Scail2Error(f"{self.shard}: the loser of sample {sample.key} is missing or out of order; the shard "

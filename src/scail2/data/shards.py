@@ -36,6 +36,7 @@ from PIL import Image
 
 from scail2.data.pairs import MASK_BACKGROUNDS, PairGenerator, PairSample
 from scail2.errors import Scail2Error
+from scail2.modes import parse_mode
 from scail2.preprocess.palette import IDENTITY_COLORS
 
 FORMAT = "scail2-motionpair"
@@ -156,7 +157,9 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
             array = _decode_png(record[member], mode, (count * height, width, *channels), f"{where} {member}")
             shape = (height, width, *channels) if stream == "reference" else (frames, height, width, *channels)
             arrays[f"{stream}{suffix.replace('_mask', '_ids')}"] = array.reshape(shape)
-    sample = PairSample(header["key"], header["task"], header["mode"], metadata=header["metadata"], **arrays)
+    # shards written before the mode vocabulary was unified store "animation" / "replacement"
+    mode = parse_mode(header["mode"], f"{where} mode")
+    sample = PairSample(header["key"], header["task"], mode, metadata=header["metadata"], **arrays)
     sample.check()
     return sample
 

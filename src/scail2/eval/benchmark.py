@@ -26,7 +26,8 @@ from scail2.data.pairs import PairSample, ProceduralPairGenerator, SynthConfig, 
 from scail2.data.world import PLAN_NAMES
 from scail2.errors import Scail2Error
 from scail2.eval import metrics
-from scail2.pipelines.pipeline_scail2 import AnimationInputs, SamplingSettings, to_uint8
+from scail2.conditioning import AnimationInputs, encode_video, model_video_to_frames
+from scail2.pipelines.pipeline_scail2 import SamplingSettings
 
 # Held-out splits: seeds no training run uses (the demo model trained on seed 1000).
 SPLITS = {"test": SynthConfig(height=128, width=128, frames=17, seed=2000),
@@ -57,18 +58,6 @@ def copy_reference(sample: PairSample) -> np.ndarray:
     return np.repeat(sample.reference[None], sample.target.shape[0], axis=0)
 
 
-def pair_inputs(sample: PairSample, driving: str = "frames") -> AnimationInputs:
-    """A pair as pipeline inputs, driven by its frames or (the baseline) its stick-figure render."""
-    from scail2.preprocess.resize import image_to_model
-
-    size = sample.reference.shape[:2]
-    video, masks = driving_condition(sample, driving)
-    return AnimationInputs(
-        reference=image_to_model(sample.reference, size), reference_mask=image_to_model(sample.reference_mask(), size),
-        driving=torch.from_numpy(np.array(video)), driving_masks=torch.from_numpy(np.array(masks)),
-        mode="replace" if sample.mode == "replacement" else "animate")
-
-
 @dataclass
 class ModelMethod:
     """A SCAIL-2 pipeline run on a pair with fixed sampling settings and seed."""
@@ -79,7 +68,8 @@ class ModelMethod:
     seed: int = 0
 
     def __call__(self, sample: PairSample) -> np.ndarray:
-        result = self.pipeline(pair_inputs(sample, self.driving), self.settings, seed=self.seed, progress=False)
+        inputs = AnimationInputs.from_pair(sample, *driving_condition(sample, self.driving))
+        result = self.pipeline(inputs, self.settings, seed=self.seed, progress=False)
         return result.frames.cpu().numpy()
 
 
@@ -91,11 +81,9 @@ class VaeRoundTrip:
 
     @torch.no_grad()
     def __call__(self, sample: PairSample) -> np.ndarray:
-        from scail2.pipelines.conditioning import encode_video
-
         codec = self.pipeline.codec
         latent = encode_video(codec, torch.from_numpy(np.ascontiguousarray(sample.target)))
-        return to_uint8(codec.decode(latent)[0]).cpu().numpy()
+        return model_video_to_frames(codec.decode(latent)[0]).cpu().numpy()
 
 
 def pair_metrics(output: np.ndarray, sample: PairSample, plate: np.ndarray | None = None) -> dict[str, float]:

@@ -24,6 +24,7 @@ from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from scail2.conditioning.masks import HISTORY_MASK_CHANNELS, MASK_CHANNELS
 from scail2.models.attention import attention
 
 # ------------------------------------------------------------------------------------------------------------
@@ -46,11 +47,6 @@ SCAIL2_PRESETS: dict[str, dict] = {
         dim=32, ffn_dim=56, num_heads=2, num_layers=2, freq_dim=18, text_dim=20, text_len=7, image_dim=24
     ),
 }
-
-# Channels added to every 16-channel latent stream: the i2v mask (zeros / history mask on the video, ones on
-# references and on the driving stream).
-CONDITION_MASK_CHANNELS = 4
-
 
 def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
     """Complex pairs per head given to the time, height and width axes (22/21/21 for head_dim 128)."""
@@ -364,7 +360,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         patch_size: tuple[int, int, int] = (1, 2, 2),
         text_len: int = 512,
         in_dim: int = 20,
-        mask_dim: int = 28,
+        mask_dim: int = MASK_CHANNELS,
         dim: int = 5120,
         ffn_dim: int = 13824,
         freq_dim: int = 256,
@@ -435,7 +431,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     @property
     def latent_channels(self) -> int:
-        return self.config.in_dim - CONDITION_MASK_CHANNELS
+        return self.config.in_dim - HISTORY_MASK_CHANNELS
 
     # -------------------------------------------------------------------------------------------------------
     # Input checks
@@ -469,7 +465,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             "ref_masks": ref_masks, "pose_latents": pose_latents, "driving_masks": driving_masks,
         }
         if history_mask is not None:
-            expected["history_mask"] = (b, CONDITION_MASK_CHANNELS, t, h, w)
+            expected["history_mask"] = (b, HISTORY_MASK_CHANNELS, t, h, w)
             given["history_mask"] = history_mask
         if (extra_ref_latents is None) != (extra_ref_masks is None):
             raise ValueError("extra_ref_latents and extra_ref_masks must be given together")
@@ -509,8 +505,10 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """Patch-embed every stream and concatenate [extra refs | reference | video | driving] -> [B, S, dim]."""
         dtype = self.patch_embedding.weight.dtype
         b, _, t, h, w = hidden_states.shape
-        ones = hidden_states.new_ones(b, CONDITION_MASK_CHANNELS, 1, h, w)
-        video_mask = history_mask if history_mask is not None else hidden_states.new_zeros(b, 4, t, h, w)
+        ones = hidden_states.new_ones(b, HISTORY_MASK_CHANNELS, 1, h, w)
+        if history_mask is None:
+            history_mask = hidden_states.new_zeros(b, HISTORY_MASK_CHANNELS, t, h, w)
+        video_mask = history_mask
         video = torch.cat([hidden_states, video_mask.to(hidden_states.dtype)], dim=1)  # [B, in_dim, T, H, W]
         reference = torch.cat([ref_latents, ones.to(ref_latents.dtype)], dim=1)  # [B, in_dim, 1, H, W]
         pose_ones = ones[..., : h // 2, : w // 2].expand(-1, -1, t, -1, -1)

@@ -17,22 +17,30 @@ File reading, resizing and writing live in `scail2.animate`; this class only see
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from scail2.conditioning import (
+    AnimationInputs,
+    EncodedReference,
+    SegmentConditions,
+    VideoLatentCodec,
+    compress_driving_masks,
+    compress_reference_mask,
+    encode_driving,
+    history_mask,
+    model_video_to_frames,
+    pad_frames,
+)
 from scail2.diffusion.samplers import SAMPLERS, FlowSampler
 from scail2.errors import Scail2Error
 from scail2.models.encoders import clip_image_features, clip_pixel_values, encode_prompts
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
-from scail2.pipelines.conditioning import compress_driving_masks, compress_reference_mask, encode_driving
+from scail2.modes import MODES
 from scail2.pipelines.segments import Segment, plan_segments
-from scail2.pipelines.vae import VideoLatentCodec
-from scail2.preprocess.masks import history_mask
-
-MODES = ("animate", "replace")
 
 
 @dataclass(frozen=True)
@@ -63,55 +71,10 @@ SAMPLING_PRESETS: dict[str, SamplingSettings] = {
 
 
 @dataclass
-class AnimationInputs:
-    """One generation's inputs at the target size (H, W multiples of 32).
-
-    reference: [3, H, W] float in [-1, 1]; reference_mask: [3, H, W] float in [-1, 1] (palette colours);
-    driving: [T, H, W, 3] uint8; driving_masks: [T, H, W, 3] uint8 (palette colours);
-    extra_references: (image, mask) pairs shaped like reference / reference_mask.
-    """
-
-    reference: torch.Tensor
-    reference_mask: torch.Tensor
-    driving: torch.Tensor
-    driving_masks: torch.Tensor
-    mode: str = "animate"
-    prompt: str = ""
-    negative_prompt: str = ""
-    extra_references: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-@dataclass
-class EncodedReference:
-    latent: torch.Tensor  # [1, z, 1, h, w]
-    mask: torch.Tensor  # [1, 28, 1, h, w]
-    image_embeds: torch.Tensor | None  # [1, N_img, image_dim]
-    extra_latents: torch.Tensor | None = None  # [1, z, N, h, w]
-    extra_masks: torch.Tensor | None = None  # [1, 28, N, h, w]
-
-
-@dataclass
-class SegmentConditions:
-    pose_latents: torch.Tensor  # [1, z, T_lat, h/2, w/2]
-    driving_masks: torch.Tensor  # [1, 28, T_lat, h/2, w/2]
-
-
-@dataclass
 class AnimationResult:
     frames: torch.Tensor  # [T, H, W, 3] uint8
     segments: list[Segment]
     timings: dict[str, float]
-
-
-def _pad_frames(frames: torch.Tensor, length: int) -> torch.Tensor:
-    """Repeat the last frame until there are `length` frames (the last segment's padding)."""
-    missing = length - frames.shape[0]
-    return frames if missing <= 0 else torch.cat([frames, frames[-1:].expand(missing, *frames.shape[1:])])
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
 
 
 def denoise(transformer, device: torch.device, reference: EncodedReference, conditions: SegmentConditions,
@@ -242,8 +205,8 @@ class SCAIL2Pipeline(DiffusionPipeline):
     def prepare_segment(self, inputs: AnimationInputs, segment: Segment) -> SegmentConditions:
         """Driving frames and masks of one segment (padded to its length) -> half-resolution conditions."""
         window = slice(segment.start, segment.start + segment.real_frames)
-        pose_latents = encode_driving(self.codec, _pad_frames(inputs.driving[window], segment.length))
-        driving_masks = compress_driving_masks(_pad_frames(inputs.driving_masks[window], segment.length))
+        pose_latents = encode_driving(self.codec, pad_frames(inputs.driving[window], segment.length))
+        driving_masks = compress_driving_masks(pad_frames(inputs.driving_masks[window], segment.length))
         return SegmentConditions(pose_latents=pose_latents, driving_masks=driving_masks.to(pose_latents.device))
 
     # 6. -----------------------------------------------------------------------------------------------------
@@ -268,7 +231,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
     def stitch(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
         """Concatenate each segment's new frames (history and padding dropped) -> [T, H, W, 3] uint8."""
         parts = [video[:, seg.history_frames : seg.real_frames] for video, seg in zip(decoded, segments)]
-        return to_uint8(torch.cat(parts, dim=1))
+        return model_video_to_frames(torch.cat(parts, dim=1))
 
     def history_latent(self, previous: torch.Tensor, segment: Segment) -> torch.Tensor | None:
         """The last `overlap` decoded frames of the previous segment, re-encoded: [1, z, t_h, h, w]."""

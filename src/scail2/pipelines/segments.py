@@ -1,4 +1,4 @@
-"""Planning long videos as overlapping segments (spec 5.4), without dropping frames.
+"""Planning long videos as overlapping segments (docs/architecture.md, "Segments"), without dropping frames.
 
 Segments of `length` (81) frames start every `length - overlap` (76) frames; each later segment re-uses the
 last `overlap` (5) generated frames of the one before as clean history. Unlike upstream, the tail is kept:
@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TEMPORAL_STRIDE = 4
-
-
-def valid_length(frames: int) -> int:
-    """The smallest 4n+1 >= frames (the VAE's causal time compression needs 4n+1 pixel frames)."""
-    return (frames - 1 + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+from scail2.conditioning.geometry import TEMPORAL_STRIDE, valid_length
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,19 @@
-"""Masks: the 28-channel mask latent, the reference-mask and history masks, and user-mask clean-up.
-
-Spec 2.4 (compression), 2.5 (palette), 2.6 (reference-mask tensor), 2.7 (history mask), 1.2 (modes).
+"""User masks -> exact palette colours, and the identity binding between the reference and driving masks.
 
 A mask pixel's colour says which source it belongs to: white is "this source's environment is kept",
 each identity colour binds one character between the reference and the driving streams, black is
-nothing. Which background a side uses depends on the mode:
+nothing. Which background a side uses depends on the mode (docs/architecture.md, "Mask channels"):
 
 | mode    | driving-mask background | reference-mask background |
 |---------|-------------------------|---------------------------|
 | animate | black                   | white                     |
 | replace | white                   | black                     |
 
-Typical flow (H, W = the target size):
+Typical flow (H, W = the target size); `scail2.conditioning` turns the cleaned masks into model tensors:
 
     ref = normalize_user_mask(read_image(ref_mask).rgb, mode, "reference")        # or mask_from_alpha(alpha, mode)
     drv = normalize_user_mask(read_mask_frames(mask, frame_transform=frame_resizer((H, W))), mode, "driving")
     check_identity_binding(ref, drv, reference_source=..., driving_source=...)
-    ref_masks = reference_mask_tensor(image_to_model(ref, (H, W)), T_lat)          # [28, 1 + T_lat, H/8, W/8]
-    driving = compress_mask_to_latent(half_resolution(frames_to_model_video(drv[segment])))  # [28, T_lat, H/16, W/16]
 """
 
 from __future__ import annotations
@@ -26,28 +22,19 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scail2.errors import Scail2Error
+from scail2.modes import MODES, Mode
 from scail2.preprocess.palette import (
     BLACK,
     IDENTITY_COLORS,
-    NUM_PLANES,
-    ON_THRESHOLD_UINT8,
     PLANE_COLORS,
     WHITE,
 )
 
-Mode = Literal["animate", "replace"]
 Side = Literal["reference", "driving"]
 MaskKind = Literal["auto", "binary", "palette"]
 
-# Pixels per latent frame along time in the Wan VAE (T_px = 4 * (T_lat - 1) + 1).
-TEMPORAL_STRIDE = 4
-# Channels of the compressed mask: 4 sub-frames x 7 colour planes.
-MASK_CHANNELS = TEMPORAL_STRIDE * NUM_PLANES
-# The i2v mask channels concatenated to each 16-channel latent stream.
-HISTORY_MASK_CHANNELS = 4
 # A pixel whose channels spread by more than this is coloured; a mask without one is binary (greyscale).
 COLOUR_SPREAD_THRESHOLD = 128
 # Frames processed at once when cleaning a mask video (bounds the per-pixel temporaries).
@@ -68,95 +55,13 @@ NAMED_COLOURS = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# 1. The 28-channel compression (spec 2.4)
-# ---------------------------------------------------------------------------------------------------
-
-
-def latent_frame_count(num_frames: int) -> int:
-    """T_lat for T = 4n + 1 pixel frames."""
-    if num_frames < 1 or (num_frames - 1) % TEMPORAL_STRIDE:
-        raise ValueError(f"the mask needs 4n+1 frames, got {num_frames}")
-    return (num_frames - 1) // TEMPORAL_STRIDE + 1
-
-
-def mask_color_planes(mask: torch.Tensor) -> torch.Tensor:
-    """[3, T, H, W] in [-1, 1] -> [T, 7, H, W] float32 binary planes in `PLANE_COLORS` order.
-
-    A channel is ON when its value is strictly above (225 - 127.5) / 127.5, compared in float32
-    (so uint8 225 is OFF and 226 is ON, as upstream).
-    """
-    if mask.dim() != 4 or mask.shape[0] != 3:
-        raise ValueError(f"expected a mask [3, T, H, W], got {tuple(mask.shape)}")
-    threshold = torch.tensor((ON_THRESHOLD_UINT8 - 127.5) / 127.5, dtype=torch.float32)
-    red, green, blue = (mask.to(torch.float32) > threshold).unbind(0)  # each [T, H, W]
-    planes = []
-    for colour in PLANE_COLORS:
-        on = [channel if level else ~channel for channel, level in zip((red, green, blue), colour)]
-        planes.append(on[0] & on[1] & on[2])
-    return torch.stack(planes, dim=1).to(torch.float32)  # [T, 7, H, W]
-
-
-def _three_ceil_halvings(size: int) -> int:
-    for _ in range(3):
-        size = -(-size // 2)
-    return size
-
-
-def compress_mask_to_latent(mask: torch.Tensor) -> torch.Tensor:
-    """The 28-channel mask latent: [3, T, H, W] in [-1, 1] (T = 4n+1) -> [28, T_lat, h, w] float32.
-
-    h, w = three ceil-halvings of H, W (H/8 for multiples of 8); cells hold the area coverage of each
-    colour plane. Frame 0 is repeated 4 times, then each latent frame packs 4 pixel frames:
-    channel = 7 * subframe + colour plane.
-    """
-    num_latent = latent_frame_count(mask.shape[1])
-    planes = mask_color_planes(mask)  # [T, 7, H, W]
-    height, width = planes.shape[-2:]
-    size = (_three_ceil_halvings(height), _three_ceil_halvings(width))
-    pooled = F.interpolate(planes, size=size, mode="area")  # [T, 7, h, w]
-    first = pooled[:1].expand(TEMPORAL_STRIDE - 1, -1, -1, -1)
-    padded = torch.cat([first, pooled], dim=0)  # [4 * T_lat, 7, h, w]
-    packed = padded.reshape(num_latent, MASK_CHANNELS, *size)  # [T_lat, 4 * 7, h, w]
-    return packed.permute(1, 0, 2, 3).contiguous()  # [28, T_lat, h, w]
-
-
-def reference_mask_tensor(ref_mask: torch.Tensor, num_latent_frames: int) -> torch.Tensor:
-    """The reference-mask stream: the ref mask image [3, H, W] in [-1, 1] -> [28, 1 + T_lat, H/8, W/8].
-
-    Frame 0 is the compressed reference mask; the T_lat video frames that follow are zeros.
-    """
-    if ref_mask.dim() != 3:
-        raise ValueError(f"expected a reference mask [3, H, W], got {tuple(ref_mask.shape)}")
-    compressed = compress_mask_to_latent(ref_mask.unsqueeze(1))  # [28, 1, h, w]
-    zeros = compressed.new_zeros(MASK_CHANNELS, num_latent_frames, *compressed.shape[-2:])
-    return torch.cat([compressed, zeros], dim=1)
-
-
-def history_mask(
-    num_latent_frames: int,
-    history_latent_frames: int,
-    height: int,
-    width: int,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """The i2v mask of the noisy stream [4, T_lat, h, w]: ones on the first `history_latent_frames`."""
-    if not 0 <= history_latent_frames <= num_latent_frames:
-        raise ValueError(f"history of {history_latent_frames} latent frames does not fit in {num_latent_frames}")
-    mask = torch.zeros(HISTORY_MASK_CHANNELS, num_latent_frames, height, width, dtype=dtype, device=device)
-    mask[:, :history_latent_frames] = 1
-    return mask
-
-
-# ---------------------------------------------------------------------------------------------------
-# 2. Cleaning up user masks (binary or palette) into exact palette colours
+# 1. Cleaning up user masks (binary or palette) into exact palette colours
 # ---------------------------------------------------------------------------------------------------
 
 
 def background_color(mode: Mode, side: Side) -> tuple[int, int, int]:
     """The background colour of a mask for `mode` on `side` (see the module table)."""
-    if mode not in ("animate", "replace") or side not in ("reference", "driving"):
+    if mode not in MODES or side not in ("reference", "driving"):
         raise ValueError(f"unknown mode/side {mode!r}/{side!r}")
     keeps_environment = (mode == "animate") == (side == "reference")
     return WHITE if keeps_environment else BLACK
@@ -234,7 +139,7 @@ def mask_from_alpha(alpha: torch.Tensor | np.ndarray, mode: Mode) -> torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. Identity binding between the reference and driving masks
+# 2. Identity binding between the reference and driving masks
 # ---------------------------------------------------------------------------------------------------
 
 

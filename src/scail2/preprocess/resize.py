@@ -1,4 +1,4 @@
-"""Target size, resize-and-centre-crop and the half-resolution driving stream (spec 1.3, 2.1, 2.2).
+"""Target size and resize-and-centre-crop of images and videos (docs/architecture.md, "Latent geometry").
 
 Upstream resizes with torchvision's tensor `resize` (bicubic, antialias on: the a=-0.5 cubic kernel,
 also when upscaling), which is `torch.nn.functional.interpolate(mode="bicubic", antialias=True,
@@ -105,16 +105,6 @@ def frame_resizer(target_hw: tuple[int, int]) -> Callable[[np.ndarray], torch.Te
     return resize_frame
 
 
-def uint8_to_signed_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [-1, 1] as upstream's video path does: (v - 127.5) / 127.5."""
-    return (frames.to(torch.float32) - 127.5) / 127.5
-
-
-def frames_to_model_video(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames [T, H, W, 3] (already at the target size) -> float32 video [3, T, H, W] in [-1, 1]."""
-    return uint8_to_signed_unit(frames).permute(3, 0, 1, 2).contiguous()
-
-
 def image_to_model(rgb: torch.Tensor | np.ndarray, target_hw: tuple[int, int]) -> torch.Tensor:
     """An image uint8 [H, W, 3] -> float32 [3, *target_hw] in [-1, 1] as upstream's image path does.
 
@@ -124,16 +114,3 @@ def image_to_model(rgb: torch.Tensor | np.ndarray, target_hw: tuple[int, int]) -
     image = torch.as_tensor(np.array(rgb))  # a copy: decoded images are often read-only arrays
     unit = image.permute(2, 0, 1).to(torch.float32) / 255.0  # [3, H, W]
     return resize_for_rectangle_crop(unit * 2.0 - 1.0, target_hw)
-
-
-def half_resolution(video: torch.Tensor) -> torch.Tensor:
-    """The half-resolution driving stream: bilinear x0.5 (align_corners=False) over the last two dims.
-
-    At an exact 1/2 ratio this is the mean of each 2x2 block. Works for [..., H, W] with even H, W.
-    """
-    *lead, height, width = video.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"half_resolution needs even sides, got {height}x{width}")
-    flat = video.reshape(1, -1, height, width)  # [1, N, H, W]
-    half = F.interpolate(flat, scale_factor=0.5, mode="bilinear", align_corners=False)
-    return half.reshape(*lead, height // 2, width // 2)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from scail2.conditioning import history_mask
 from scail2.data.latent_cache import CachedSample, LatentCache
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
@@ -233,16 +234,15 @@ class Trainer:
             if torch.rand((), generator=g) < aug.get("probability", 1.0):
                 pose, masks = AUGMENTATIONS[aug["name"]](pose, masks, g, aug.get("strength", 0.0))
         noisy = flow_matching.add_noise(x0, noise, sigma)
-        history_mask = torch.zeros(4, frames, height, width)
-        if history:
-            noisy[:, : flow.history_latent_frames] = x0[:, : flow.history_latent_frames]
-            history_mask[:, : flow.history_latent_frames] = 1
+        history_frames = flow.history_latent_frames if history else 0
+        noisy[:, :history_frames] = x0[:, :history_frames]
+        clean_frames = history_mask(frames, history_frames, height, width)
         text = self._text(t, drop_text)
-        loss_mask = (1 - history_mask[:1]) * self._foreground_weights(t)
+        loss_mask = (1 - clean_frames[:1]) * self._foreground_weights(t)
         ref_masks = torch.cat([t["ref_masks"].float(), torch.zeros(t["ref_masks"].shape[0], frames, height, width)], 1)
         inputs = dict(hidden_states=noisy, timestep=flow_matching.sigma_to_timestep(sigma), encoder_hidden_states=text,
                       ref_latents=t["ref_latents"].float(), ref_masks=ref_masks, pose_latents=pose,
-                      driving_masks=masks, history_mask=history_mask, target=flow_matching.velocity_target(x0, noise),
+                      driving_masks=masks, history_mask=clean_frames, target=flow_matching.velocity_target(x0, noise),
                       loss_mask=loss_mask, replace=torch.tensor(sample.replace))
         if "image_embeds" in t:
             inputs["image_embeds"] = t["image_embeds"].float()

@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from scail2.conditioning import SPATIAL_STRIDE, VideoLatentCodec, frames_to_model_video, half_resolution
 from scail2.errors import Scail2Error
 from scail2.train.config import latest_checkpoint, load_config, prune_checkpoints
-from scail2.preprocess.resize import half_resolution
 
 CHECKPOINT_PREFIX = "step-"
-SPATIAL_STRIDE = 8  # patch_size x 2^(len(dim_mult) - 1)
 TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a causal first frame (Wan2.1)
 ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what train.freeze_encoder keeps: the latents
 
@@ -248,8 +247,6 @@ class PairVideos:
 
 def model_video(frames: np.ndarray, half: bool = False) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> float32 [3, F, H, W] in [-1, 1], at half resolution as the driving stream is."""
-    from scail2.preprocess.resize import frames_to_model_video
-
     video = frames_to_model_video(torch.from_numpy(np.array(frames)))  # a writable copy
     return half_resolution(video) if half else video
 
@@ -658,8 +655,6 @@ def load_exported_vae(folder: str | Path):
 @torch.no_grad()
 def reconstruction_psnr(vae, data_dir: str | Path, pairs: int) -> dict[str, float]:
     """Mean PSNR (dB) per stream over the first `pairs` pairs of a dataset, through `VideoLatentCodec`."""
-    from scail2.pipelines.vae import VideoLatentCodec
-
     codec, videos = VideoLatentCodec(vae), PairVideos(data_dir)
     scores: dict[str, list[float]] = {}
     for index in range(min(pairs, len(videos))):

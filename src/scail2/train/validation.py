@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from scail2.pipelines.pipeline_scail2 import EncodedReference, SamplingSettings, SegmentConditions, denoise
+from scail2.conditioning import EncodedReference, SegmentConditions, VideoLatentCodec
+from scail2.pipelines.pipeline_scail2 import SamplingSettings, denoise
 
 VALIDATION_FPS = 16
 
@@ -24,7 +25,6 @@ def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
     """Every process runs the sampler (FSDP shards the weights); the main process decodes and writes the MP4."""
     from diffusers import AutoencoderKLWan
 
-    from scail2.pipelines.vae import VideoLatentCodec
     from scail2.preprocess.video_io import write_mp4
 
     folder = components_folder(trainer.config)

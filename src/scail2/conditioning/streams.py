@@ -1,17 +1,18 @@
-"""Conditions shared by generation and the training latent cache, so both encode exactly alike.
+"""The conditioning streams, encoded alike for generation and for the training latent cache.
 
     driving frames uint8 [T, H, W, 3]  -> half resolution -> VAE -> pose latents  [1, z, T_lat, H/16, W/16]
     driving masks  uint8 [T, H, W, 3]  -> half resolution -> 28-channel masks     [1, 28, T_lat, H/16, W/16]
     reference mask float [3, H, W]     -> 28-channel mask of the reference frame  [1, 28, 1, H/8, W/8]
+    any video      uint8 [T, H, W, 3]  -> VAE -> latents                          [1, z, T_lat, H/8, W/8]
 """
 
 from __future__ import annotations
 
 import torch
 
-from scail2.pipelines.vae import VideoLatentCodec
-from scail2.preprocess.masks import compress_mask_to_latent
-from scail2.preprocess.resize import frames_to_model_video, half_resolution, uint8_to_signed_unit
+from scail2.conditioning.codec import VideoLatentCodec
+from scail2.conditioning.geometry import frames_to_model_video, half_resolution, uint8_to_signed_unit
+from scail2.conditioning.masks import compress_mask_to_latent
 
 
 def encode_driving(codec: VideoLatentCodec, frames: torch.Tensor) -> torch.Tensor:

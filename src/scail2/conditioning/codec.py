@@ -1,12 +1,14 @@
-"""The video VAE as the pipeline sees it: pixels in [-1, 1] <-> normalised latents.
+"""The video VAE as the model sees it: pixels in [-1, 1] <-> normalised latents.
 
-This wrapper alone owns latent normalisation (z = (mu - mean) / std per channel, from the VAE's own config),
+This codec alone owns latent normalisation (z = (mu - mean) / std per channel, from the VAE's own config),
 so no other code repeats the mean/std arithmetic. Encoding takes the posterior mode, as upstream does.
 """
 
 from __future__ import annotations
 
 import torch
+
+from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE
 
 
 class VideoLatentCodec:
@@ -17,8 +19,8 @@ class VideoLatentCodec:
         config = vae.config
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self.temporal_stride = int(getattr(config, "scale_factor_temporal", 4) or 4)
-        self.spatial_stride = int(getattr(config, "scale_factor_spatial", 8) or 8)
+        self.temporal_stride = int(getattr(config, "scale_factor_temporal", TEMPORAL_STRIDE) or TEMPORAL_STRIDE)
+        self.spatial_stride = int(getattr(config, "scale_factor_spatial", SPATIAL_STRIDE) or SPATIAL_STRIDE)
 
     @property
     def device(self) -> torch.device:

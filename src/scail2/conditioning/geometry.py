@@ -1,0 +1,69 @@
+"""Latent geometry of the Wan VAE and the driving stream (docs/architecture.md, "Latent geometry").
+
+    pixel frames T = 4n + 1          latent frames T_lat = (T - 1) / 4 + 1  (frame 0 stands alone)
+    pixels H x W                     latent grid H/8 x W/8
+    driving stream at H/2 x W/2      driving latent grid H/16 x W/16
+
+Pixel tensors the model sees are float32 in [-1, 1], channels first ([3, T, H, W]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Pixel frames per latent frame along time (the causal VAE keeps frame 0 on its own).
+TEMPORAL_STRIDE = 4
+# Pixels per latent cell along each spatial side.
+SPATIAL_STRIDE = 8
+
+
+def latent_frame_count(num_frames: int) -> int:
+    """T_lat for T = 4n + 1 pixel frames; any other count is a ValueError."""
+    if num_frames < 1 or (num_frames - 1) % TEMPORAL_STRIDE:
+        raise ValueError(f"the video needs 4n+1 frames, got {num_frames}")
+    return (num_frames - 1) // TEMPORAL_STRIDE + 1
+
+
+def valid_length(num_frames: int) -> int:
+    """The smallest 4n + 1 >= num_frames (the length a shorter clip is padded to)."""
+    return (num_frames - 1 + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+
+
+def latent_grid(height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the latent grid for pixels height x width."""
+    return height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+
+
+def uint8_to_signed_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1] as upstream's video path does: (v - 127.5) / 127.5."""
+    return (frames.to(torch.float32) - 127.5) / 127.5
+
+
+def frames_to_model_video(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] (already at the target size) -> float32 video [3, T, H, W] in [-1, 1]."""
+    return uint8_to_signed_unit(frames).permute(3, 0, 1, 2).contiguous()
+
+
+def model_video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """float video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3] (rounded, clamped)."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+
+
+def half_resolution(video: torch.Tensor) -> torch.Tensor:
+    """The half-resolution driving stream: bilinear x0.5 (align_corners=False) over the last two dims.
+
+    At an exact 1/2 ratio this is the mean of each 2x2 block. Works for [..., H, W] with even H, W.
+    """
+    *lead, height, width = video.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"half_resolution needs even sides, got {height}x{width}")
+    flat = video.reshape(1, -1, height, width)  # [1, N, H, W]
+    half = F.interpolate(flat, scale_factor=0.5, mode="bilinear", align_corners=False)
+    return half.reshape(*lead, height // 2, width // 2)
+
+
+def pad_frames(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """Repeat the last frame (axis 0) until there are `length` frames: a segment's padding to 4n + 1."""
+    missing = length - frames.shape[0]
+    return frames if missing <= 0 else torch.cat([frames, frames[-1:].expand(missing, *frames.shape[1:])])
