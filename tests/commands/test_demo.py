@@ -61,7 +61,7 @@ def test_eval_reports_every_method_and_updates_the_readme(tiny_model, tmp_path, 
     assert list(scores["summary"]) == ["copy_reference", "skeleton", "scail2", "vae_round_trip"]
     assert len(scores["rows"]) == 2 * 4
     text = readme.read_text()
-    assert "| SCAIL-2 (ours) |" in text and "| skeleton-driven |" in text and "plot.png" in text
+    assert "| SCAIL-2 (ours) |" in text and "| skeleton-driven |" in text and "bench/table.md" in text
     assert (tmp_path / "bench" / "plot.png").is_file() and (tmp_path / "bench" / "table.md").is_file()
 
 

@@ -99,6 +99,49 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
         report.update_readme(tmp_path / "plain.md", "x")
 
 
+def test_readme_gets_the_headline_and_the_report_folder_every_table(small_split, tmp_path):
+    noisy = lambda s: np.clip(s.target.astype(int) + 10, 0, 255).astype(np.uint8)  # noqa: E731
+    methods = {"copy_reference": benchmark.copy_reference, "scail2": noisy, "vae_round_trip": lambda s: s.target}
+    summary = benchmark.summarise(benchmark.evaluate(methods, small_split, progress=False))
+    tables = report.markdown_tables(summary)
+    block = f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n"
+    readme, details = tmp_path / "README.md", tmp_path / "docs" / "benchmark" / "README.md"
+    details.parent.mkdir(parents=True)
+    readme.write_text(block)
+    details.write_text(block)
+    report.write_benchmark_readmes(summary, "protocol line", tables, readme, details.parent)
+    first = (readme.read_text(), details.read_text())
+    report.write_benchmark_readmes(summary, "protocol line", tables, readme, details.parent)
+    assert (readme.read_text(), details.read_text()) == first  # regenerating changes nothing
+    head = readme.read_text()
+    assert head.startswith(f"intro\n{report.README_START}\n| method | pairs |")
+    assert head.endswith(f"{report.README_END}\noutro\n")
+    assert "| SCAIL-2 (ours) | 6 |" in head and "(animate)" not in head and "body plan" not in head
+    assert "- SCAIL-2 beats copy-reference on all 5 metrics." in head
+    assert "[docs/benchmark/README.md](docs/benchmark/README.md)" in head
+    full = details.read_text()
+    assert f"{report.README_START}\nprotocol line\n\n{tables}\n![benchmark plot](plot.png)\n{report.README_END}" in full
+    details.unlink()  # no README in the report folder: the README points at table.md
+    report.write_benchmark_readmes(summary, "protocol line", tables, readme, details.parent)
+    assert "[docs/benchmark/table.md](docs/benchmark/table.md)" in readme.read_text()
+
+
+def test_verdict_names_wins_losses_and_the_ceiling():
+    def scores(psnr, ssim, iou, colour, flicker):
+        return {"all": {"pairs": 4, "psnr": psnr, "ssim": ssim, "iou": iou, "colour_error": colour, "flicker": flicker}}
+
+    summary = {"copy_reference": scores(20, 0.76, 0.28, 48, 3.0), "skeleton": scores(20, 0.70, 0.25, 44, 3.8),
+               "scail2": scores(21, 0.70, 0.29, 43, 3.7), "vae_round_trip": scores(25.8, 0.82, 0.5, 28, 3.3)}
+    assert report.verdict_lines(summary) == [
+        "SCAIL-2 beats copy-reference on PSNR, silhouette IoU and colour error, and loses on SSIM and flicker.",
+        "SCAIL-2 beats the skeleton-driven model on PSNR, silhouette IoU, colour error and flicker, and ties on SSIM.",
+        "The VAE round trip of the ground truth, the ceiling of any model decoded by this VAE, reaches 25.8 dB, "
+        "SSIM 0.820 and IoU 0.500; even it loses to copy-reference on flicker.",
+    ]
+    assert report.comparison(summary, "scail2", "vae_round_trip") == (
+        "SCAIL-2 loses to the VAE round trip on PSNR, SSIM, silhouette IoU, colour error and flicker.")
+
+
 def test_model_methods_run_frames_and_skeleton_conditions(small_split):
     from tests.pipelines.components import tiny_pipeline
 

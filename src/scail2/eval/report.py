@@ -166,6 +166,98 @@ def plot_summary(summary: dict, labels: dict[str, str] | None = None,
     return np.asarray(image)
 
 
+# 3. README blocks: headline and verdict in the project README, every table in the report folder's ------------
+
+# How the verdict lines name methods and metrics.
+VERDICT_NAMES = {"copy_reference": "copy-reference", "skeleton": "the skeleton-driven model", "scail2": "SCAIL-2",
+                 "vae_round_trip": "the VAE round trip"}
+METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "iou": "silhouette IoU", "colour_error": "colour error",
+                "flicker": "flicker"}
+
+
+def headline_table(summary: dict, labels: dict[str, str] | None = None) -> str:
+    """The first table of `markdown_tables` without its per-task rows: every metric of every method, all pairs."""
+    labels = labels or LABELS
+    if not summary:
+        raise Scail2Error("no scores to report: the benchmark ran on no pairs")
+    lines = ["| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
+             "|---|---:|" + "---:|" * len(benchmark.METRICS)]
+    for method, groups in summary.items():
+        scores = groups["all"]
+        lines.append(f"| {labels.get(method, method)} | {scores['pairs']} | " +
+                     " | ".join(format_score(scores[m], m) for m in benchmark.METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_list(metrics: list[str]) -> str:
+    names = [METRIC_NAMES[m] for m in metrics]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def comparison(summary: dict, method: str, baseline: str) -> str:
+    """One sentence on all pairs: 'SCAIL-2 beats copy-reference on PSNR and SSIM, and loses on flicker.'"""
+    won = [m for m, better in wins(summary, method, baseline).items() if better]
+    lost = [m for m, better in wins(summary, baseline, method).items() if better]
+    tied = [m for m in benchmark.METRICS if m not in won and m not in lost]
+    other = VERDICT_NAMES.get(baseline, baseline)
+    if len(won) == len(benchmark.METRICS):
+        parts = [f"beats {other} on all {len(won)} metrics"]
+    else:
+        parts = [f"beats {other} on {_metric_list(won)}"] if won else []
+        if lost:
+            parts.append(("loses" if won else f"loses to {other}") + f" on {_metric_list(lost)}")
+        if tied:
+            parts.append(("ties" if parts else f"ties with {other}") + f" on {_metric_list(tied)}")
+    name = VERDICT_NAMES.get(method, method)
+    sentence = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", and " + parts[-1]
+    return f"{name[0].upper()}{name[1:]} {sentence}."
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """Up to three lines: SCAIL-2 against copy-reference and against the skeleton-driven model, and the ceiling."""
+    lines = [comparison(summary, "scail2", baseline) for baseline in ("copy_reference", "skeleton")
+             if "scail2" in summary and baseline in summary]
+    if "vae_round_trip" in summary:
+        ceiling = summary["vae_round_trip"]["all"]
+        line = (f"The VAE round trip of the ground truth, the ceiling of any model decoded by this VAE, reaches "
+                f"{format_score(ceiling['psnr'], 'psnr')} dB, SSIM {format_score(ceiling['ssim'], 'ssim')} and "
+                f"IoU {format_score(ceiling['iou'], 'iou')}")
+        behind = [m for m, better in wins(summary, "copy_reference", "vae_round_trip").items() if better] \
+            if "copy_reference" in summary else []
+        lines.append(line + (f"; even it loses to copy-reference on {_metric_list(behind)}." if behind else "."))
+    return lines
+
+
+def readme_section(summary: dict, details_link: str | None = None) -> str:
+    """The project README's benchmark block: the all-pairs table, the verdict and where the other tables are."""
+    text = headline_table(summary) + "\n" + "".join(f"- {line}\n" for line in verdict_lines(summary))
+    if details_link:
+        text += (f"\nPer-task and per-body-plan tables, where the flicker is, the plot and what the numbers say: "
+                 f"[{details_link}]({details_link}).\n")
+    return text
+
+
+def details_readme(report_dir: str | Path | None) -> Path | None:
+    """The report folder's README.md, whose benchmark block receives every table; None when it has none."""
+    path = Path(report_dir) / "README.md" if report_dir else None
+    return path if path is not None and path.is_file() else None
+
+
+def write_benchmark_readmes(summary: dict, protocol: str, tables: str, readme: str | Path | None = None,
+                            report_dir: str | Path | None = None) -> None:
+    """Rewrite the benchmark blocks: the headline and verdict in `readme`; the protocol, every table and the plot
+    in `report_dir`/README.md when that file exists. Same scores in, same files out."""
+    details = details_readme(report_dir)
+    if details is not None:
+        update_readme(details, f"{protocol}\n\n{tables}\n![benchmark plot](plot.png)\n")
+    if readme is None:
+        return
+    readme = Path(readme)
+    more = details or (Path(report_dir) / "table.md" if report_dir else None)
+    link = None if more is None else Path(os.path.relpath(more.resolve(), readme.resolve().parent)).as_posix()
+    update_readme(readme, readme_section(summary, link))
+
+
 def update_readme(readme: Path, section: str) -> None:
     """Replace the text between the benchmark markers of `readme` with `section`."""
     text = _readme_text(readme)
@@ -187,7 +279,7 @@ def _readme_text(readme: Path) -> str:
     return text
 
 
-# 3. `scail2 eval` --------------------------------------------------------------------------------------------
+# 4. `scail2 eval` --------------------------------------------------------------------------------------------
 
 def skeleton_pipeline(folder: str | Path, vae) -> object:
     """The skeleton baseline: a full model folder, or a transformer (folder with transformer/, or the
@@ -237,8 +329,9 @@ def command_line(args) -> str:
 
 
 def run_benchmark(args) -> dict:
-    if args.readme:
-        _readme_text(Path(args.readme))  # fail before the long run, not after it
+    for readme in (args.readme, details_readme(args.report_dir)):
+        if readme:
+            _readme_text(Path(readme))  # fail before the long run, not after it
     count = benchmark.SPLIT_SIZE if args.pairs is None else args.pairs
     samples = benchmark.split_pairs(args.split, count)
     methods, settings = build_methods(args)
@@ -259,11 +352,5 @@ def run_benchmark(args) -> dict:
         folder = Path(args.report_dir)
         write_atomically(folder / "table.md", lambda tmp: tmp.write_text(protocol + "\n\n" + tables))
         write_image(folder / "plot.png", plot_summary(summary))
-    if args.readme:
-        readme = Path(args.readme)
-        plot = ""
-        if args.report_dir:
-            link = os.path.relpath(Path(args.report_dir).resolve() / "plot.png", readme.resolve().parent)
-            plot = f"![benchmark plot]({Path(link).as_posix()})\n"
-        update_readme(readme, f"{protocol}\n\n{tables}\n{plot}")
+    write_benchmark_readmes(summary, protocol, tables, args.readme, args.report_dir)
     return summary
