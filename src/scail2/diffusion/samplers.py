@@ -20,7 +20,8 @@ SAMPLERS = ("unipc", "dpm++", "euler")
 class FlowSampler:
     """Iterate `for index, timestep in enumerate(sampler.timesteps)`, then `latent = sampler.step(v, index, latent)`.
 
-    `timesteps` are the model timesteps as fp32 values (whole numbers for UniPC and DPM++, see the module note).
+    `timesteps` are the model timesteps as fp32 values (whole numbers for UniPC and DPM++, see the module note);
+    `sigmas` are the N+1 fp32 noise levels the steps move between, the last one 0.
     """
 
     def __init__(self, name: str, num_steps: int, shift: float):
@@ -34,6 +35,7 @@ class FlowSampler:
             self._scheduler = _unipc(num_steps, shift) if name == "unipc" else _dpm_plus_plus(num_steps, shift)
             # integer timesteps repeat on fine grids; the scheduler must not look its first step up by value
             self._scheduler.set_begin_index(0)
+            self.sigmas = self._scheduler.sigmas
             self.timesteps = self._scheduler.timesteps.float()
         else:
             self.sigmas = flow_matching.euler_sigma_grid(num_steps, shift)
