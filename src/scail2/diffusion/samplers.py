@@ -1,4 +1,5 @@
-"""Flow-matching samplers with one interface: UniPC (default), DPM++ 2M and Euler, each on upstream's grid.
+"""Flow-matching samplers with one interface: UniPC (default), DPM++ 2M and Euler, each on upstream's grid, and
+`sample`, the sampler loop every caller shares (a pure function of a velocity closure, k-diffusion style).
 
 UniPC and DPM++ are diffusers' schedulers given upstream's exact sigma grids; Euler is the plain rectified-flow
 step of `flow_matching`. A fresh sampler is built per segment, as upstream does.
@@ -75,3 +76,45 @@ def _dpm_plus_plus(num_steps: int, shift: float):
     scheduler.sigmas = torch.from_numpy(sigmas).float()
     scheduler.timesteps = flow_matching.truncated_timesteps(sigmas[:-1])
     return scheduler
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sampler loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def classifier_free_guidance(velocity: torch.Tensor, scale: float) -> torch.Tensor:
+    """[2B, ...] = [unconditional; conditional] -> unconditional + scale * (conditional - unconditional), [B, ...]."""
+    unconditional, conditional = velocity.chunk(2)
+    return unconditional + scale * (conditional - unconditional)
+
+
+def sample(velocity_fn, latent: torch.Tensor, sampler: FlowSampler, *, guidance_scale: float | None = None,
+           clean_prefix: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+    """Integrate the flow from `latent` (noise at the sampler's first sigma) to data; returns a new tensor.
+
+    velocity_fn(latent, timestep) -> velocity: `latent` [B, C, T, H, W] as the loop holds it, `timestep` a 0-d
+        fp32 tensor of `sampler.timesteps`. With `guidance_scale` None it returns [B, ...]; with a scale it returns
+        [unconditional; conditional] stacked on the batch axis ([2B, ...]) for `classifier_free_guidance`.
+    clean_prefix: [B, C, t, H, W] clean frames (a segment's history) written over the first t frames of axis 2
+        before the first step and after every step, so the model always sees them exact.
+    callback(step_index, timestep, latent) -> tensor or None: called after every step, once the prefix is back;
+        a returned tensor replaces the latent (and gets the prefix written into it).
+    """
+    latent = _write_prefix(latent.clone(), clean_prefix)
+    for index, timestep in enumerate(sampler.timesteps):
+        velocity = velocity_fn(latent, timestep)
+        if guidance_scale is not None:
+            velocity = classifier_free_guidance(velocity, guidance_scale)
+        latent = _write_prefix(sampler.step(velocity, index, latent), clean_prefix)
+        if callback is not None:
+            replaced = callback(index, timestep, latent)
+            latent = latent if replaced is None else _write_prefix(replaced, clean_prefix)
+    return latent
+
+
+def _write_prefix(latent: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+    """In place: the loop owns `latent`, so re-imposing the prefix costs no copy of the latent per step."""
+    if prefix is not None:
+        latent[:, :, : prefix.shape[2]] = prefix
+    return latent
