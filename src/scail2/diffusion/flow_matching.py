@@ -1,4 +1,4 @@
-"""Rectified-flow parametrisation shared by training and sampling (spec 5.1, 5.2, 7.2).
+"""Rectified-flow parametrisation shared by training and sampling (see docs/architecture.md).
 
     x_sigma = (1 - sigma) * x0 + sigma * noise        velocity target v = noise - x0
     model timestep t = 1000 * sigma                    x0 = x_sigma - sigma * v
@@ -77,9 +77,23 @@ def unipc_sigma_grid(num_steps: int) -> np.ndarray:
     return np.linspace(float(np.float32(0.999)), 0, num_steps + 1)[:-1]
 
 
+def sampling_sigma_grid(num_steps: int, shift: float) -> np.ndarray:
+    """Upstream's shifted descending grid from 1 to 0 with N+1 points, float64 (the SAT / DPM++ grid).
+
+    numpy's linspace, not torch's: the two round differently in the last bit, and the integer timesteps of
+    `truncated_timesteps` depend on that bit wherever 1000 * sigma lands on an integer.
+    """
+    return shift_sigmas(np.linspace(1.0, 0.0, num_steps + 1), shift)
+
+
+def truncated_timesteps(sigmas: np.ndarray) -> torch.Tensor:
+    """Upstream's model timesteps for a float64 grid: 1000 * sigma truncated toward zero, int64 (961.54 -> 961)."""
+    return torch.from_numpy(np.asarray(sigmas, dtype=np.float64) * NUM_TRAIN_TIMESTEPS).to(torch.int64)
+
+
 def euler_sigma_grid(num_steps: int, shift: float) -> torch.Tensor:
-    """Shifted descending grid from 1 to 0 with N+1 points (the SAT / DPM++ grid), fp32."""
-    return shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
+    """`sampling_sigma_grid` rounded to fp32, final 0 included."""
+    return torch.from_numpy(sampling_sigma_grid(num_steps, shift)).float()
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,13 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     1. check_inputs            shapes, lengths and mode
     2. encode_prompts          umT5 features for the prompt and, under guidance, the negative prompt
     3. encode_reference        reference latent, its 28-channel mask, CLIP tokens, extra reference views
-    4. plan_segments           81-frame segments overlapping by 5 (scail2.pipelines.segments)
+    4. plan_segments           81-frame segments overlapping by 5 (scail2.pipelines.segments);
+       prepare_latents         each segment's initial noise, drawn from the generator or checked when given
     5. prepare_segment         half-resolution driving latents and driving masks of one segment
-    6. denoise_segment         the sampler loop with clean history re-imposed before and after every step
+    6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
+                               clean history re-imposed before and after every step
     7. decode_segment          latents -> pixels
-    8. stitch                  drop each later segment's history frames, trim the padding
+    8. stitch, postprocess     drop each later segment's history frames, trim the padding; the output format
 
 File reading, resizing and writing live in `scail2.animate`; this class only sees tensors.
 """
@@ -19,8 +21,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from tqdm.auto import tqdm
 
 from scail2.conditioning import (
@@ -35,12 +39,14 @@ from scail2.conditioning import (
     model_video_to_frames,
     pad_frames,
 )
-from scail2.diffusion.samplers import SAMPLERS, FlowSampler
+from scail2.diffusion.samplers import SAMPLERS, FlowSampler, sample
 from scail2.errors import Scail2Error
 from scail2.models.encoders import clip_image_features, clip_pixel_values, encode_prompts
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.modes import MODES
 from scail2.pipelines.segments import Segment, plan_segments
+
+OUTPUT_TYPES = ("uint8", "pt", "np", "latent")
 
 
 @dataclass(frozen=True)
@@ -72,18 +78,22 @@ SAMPLING_PRESETS: dict[str, SamplingSettings] = {
 
 @dataclass
 class AnimationResult:
-    frames: torch.Tensor  # [T, H, W, 3] uint8
+    frames: torch.Tensor | np.ndarray | list[torch.Tensor]  # by output_type; by default [T, H, W, 3] uint8
     segments: list[Segment]
     timings: dict[str, float]
 
 
-def denoise(transformer, device: torch.device, reference: EncodedReference, conditions: SegmentConditions,
-            text: torch.Tensor, noise: torch.Tensor, history: torch.Tensor | None, settings: SamplingSettings,
-            replace: bool, autocast_dtype: torch.dtype | None = None, progress=None) -> torch.Tensor:
-    """The sampler loop of one segment. `text` is [1, L, D], or [2, L, D] = [negative, prompt] for guidance (both
-    passes in one batched forward). `history` [1, z, t_h, h, w] is re-imposed before and after every step."""
-    batch, guided = text.shape[0], text.shape[0] == 2
-    _, _, frames, height, width = noise.shape
+def transformer_velocity(transformer, device: torch.device, reference: EncodedReference,
+                         conditions: SegmentConditions, text: torch.Tensor, replace: bool, history_frames: int = 0,
+                         autocast_dtype: torch.dtype | None = None):
+    """The transformer over one segment's conditions as `velocity(latent, timestep)` for `samplers.sample`.
+
+    `text` is [1, L, D], or [2, L, D] = [negative, prompt] for guidance: both passes then run as one batched
+    forward and the velocity comes back [2, z, T, h, w]. The first `history_frames` latent frames are flagged to
+    the model as clean history.
+    """
+    batch = text.shape[0]
+    frames, (height, width) = conditions.pose_latents.shape[2], reference.latent.shape[-2:]
     repeat = lambda t: None if t is None else t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
     zeros = reference.mask.new_zeros(1, reference.mask.shape[1], frames, height, width)
     kwargs = dict(
@@ -92,25 +102,15 @@ def denoise(transformer, device: torch.device, reference: EncodedReference, cond
         driving_masks=repeat(conditions.driving_masks), image_embeds=repeat(reference.image_embeds), replace=replace,
         extra_ref_latents=repeat(reference.extra_latents), extra_ref_masks=repeat(reference.extra_masks),
     )
-    latent = noise.to(device).clone()
-    history_frames = 0 if history is None else history.shape[2]
     if history_frames:
         kwargs["history_mask"] = repeat(history_mask(frames, history_frames, height, width, device=device)[None])
-        latent[:, :, :history_frames] = history.to(device)
-    sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
-    for index, timestep in enumerate(sampler.timesteps):
+
+    def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            velocity = transformer(latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch),
-                                   **kwargs).sample.float()
-        if guided:
-            unconditional, conditional = velocity.chunk(2)
-            velocity = unconditional + settings.guidance_scale * (conditional - unconditional)
-        latent = sampler.step(velocity, index, latent)
-        if history_frames:
-            latent[:, :, :history_frames] = history.to(device)
-        if progress is not None:
-            progress.update(1)
-    return latent
+            return transformer(latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch),
+                               **kwargs).sample.float()
+
+    return velocity
 
 
 class SCAIL2Pipeline(DiffusionPipeline):
@@ -124,6 +124,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->image_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer", "image_encoder"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: SCAIL2Transformer3DModel, vae, text_encoder=None, tokenizer=None,
                  image_encoder=None):
@@ -136,7 +137,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
         return VideoLatentCodec(self.vae)
 
     # 1. -----------------------------------------------------------------------------------------------------
-    def check_inputs(self, inputs: AnimationInputs) -> None:
+    def check_inputs(self, inputs: AnimationInputs, image_embeds: torch.Tensor | None = None) -> None:
         """Raise Scail2Error on inconsistent inputs (the file layer names files; this names tensors)."""
         if inputs.mode not in MODES:
             raise Scail2Error(f"mode must be one of {', '.join(MODES)}, got {inputs.mode!r}")
@@ -160,31 +161,61 @@ class SCAIL2Pipeline(DiffusionPipeline):
         for image, mask in inputs.extra_references:
             if tuple(image.shape) != (3, height, width) or tuple(mask.shape) != (3, height, width):
                 raise Scail2Error(f"extra references must be [3, {height}, {width}] image and mask pairs")
-        if self.image_encoder is None and self.transformer.config.model_type == "i2v":
+        if self.image_encoder is None and image_embeds is None and self.transformer.config.model_type == "i2v":
             raise Scail2Error("this i2v transformer needs an image encoder; the model folder has none")
 
+    def check_call_arguments(self, output_type: str, prompt_embeds: torch.Tensor | None,
+                             negative_prompt_embeds: torch.Tensor | None, image_embeds: torch.Tensor | None) -> None:
+        """Raise Scail2Error on a bad output type or precomputed embeddings of the wrong width."""
+        if output_type not in OUTPUT_TYPES:
+            raise Scail2Error(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        cfg = self.transformer.config
+        if image_embeds is not None and cfg.model_type != "i2v":
+            raise Scail2Error("image_embeds were given but this t2v transformer takes no CLIP tokens; leave them out")
+        widths = {"prompt_embeds": cfg.text_dim, "negative_prompt_embeds": cfg.text_dim, "image_embeds": cfg.image_dim}
+        values = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
+                  "image_embeds": image_embeds}
+        for name, value in values.items():
+            if value is not None and (value.ndim not in (2, 3) or value.ndim == 3 and value.shape[0] != 1
+                                      or value.shape[-1] != widths[name]):
+                raise Scail2Error(f"{name} must be [1, N, {widths[name]}] (one prompt or image), "
+                                  f"got {tuple(value.shape)}")
+
     # 2. -----------------------------------------------------------------------------------------------------
-    def encode_prompts(self, prompt: str, negative_prompt: str, guidance_scale: float) -> torch.Tensor:
+    def encode_prompts(self, prompt: str, negative_prompt: str, guidance_scale: float,
+                       prompt_embeds: torch.Tensor | None = None,
+                       negative_prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Text features [B, L, text_dim]: [negative, prompt] when guided (B = 2), else [prompt] (B = 1).
 
-        Both rows are zero-padded to the same length; the transformer zero-pads to text_len anyway.
+        Given embeddings ([1, L, text_dim] or [L, text_dim]) stand in for their prompt's umT5 features. Both rows
+        are zero-padded to the same length; the transformer zero-pads to text_len anyway.
         """
         cfg = self.transformer.config
-        if self.text_encoder is None:
+        if self.text_encoder is None and prompt_embeds is None:
             return torch.zeros(1, 1, cfg.text_dim, device=self.device)
-        prompts = [negative_prompt, prompt] if guidance_scale > 1 else [prompt]
-        features = encode_prompts(self.text_encoder, self.tokenizer, prompts, text_len=cfg.text_len)
+        guided = guidance_scale > 1
+        given = [negative_prompt_embeds, prompt_embeds] if guided else [prompt_embeds]
+        missing = [text for text, embeds in zip([negative_prompt, prompt] if guided else [prompt], given)
+                   if embeds is None]
+        if missing and self.text_encoder is None:
+            raise Scail2Error("negative_prompt_embeds are needed for guidance_scale > 1: this model has no text "
+                              "encoder to encode the negative prompt")
+        encoded = iter(encode_prompts(self.text_encoder, self.tokenizer, missing, text_len=cfg.text_len)
+                       if missing else [])
+        features = [next(encoded) if embeds is None else embeds.reshape(-1, cfg.text_dim) for embeds in given]
         longest = max(f.shape[0] for f in features)
         padded = [torch.nn.functional.pad(f.float(), (0, 0, 0, longest - f.shape[0])) for f in features]
         return torch.stack(padded).to(self.device)
 
     # 3. -----------------------------------------------------------------------------------------------------
-    def encode_reference(self, inputs: AnimationInputs) -> EncodedReference:
+    def encode_reference(self, inputs: AnimationInputs, image_embeds: torch.Tensor | None = None) -> EncodedReference:
+        """Reference latent, mask, CLIP tokens ([1, N, image_dim]; `image_embeds` when given, else from the
+        reference) and the extra views."""
         codec = self.codec
-        image_embeds = None
-        if self.image_encoder is not None and self.transformer.config.model_type == "i2v":
-            pixels = clip_pixel_values(inputs.reference, size=self.image_encoder.config.image_size)
-            image_embeds = clip_image_features(self.image_encoder, pixels).float()
+        if image_embeds is None:
+            image_embeds = self.encode_image(inputs.reference)
+        else:
+            image_embeds = image_embeds.reshape(1, -1, image_embeds.shape[-1]).float()
         latent = codec.encode(inputs.reference[None, :, None])  # [1, z, 1, h, w]
         mask = compress_reference_mask(inputs.reference_mask)
         encoded = EncodedReference(latent=latent, mask=mask.to(latent.device), image_embeds=image_embeds)
@@ -196,10 +227,37 @@ class SCAIL2Pipeline(DiffusionPipeline):
             encoded.extra_masks = torch.cat(masks, dim=2).to(latent.device)
         return encoded
 
+    def encode_image(self, reference: torch.Tensor) -> torch.Tensor | None:
+        """CLIP tokens [1, N, image_dim] of the [3, H, W] reference; None for a t2v transformer or no encoder."""
+        if self.image_encoder is None or self.transformer.config.model_type != "i2v":
+            return None
+        pixels = clip_pixel_values(reference, size=self.image_encoder.config.image_size)
+        return clip_image_features(self.image_encoder, pixels).float()
+
     # 4. -----------------------------------------------------------------------------------------------------
     @staticmethod
     def plan_segments(num_frames: int, settings: SamplingSettings) -> list[Segment]:
         return plan_segments(num_frames, settings.segment_length, settings.overlap)
+
+    def prepare_latents(self, inputs: AnimationInputs, segments: list[Segment], generator: torch.Generator,
+                        latents: torch.Tensor | list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Initial noise of every segment, [1, z, T_lat, h, w] fp32 each (T_lat of the segment's length).
+
+        Drawn from `generator` (on its device) segment after segment, or `latents` checked and used: a list with
+        one tensor per segment, or a single tensor when the video is one segment.
+        """
+        height, width = inputs.reference.shape[1:]
+        shapes = [(1, self.codec.mean.shape[1], *self.codec.latent_shape(s.length, height, width)) for s in segments]
+        if latents is None:
+            return [torch.randn(shape, generator=generator, device=generator.device) for shape in shapes]
+        latents = [latents] if torch.is_tensor(latents) else list(latents)
+        if len(latents) != len(segments):
+            raise Scail2Error(f"latents holds {len(latents)} tensor(s) but the video runs as {len(segments)} "
+                              f"segment(s); pass a list with one [1, z, T_lat, h, w] tensor per segment")
+        for index, (latent, shape) in enumerate(zip(latents, shapes)):
+            if tuple(latent.shape) != shape:
+                raise Scail2Error(f"latents[{index}] has shape {tuple(latent.shape)} but segment {index} needs {shape}")
+        return [latent.float() for latent in latents]
 
     # 5. -----------------------------------------------------------------------------------------------------
     def prepare_segment(self, inputs: AnimationInputs, segment: Segment) -> SegmentConditions:
@@ -210,12 +268,51 @@ class SCAIL2Pipeline(DiffusionPipeline):
         return SegmentConditions(pose_latents=pose_latents, driving_masks=driving_masks.to(pose_latents.device))
 
     # 6. -----------------------------------------------------------------------------------------------------
+    def build_velocity_fn(self, reference: EncodedReference, conditions: SegmentConditions, text: torch.Tensor,
+                          replace: bool, history_frames: int = 0, autocast_dtype: torch.dtype | None = None):
+        """This pipeline's transformer over one segment's conditions; see `transformer_velocity`."""
+        return transformer_velocity(self.transformer, self.device, reference, conditions, text, replace,
+                                    history_frames, autocast_dtype)
+
     def denoise_segment(self, reference: EncodedReference, conditions: SegmentConditions, text: torch.Tensor,
                         noise: torch.Tensor, history: torch.Tensor | None, settings: SamplingSettings,
-                        replace: bool, autocast_dtype: torch.dtype | None = None, progress=None) -> torch.Tensor:
-        """Run the sampler on one segment; see `denoise`."""
-        return denoise(self.transformer, self.device, reference, conditions, text, noise, history, settings, replace,
-                       autocast_dtype, progress)
+                        replace: bool, autocast_dtype: torch.dtype | None = None, progress=None,
+                        callback=None) -> torch.Tensor:
+        """Run the sampler on one segment from `noise` [1, z, T_lat, h, w]. `history` [1, z, t_h, h, w] is
+        re-imposed before and after every step; guidance applies when `text` holds [negative, prompt].
+        `callback(step_index, timestep, latent) -> latent or None` runs after every step (see `samplers.sample`)."""
+        history_frames = 0 if history is None else history.shape[2]
+        velocity = self.build_velocity_fn(reference, conditions, text, replace, history_frames, autocast_dtype)
+
+        def on_step_end(index: int, timestep: torch.Tensor, latent: torch.Tensor) -> torch.Tensor | None:
+            if progress is not None:
+                progress.update(1)
+            return None if callback is None else callback(index, timestep, latent)
+
+        sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
+        return sample(velocity, noise.to(self.device), sampler,
+                      guidance_scale=settings.guidance_scale if text.shape[0] == 2 else None,
+                      clean_prefix=None if history is None else history.to(self.device), callback=on_step_end)
+
+    def step_end_callback(self, callback_on_step_end, tensor_inputs: list[str] | None = None):
+        """Adapt a diffusers-style `callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict` to
+        `denoise_segment`'s callback (None without one); a "latents" entry in the returned dict replaces them."""
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = ["latents"] if tensor_inputs is None else list(tensor_inputs)
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise Scail2Error(f"callback_on_step_end_tensor_inputs {unknown} cannot be handed to a callback; "
+                              f"choose from {self._callback_tensor_inputs}")
+        if callback_on_step_end is None:
+            return None
+
+        def on_step_end(step_index: int, timestep: torch.Tensor, latent: torch.Tensor) -> torch.Tensor | None:
+            callback_kwargs = {"latents": latent} if "latents" in tensor_inputs else {}
+            outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs) or {}
+            return outputs.get("latents")
+
+        return on_step_end
 
     # 7. -----------------------------------------------------------------------------------------------------
     def decode_segment(self, latent: torch.Tensor) -> torch.Tensor:
@@ -230,8 +327,22 @@ class SCAIL2Pipeline(DiffusionPipeline):
     @staticmethod
     def stitch(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
         """Concatenate each segment's new frames (history and padding dropped) -> [T, H, W, 3] uint8."""
+        return model_video_to_frames(SCAIL2Pipeline.stitch_video(decoded, segments))
+
+    @staticmethod
+    def stitch_video(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
+        """As `stitch`, in floats: [3, T, H, W] in [-1, 1]."""
         parts = [video[:, seg.history_frames : seg.real_frames] for video, seg in zip(decoded, segments)]
-        return model_video_to_frames(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def postprocess(video: torch.Tensor, output_type: str = "uint8") -> torch.Tensor | np.ndarray:
+        """[3, T, H, W] in [-1, 1] -> "uint8": [T, H, W, 3] uint8 tensor; "pt": [T, 3, H, W] float32 tensor in
+        [0, 1]; "np": [T, H, W, 3] float32 array in [0, 1] (diffusers' video layouts without the batch axis)."""
+        if output_type == "uint8":
+            return model_video_to_frames(video)
+        frames = ((video.clamp(-1, 1) + 1) / 2).permute(1, 0, 2, 3).contiguous()  # [T, 3, H, W]
+        return frames if output_type == "pt" else frames.permute(0, 2, 3, 1).cpu().numpy()
 
     def history_latent(self, previous: torch.Tensor, segment: Segment) -> torch.Tensor | None:
         """The last `overlap` decoded frames of the previous segment, re-encoded: [1, z, t_h, h, w]."""
@@ -241,30 +352,74 @@ class SCAIL2Pipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, inputs: AnimationInputs, settings: SamplingSettings = SamplingSettings(), seed: int = 0,
-                 autocast_dtype: torch.dtype | None = None, progress: bool = True) -> AnimationResult:
+                 autocast_dtype: torch.dtype | None = None, progress: bool = True, *,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | list[torch.Tensor] | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 image_embeds: torch.Tensor | None = None, output_type: str = "uint8", callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None) -> AnimationResult:
+        r"""Animate `inputs.reference` with the motion of `inputs.driving`.
+
+        Args:
+            inputs: the tensors of one generation (`AnimationInputs`), already at the target size.
+            settings: sampler, steps, shift, guidance scale and segmenting (`SamplingSettings`).
+            seed: seeds a CPU generator for the initial noise when `generator` is None.
+            autocast_dtype: run the transformer under autocast to this dtype (None: no autocast).
+            progress: show a progress bar over all segments' steps.
+            generator: the `torch.Generator` the initial noise is drawn from (on its device), segment by segment.
+            latents: the initial noise instead of drawing it: a list with one [1, z, T_lat, h, w] tensor per
+                segment (T_lat = (length - 1) / 4 + 1 of that segment, h, w = H / 8, W / 8), or one tensor when
+                the video is a single segment. A later segment's leading frames are overwritten by its history.
+            prompt_embeds, negative_prompt_embeds: umT5 features [1, L, text_dim] that replace encoding
+                `inputs.prompt` / `inputs.negative_prompt` (the negative one is only used when guided).
+            image_embeds: CLIP tokens [1, N, image_dim] of the reference that replace the image encoder.
+            output_type: what `frames` of the result holds:
+                "uint8" (default): [T, H, W, 3] uint8 tensor;
+                "pt": [T, 3, H, W] float32 tensor in [0, 1];
+                "np": [T, H, W, 3] float32 numpy array in [0, 1];
+                "latent": a list with each segment's final latent [1, z, T_lat, h, w] (history frames included,
+                    the last segment not decoded); `stitch_video` over `decode_segment` of each gives the video.
+            callback_on_step_end: `callback(pipe, step_index, timestep, callback_kwargs) -> dict`, called after
+                every step of every segment (`step_index` restarts at 0 in each segment); a "latents" entry in
+                the returned dict replaces the latent (clean history is re-imposed on it).
+            callback_on_step_end_tensor_inputs: the tensors put in `callback_kwargs` (default ["latents"]).
+
+        Returns:
+            `AnimationResult` with `frames` (see `output_type`), the `segments` and `timings` in seconds.
+        """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        self.check_inputs(inputs)
-        text = self.encode_prompts(inputs.prompt, inputs.negative_prompt, settings.guidance_scale)
-        reference = self.encode_reference(inputs)
+        # 1. check inputs
+        self.check_inputs(inputs, image_embeds)
+        self.check_call_arguments(output_type, prompt_embeds, negative_prompt_embeds, image_embeds)
+        step_end = self.step_end_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        # 2-3. encode the prompts and the reference
+        text = self.encode_prompts(inputs.prompt, inputs.negative_prompt, settings.guidance_scale, prompt_embeds,
+                                   negative_prompt_embeds)
+        reference = self.encode_reference(inputs, image_embeds)
+        # 4. plan segments and their initial noise
         segments = self.plan_segments(inputs.driving.shape[0], settings)
+        noise = self.prepare_latents(inputs, segments, generator or torch.Generator().manual_seed(seed), latents)
         timings["encode_s"] = time.perf_counter() - start
-        generator = torch.Generator().manual_seed(seed)
+        # 5-7. condition, denoise and decode segment after segment (each needs the previous one's decoded frames)
+        final_latents: list[torch.Tensor] = []
         decoded: list[torch.Tensor] = []
         # a context manager, so an error message is never interleaved with a half-drawn bar
         with tqdm(total=len(segments) * settings.steps, disable=not progress, unit="step", desc="denoise") as bar:
-            for segment in segments:
+            for segment, segment_noise in zip(segments, noise):
                 bar.set_description(f"segment {segment.index + 1}/{len(segments)}")
                 conditions = self.prepare_segment(inputs, segment)
                 history = self.history_latent(decoded[-1], segment) if decoded else None
-                noise = torch.randn(1, reference.latent.shape[1], conditions.pose_latents.shape[2],
-                                    *reference.latent.shape[-2:], generator=generator)
                 tic = time.perf_counter()
-                latent = self.denoise_segment(reference, conditions, text, noise, history, settings,
-                                              replace=inputs.mode == "replace", autocast_dtype=autocast_dtype,
-                                              progress=bar)
+                final_latents.append(self.denoise_segment(
+                    reference, conditions, text, segment_noise, history, settings, replace=inputs.mode == "replace",
+                    autocast_dtype=autocast_dtype, progress=bar, callback=step_end))
                 timings[f"segment_{segment.index}_denoise_s"] = time.perf_counter() - tic
-                decoded.append(self.decode_segment(latent))
-        frames = self.stitch(decoded, segments)
+                if output_type != "latent" or segment is not segments[-1]:
+                    decoded.append(self.decode_segment(final_latents[-1]))
+        # 8. stitch and format
+        if output_type == "latent":
+            frames = final_latents
+        else:
+            frames = self.postprocess(self.stitch_video(decoded, segments), output_type)
         timings["total_s"] = time.perf_counter() - start
         return AnimationResult(frames=frames, segments=segments, timings=timings)

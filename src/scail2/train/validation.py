@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from scail2.conditioning import EncodedReference, SegmentConditions, VideoLatentCodec
-from scail2.pipelines.pipeline_scail2 import SamplingSettings, denoise
+from scail2.diffusion import samplers
+from scail2.pipelines.pipeline_scail2 import SamplingSettings, transformer_velocity
 
 VALIDATION_FPS = 16
 
@@ -38,9 +39,11 @@ def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
     noise = torch.randn(t["target_latents"].shape, generator=torch.Generator().manual_seed(trainer.config.train.seed))
     settings = SamplingSettings(sampler="euler", steps=trainer.config.train.validation_steps, shift=3.0,
                                 guidance_scale=1.0)
+    velocity = transformer_velocity(trainer.model, trainer.group.device, reference, conditions, text,
+                                    replace=sample.replace, autocast_dtype=trainer.autocast)
+    sampler = samplers.FlowSampler(settings.sampler, settings.steps, settings.shift)
     trainer.model.eval()
-    latent = denoise(trainer.model, trainer.group.device, reference, conditions, text, noise, None, settings,
-                     replace=sample.replace, autocast_dtype=trainer.autocast)
+    latent = samplers.sample(velocity, noise.to(trainer.group.device), sampler)
     trainer.model.train()
     if not trainer.group.is_main:
         return None
