@@ -172,6 +172,19 @@ def test_preference_cache_reads_back_through_latent_cache(built, cache, encoder)
     torch.testing.assert_close(latents[NUM_PAIRS - 1].tensors["target_latents"], winner, rtol=0, atol=0)
 
 
+def test_preference_caches_are_latent_caches_of_the_current_version(cache, tmp_path):
+    latents = LatentCache(cache)
+    assert latents.version == 2 and json.loads((cache / "manifest.json").read_text())["version"] == 2
+    assert latents.meta["preference"] == {"format": "scail2-preference", "version": 1, "loser_field": LOSER_FIELD}
+    assert all("target_masks" in latents[i].tensors for i in range(len(latents)))
+    newer = tmp_path / "newer"
+    shutil.copytree(cache, newer)
+    meta = json.loads((newer / "meta.json").read_text())
+    (newer / "meta.json").write_text(json.dumps({**meta, "preference": {**meta["preference"], "version": 5}}))
+    with pytest.raises(Scail2Error, match=r"\(its preference entry\) has preference format version 5; this scail2 "):
+        check_preference_cache(LatentCache(newer))
+
+
 def test_a_plain_cache_is_refused_by_the_dpo_check(cache, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(cache, plain)

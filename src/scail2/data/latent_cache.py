@@ -1,6 +1,6 @@
 """The latent cache: every MotionPair sample encoded once (VAE, and text/image encoders when present).
 
-Layout of a cache folder (format `scail2-latent-cache`, version 1):
+Layout of a cache folder (format `scail2-latent-cache`, version 2; version 1 is still read):
 
     meta.json                 format, version, source dataset, encoders, text length, storage dtype
     null_text.safetensors     the empty prompt's embedding (text dropout), when there is a text encoder
@@ -12,7 +12,8 @@ Tensors of one sample (z latent channels, T latent frames, h x w latent grid):
     target_latents [z, T, h, w]      ref_latents [z, 1, h, w]       ref_masks [28, 1, h, w]
     pose_latents   [z, T, h/2, w/2]  driving_masks [28, T, h/2, w/2]
     detail_masks   [2, T, h, w]      fraction of limb-end (0) and face/head (1) pixels per latent cell
-    target_masks   [1, T, h, w]      fraction of character pixels per latent cell (foreground loss weight)
+    target_masks   [1, T, h, w]      fraction of character pixels per latent cell (foreground loss weight);
+                                     always there from version 2 on, possibly missing in version 1 caches
     text_embeds    [L, text_dim]     image_embeds [N, image_dim]    (only with those encoders)
 
 Each shard is written under a temporary name and renamed when complete, so a killed run resumes at the first
@@ -22,19 +23,17 @@ offsets make every sample readable by random access, which gives the trainer a d
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
-from safetensors.torch import save_file
 
 from scail2.conditioning import (
     VideoLatentCodec,
@@ -45,15 +44,22 @@ from scail2.conditioning import (
     encode_video,
     mask_to_latent,
 )
+from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, shard_record, write_json_atomic
 from scail2.data.pairs import DRIVING_SOURCES, driving_condition
 from scail2.errors import Scail2Error
 from scail2.modes import parse_mode
 
-FORMAT = "scail2-latent-cache"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks")
-OPTIONAL_FIELDS = ("text_embeds", "image_embeds", "target_masks")  # target_masks: caches from 2026-11-21 on
+if TYPE_CHECKING:
+    from scail2.data.shards import MotionPairDataset
+
+# Version 2 added target_masks to every record; version 1 caches may lack it (readers of it must cope).
+LATENT_CACHE = FormatSpec("scail2-latent-cache", version=2, supported=(1, 2), description="a scail2 latent cache",
+                          command="cache", settings="data or encoders", kind="cache")
+FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = LATENT_CACHE.name, LATENT_CACHE.version, LATENT_CACHE.supported
+TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks",
+                 "target_masks")
+OPTIONAL_FIELDS = ("text_embeds", "image_embeds")  # with those encoders
+NULL_TEXT_FILE = "null_text.safetensors"
 
 
 def caption_for(metadata: dict) -> str:
@@ -163,37 +169,20 @@ class CachedSample:
         return parse_mode(self.mode) == "replace"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Scail2Error(f"{path} is missing; run `scail2 cache` (again) to build or finish the cache") from None
-    except json.JSONDecodeError as error:
-        raise Scail2Error(f"{path} is not valid JSON ({error}); the cache is corrupt: rebuild it") from None
-
-
-def _check_header(header: dict, source: Path) -> None:
-    if header.get("format") != FORMAT:
-        raise Scail2Error(f"{source} is not a scail2 latent cache (format {header.get('format')!r}); pass the "
-                          "folder written by `scail2 cache`")
-    if header.get("version") not in SUPPORTED_VERSIONS:
-        raise Scail2Error(f"{source} has cache format version {header.get('version')}, this scail2 reads "
-                          f"{SUPPORTED_VERSIONS}; rebuild the cache with this version or upgrade scail2")
-
-
 class LatentCache:
-    """Random access to a finished cache: `cache[i]` -> CachedSample, in manifest order."""
+    """Random access to a finished cache: `cache[i]` -> CachedSample, in manifest order.
+
+    `version` is the cache's format version; records of version 1 caches may lack `target_masks`.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.meta = _read_json(self.directory / "meta.json")
-        _check_header(self.meta, self.directory / "meta.json")
-        manifest = _read_json(self.directory / "manifest.json")
-        _check_header(manifest, self.directory / "manifest.json")
+        self.meta, manifest = LATENT_CACHE.open_finished(self.directory, verify=False)
+        self.version = int(self.meta["version"])
         self.entries = [(shard["name"], member) for shard in manifest["shards"] for member in shard["members"]]
         self.shapes = [tuple(member["shape"]) for _, member in self.entries]  # target latent shape per sample
         self.modes = [member["mode"] for _, member in self.entries]
-        null_text = self.directory / "null_text.safetensors"
+        null_text = self.directory / NULL_TEXT_FILE
         self.null_text = load_tensors(null_text.read_bytes())["text_embeds"] if null_text.exists() else None
 
     def __len__(self) -> int:
@@ -229,80 +218,75 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]
     return data_offset, len(data)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_shard(encoder: CacheEncoder, source_shard: Path, out: Path, progress=None) -> dict:
     """Encode one source shard into `out` (atomically) and return its completion record."""
     from scail2.data.shards import read_shard
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     members = []
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in read_shard(source_shard):
-                encoded = encoder.encode(sample)
-                info = json.dumps({"key": sample.key, "task": sample.task, "mode": sample.mode}).encode()
-                members.append({
-                    "key": sample.key, "mode": sample.mode, "shape": list(encoded["target_latents"].shape),
-                    "tensors": _add_member(tar, f"{sample.key}.safetensors", save_tensors(encoded)),
-                    "info": _add_member(tar, f"{sample.key}.json", info),
-                })
-                if progress is not None:
-                    progress.update(1)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"name": out.name, "source": source_shard.name, "count": len(members), "bytes": out.stat().st_size,
-            "sha256": _sha256(out), "members": members}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in read_shard(source_shard):
+            encoded = encoder.encode(sample)
+            info = json.dumps({"key": sample.key, "task": sample.task, "mode": sample.mode}).encode()
+            members.append({
+                "key": sample.key, "mode": sample.mode, "shape": list(encoded["target_latents"].shape),
+                "tensors": _add_member(tar, f"{sample.key}.safetensors", save_tensors(encoded)),
+                "info": _add_member(tar, f"{sample.key}.json", info),
+            })
+            if progress is not None:
+                progress.update(1)
+    return shard_record(out, source=source_shard.name, count=len(members), members=members)
 
 
 def build_cache(data_dir: str | Path, out_dir: str | Path, encoder: CacheEncoder, shard_index: int | None = None,
                 num_shards: int | None = None, progress: bool = True) -> bool:
     """Encode a synthesised dataset; returns True when the whole cache (manifest included) is complete."""
+    from scail2.data.shards import MotionPairDataset
+
+    return cache_dataset(MotionPairDataset(data_dir, verify=False), out_dir, encoder, shard_index=shard_index,
+                         num_shards=num_shards, progress=progress)
+
+
+def cache_dataset(dataset: MotionPairDataset, out_dir: str | Path, encoder: CacheEncoder, *,
+                  extra_meta: dict | None = None, shard_encoder: Callable[[CacheEncoder, Path], object] | None = None,
+                  shard_index: int | None = None, num_shards: int | None = None, progress: bool = True) -> bool:
+    """Encode the shards of a finished `MotionPairDataset` (or a dataset laid out like one) into a cache.
+
+    Resumable (finished shards have a completion record and are skipped) and shardable (`shard_index/num_shards`,
+    None/None: RANK/WORLD_SIZE). `extra_meta` joins meta.json; `shard_encoder(encoder, source_shard)`, when
+    given, returns the encoder of one shard. True once the manifest is written.
+    """
     from tqdm import tqdm
 
-    from scail2.data.shards import MotionPairDataset, resolve_sharding
+    from scail2.data.shards import resolve_sharding
 
-    dataset = MotionPairDataset(data_dir, verify=False)
     index, count = resolve_sharding(shard_index, num_shards)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "source": str(Path(data_dir).resolve()),
-            "source_meta": dataset.meta, "encoders": encoder.describe()}
-    existing = out / "meta.json"
-    if existing.exists() and _read_json(existing) != json.loads(json.dumps(meta)):
-        raise Scail2Error(f"{out} holds a cache of other data or encoders; choose another --out or delete it")
-    _write_json(existing, meta)
-    if encoder.text_encoder is not None and not (out / "null_text.safetensors").exists():
-        save_file({"text_embeds": encoder.encode_text([""])[0].contiguous()}, str(out / "null_text.safetensors"))
-    sources = dataset.shard_paths
-    mine = [i for i in range(len(sources)) if i % count == index]
-    todo = [i for i in mine if not (out / f"cache-{i:05d}.json").exists()]
-    counts = {entry["name"]: entry["count"] for entry in dataset.manifest["shards"]}
-    with tqdm(total=sum(counts[sources[i].name] for i in todo), disable=not progress, unit="pair", desc="cache") as bar:
+    LATENT_CACHE.claim_folder(out, LATENT_CACHE.header(
+        source=str(dataset.directory.resolve()), source_meta=dataset.meta, encoders=encoder.describe(),
+        **(extra_meta or {})))
+    if encoder.text_encoder is not None and not (out / NULL_TEXT_FILE).exists():
+        null_text = encoder.encode_text([""])[0].contiguous()
+        atomic_write_bytes(out / NULL_TEXT_FILE, save_tensors({"text_embeds": null_text}))
+    entries = dataset.manifest["shards"]
+    todo = [i for i in range(len(entries)) if i % count == index and not (out / _record_name(i)).exists()]
+    with tqdm(total=sum(entries[i]["count"] for i in todo), disable=not progress, unit="pair", desc="cache") as bar:
         for i in todo:
-            record = cache_shard(encoder, sources[i], out / f"cache-{i:05d}.tar", progress=bar)
-            _write_json(out / f"cache-{i:05d}.json", record)
-    return finish_manifest(out, len(sources))
+            source = dataset.directory / entries[i]["name"]
+            shard_input = encoder if shard_encoder is None else shard_encoder(encoder, source)
+            record = cache_shard(shard_input, source, out / f"cache-{i:05d}.tar", progress=bar)
+            write_json_atomic(out / _record_name(i), record)
+    return finish_manifest(out, len(entries))
+
+
+def _record_name(shard: int) -> str:
+    return f"cache-{shard:05d}.json"
 
 
 def finish_manifest(out: Path, num_source_shards: int) -> bool:
-    records = [out / f"cache-{i:05d}.json" for i in range(num_source_shards)]
+    records = [out / _record_name(i) for i in range(num_source_shards)]
     if not all(path.exists() for path in records):
         return False
-    shards = [_read_json(path) for path in records]
-    _write_json(out / "manifest.json", {"format": FORMAT, "version": FORMAT_VERSION, "shards": shards,
-                                        "num_samples": sum(s["count"] for s in shards)})
+    shards = [LATENT_CACHE.read_json(path) for path in records]
+    LATENT_CACHE.write_manifest(out, shards, num_samples=sum(s["count"] for s in shards))
     return True

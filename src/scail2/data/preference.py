@@ -41,31 +41,29 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from scail2.conditioning import AnimationInputs, encode_video
 from scail2.data import latent_cache
+from scail2.data.format import FormatSpec
 from scail2.data.pairs import MASK_BACKGROUNDS, PairSample, palette_mask
 from scail2.data.shards import (
+    MotionPairDataset,
     WriteReport,
-    _decode_png,
-    _png,
-    _sha256,
-    _write_json_atomic,
-    _write_shard,
+    decode_png,
     decode_sample,
+    encode_png,
     encode_sample,
     read_shard,
     resolve_sharding,
-    shard_name,
+    write_shards,
 )
 from scail2.errors import Scail2Error
 from scail2.modes import parse_mode
 from scail2.preprocess.palette import IDENTITY_COLORS
 
-FORMAT = "scail2-preference"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+PREFERENCE = FormatSpec("scail2-preference", version=1, supported=(1,), description="a scail2 preference dataset",
+                        command="prefs", settings="source data or animator", kind="preference")
+FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = PREFERENCE.name, PREFERENCE.version, PREFERENCE.supported
 DEFAULT_SHARD_SIZE = 32  # a model-based build spends minutes per pair; small shards lose little when killed
 LOSER_FIELD = "loser_latents"
 
@@ -329,10 +327,11 @@ class PreferencePairBuilder:
                                    sample.driving, scene_masks, "replace")
         winner = self._call(sample, "winner", sample.reference, reference_mask, sample.driving, driving_mask, mode)
         loser = self._call(sample, "loser", sample.reference, reference_mask, resynthesised, driving_mask, mode)
-        info = {"format": FORMAT, "version": FORMAT_VERSION, "source_key": sample.key, "resynthesis_frame": frame,
-                "driving_drift": _mean_abs(resynthesised, sample.driving),
-                "winner_error": _mean_abs(winner, sample.target), "loser_error": _mean_abs(loser, sample.target),
-                "winner_loser_difference": _mean_abs(winner, loser)}
+        info = PREFERENCE.header(source_key=sample.key, resynthesis_frame=frame,
+                                 driving_drift=_mean_abs(resynthesised, sample.driving),
+                                 winner_error=_mean_abs(winner, sample.target),
+                                 loser_error=_mean_abs(loser, sample.target),
+                                 winner_loser_difference=_mean_abs(winner, loser))
         return PreferenceSample(dataclasses.replace(sample, target=winner), loser, info)
 
 
@@ -345,19 +344,9 @@ def encode_preference_sample(sample: PreferenceSample) -> dict[str, bytes]:
     """The MotionPair members of the pair, plus `loser.png` and `preference.json`."""
     record = encode_sample(sample.pair)
     frames, height, width = sample.loser.shape[:3]
-    record["loser.png"] = _png(np.ascontiguousarray(sample.loser).reshape(frames * height, width, 3))
+    record["loser.png"] = encode_png(np.ascontiguousarray(sample.loser).reshape(frames * height, width, 3))
     record["preference.json"] = json.dumps(sample.info, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return record
-
-
-def _check_header(header: dict, source: str) -> None:
-    found = header.get("format") if isinstance(header, dict) else None
-    if found != FORMAT:
-        raise Scail2Error(f"{source} is not a scail2 preference dataset (format {found!r}); point it at a directory "
-                          f"written by write_preference_dataset")
-    if header.get("version") not in SUPPORTED_VERSIONS:
-        raise Scail2Error(f"{source} has preference format version {header.get('version')}; this scail2 reads "
-                          f"{', '.join(map(str, SUPPORTED_VERSIONS))}: upgrade scail2 or rebuild the preference data")
 
 
 def decode_preference_sample(record: dict, source: str = "sample") -> PreferenceSample:
@@ -369,10 +358,10 @@ def decode_preference_sample(record: dict, source: str = "sample") -> Preference
         info = json.loads(record["preference.json"])
     except (ValueError, UnicodeDecodeError):
         raise Scail2Error(f"{where} has an unreadable preference.json; the shard is corrupt: rebuild it") from None
-    _check_header(info, where)
+    PREFERENCE.check_header(info, where)
     pair = decode_sample(record, source)
     frames, height, width = pair.driving.shape[:3]
-    loser = _decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
+    loser = decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
     return PreferenceSample(pair, loser.reshape(frames, height, width, 3), info)
 
 
@@ -381,38 +370,16 @@ def decode_preference_sample(record: dict, source: str = "sample") -> Preference
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Scail2Error(f"{path} is missing; re-run the same preference build to finish it") from None
-    except (ValueError, UnicodeDecodeError):
-        raise Scail2Error(f"{path} is not valid JSON; the dataset is corrupt: rebuild it") from None
-
-
-def _source_samples(source, start: int, stop: int) -> Iterator[PairSample]:
-    """Source pairs with indices start..stop-1, in order, reading only the shards that hold them."""
+def _source_samples(source: MotionPairDataset, indices: list[int]) -> Iterator[PairSample]:
+    """The source pairs with these (ascending) indices, in order, reading only the shards that hold them."""
+    wanted = set(indices)
     for entry in source.manifest["shards"]:
         first, count = entry.get("first_index", 0), entry["count"]
-        if first + count <= start or first >= stop:
+        if wanted.isdisjoint(range(first, first + count)):
             continue
         for index, sample in enumerate(read_shard(source.directory / entry["name"], count), start=first):
-            if start <= index < stop:
+            if index in wanted:
                 yield sample
-
-
-def _prepare_meta(out: Path, meta: dict) -> None:
-    path = out / "meta.json"
-    if path.exists():
-        existing = _read_json(path)
-        _check_header(existing, str(path))
-        wanted = json.loads(json.dumps(meta))
-        if existing != wanted:
-            differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-            raise Scail2Error(f"{path} describes other preference data (differs in {', '.join(differing)}); resume "
-                              f"with the same source and animator or choose another output folder")
-        return
-    _write_json_atomic(path, meta)
 
 
 def write_preference_dataset(source_dir: str | Path, out_dir: str | Path, animate: Animator, *,
@@ -424,10 +391,6 @@ def write_preference_dataset(source_dir: str | Path, out_dir: str | Path, animat
     Resumable: whole shards only, skipped when present; `shard_index/num_shards` (None/None: RANK/WORLD_SIZE)
     split the shards between processes. Returns what was done; `complete` once the manifest is written.
     """
-    from tqdm import tqdm
-
-    from scail2.data.shards import MotionPairDataset
-
     source = MotionPairDataset(source_dir, verify=False)
     total = len(source) if num_pairs is None else num_pairs
     if shard_size < 1 or not 1 <= total <= len(source):
@@ -436,39 +399,18 @@ def write_preference_dataset(source_dir: str | Path, out_dir: str | Path, animat
     index, count = resolve_sharding(shard_index, num_shards)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "num_pairs": total, "shard_size": shard_size,
-            "num_shards": -(-total // shard_size), "animator": describe_animator(animate),
-            "source": {"path": str(Path(source_dir).resolve()), "meta": source.meta},
-            "members": {"motionpair": "every member of a scail2-motionpair sample; target = the winner",
-                        "loser.png": "RGB, frames stacked vertically", "preference.json": "format, version, drift"}}
-    _prepare_meta(out, meta)
+    meta = PREFERENCE.header(
+        num_pairs=total, shard_size=shard_size, num_shards=-(-total // shard_size),
+        animator=describe_animator(animate), source={"path": str(Path(source_dir).resolve()), "meta": source.meta},
+        members={"motionpair": "every member of a scail2-motionpair sample; target = the winner",
+                 "loser.png": "RGB, frames stacked vertically", "preference.json": "format, version, drift"})
     builder = PreferencePairBuilder(animate)
-    mine = [s for s in range(meta["num_shards"]) if s % count == index]
-    pending = [s for s in mine if not (out / shard_name(s)).exists()]
-    ranges = {s: range(s * shard_size, min((s + 1) * shard_size, total)) for s in mine}
-    todo = sum(len(ranges[s]) for s in pending)
-    done = sum(len(ranges[s]) for s in mine) - todo
-    with tqdm(total=done + todo, initial=done, unit="pair", disable=not progress, desc="preference") as bar:
-        for shard in pending:
-            records = (encode_preference_sample(builder.build(sample))
-                       for sample in _source_samples(source, ranges[shard].start, ranges[shard].stop))
-            _write_shard(out / shard_name(shard), records, lambda: bar.update(1))
-    return WriteReport(len(pending), len(mine) - len(pending), todo, _finish_manifest(out, meta))
 
+    def records(indices: list[int]) -> Iterator[dict]:
+        return (encode_preference_sample(builder.build(sample)) for sample in _source_samples(source, indices))
 
-def _finish_manifest(out: Path, meta: dict) -> bool:
-    paths = [out / shard_name(s) for s in range(meta["num_shards"])]
-    if not all(p.exists() for p in paths):
-        return False
-    shards = []
-    for shard, path in enumerate(paths):
-        first = shard * meta["shard_size"]
-        count = min(meta["shard_size"], meta["num_pairs"] - first)
-        shards.append({"name": path.name, "first_index": first, "count": count, "bytes": path.stat().st_size,
-                       "sha256": _sha256(path)})
-    _write_json_atomic(out / "manifest.json", {"format": FORMAT, "version": FORMAT_VERSION,
-                                               "num_pairs": meta["num_pairs"], "shards": shards})
-    return True
+    return write_shards(out, PREFERENCE, meta, records, shard_index=index, num_shards=count, progress=progress,
+                        desc="preference")
 
 
 def read_preference_shard(path: str | Path, expected_count: int | None = None) -> Iterator[PreferenceSample]:
@@ -476,35 +418,12 @@ def read_preference_shard(path: str | Path, expected_count: int | None = None) -
     return read_shard(path, expected_count, decode=decode_preference_sample)
 
 
-class PreferenceDataset:
-    """A finished preference dataset: checks meta.json, the manifest and (with `verify`) shard checksums."""
+class PreferenceDataset(MotionPairDataset):
+    """A finished preference dataset: checks meta.json, the manifest and (with `verify`) shard checksums.
+    Iterating yields `PreferenceSample`s."""
 
-    def __init__(self, directory: str | Path, verify: bool = True):
-        self.directory = Path(directory)
-        self.meta = _read_json(self.directory / "meta.json")
-        _check_header(self.meta, str(self.directory / "meta.json"))
-        manifest = self.directory / "manifest.json"
-        if not manifest.exists():
-            raise Scail2Error(f"{manifest} is missing: the preference build is unfinished; re-run it to finish")
-        self.manifest = _read_json(manifest)
-        _check_header(self.manifest, str(manifest))
-        for entry in self.manifest["shards"]:
-            path = self.directory / entry["name"]
-            damaged = verify and (path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"])
-            if not path.is_file() or damaged:
-                raise Scail2Error(f"{path} is missing or does not match its manifest checksum; delete it and re-run "
-                                  f"the preference build")
-
-    def __len__(self) -> int:
-        return int(self.manifest["num_pairs"])
-
-    @property
-    def shard_paths(self) -> list[Path]:
-        return [self.directory / entry["name"] for entry in self.manifest["shards"]]
-
-    def __iter__(self) -> Iterator[PreferenceSample]:
-        for entry in self.manifest["shards"]:
-            yield from read_preference_shard(self.directory / entry["name"], entry["count"])
+    spec = PREFERENCE
+    decode = staticmethod(decode_preference_sample)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -520,10 +439,10 @@ def _shard_losers(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         where = f"{path} (sample {record.get('__key__', '?')})"
         if "preference.json" not in record or "loser.png" not in record or "json" not in record:
             raise Scail2Error(f"{where} has no loser; rebuild the preference data with write_preference_dataset")
-        _check_header(json.loads(record["preference.json"]), where)
+        PREFERENCE.check_header(json.loads(record["preference.json"]), where)
         header = json.loads(record["json"])
         frames, height, width = header["frames"], header["height"], header["width"]
-        loser = _decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
+        loser = decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
         yield header["key"], loser.reshape(frames, height, width, 3)
 
 
@@ -557,31 +476,10 @@ def build_preference_cache(data_dir: str | Path, out_dir: str | Path, encoder: l
 
     Same layout, resuming and sharding as `latent_cache.build_cache`; meta.json adds a `preference` entry.
     """
-    from tqdm import tqdm
-
     dataset = PreferenceDataset(data_dir, verify=False)
-    index, count = resolve_sharding(shard_index, num_shards)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": latent_cache.FORMAT, "version": latent_cache.FORMAT_VERSION,
-            "source": str(Path(data_dir).resolve()), "source_meta": dataset.meta, "encoders": encoder.describe(),
-            "preference": {"format": FORMAT, "version": FORMAT_VERSION, "loser_field": LOSER_FIELD}}
-    existing = out / "meta.json"
-    if existing.exists() and latent_cache._read_json(existing) != json.loads(json.dumps(meta)):
-        raise Scail2Error(f"{out} holds a cache of other data or encoders; choose another output folder or delete it")
-    latent_cache._write_json(existing, meta)
-    if encoder.text_encoder is not None and not (out / "null_text.safetensors").exists():
-        save_file({"text_embeds": encoder.encode_text([""])[0].contiguous()},
-                               str(out / "null_text.safetensors"))
-    entries = dataset.manifest["shards"]
-    todo = [i for i in range(len(entries)) if i % count == index and not (out / f"cache-{i:05d}.json").exists()]
-    with tqdm(total=sum(entries[i]["count"] for i in todo), disable=not progress, unit="pair", desc="cache") as bar:
-        for i in todo:
-            source = dataset.directory / entries[i]["name"]
-            record = latent_cache.cache_shard(_EncoderWithLosers(encoder, source), source,
-                                              out / f"cache-{i:05d}.tar", progress=bar)
-            latent_cache._write_json(out / f"cache-{i:05d}.json", record)
-    return latent_cache.finish_manifest(out, len(entries))
+    return latent_cache.cache_dataset(dataset, out_dir, encoder, extra_meta={"preference": PREFERENCE.header(
+        loser_field=LOSER_FIELD)}, shard_encoder=_EncoderWithLosers, shard_index=shard_index, num_shards=num_shards,
+        progress=progress)
 
 
 def check_preference_cache(cache: latent_cache.LatentCache) -> None:
@@ -590,6 +488,4 @@ def check_preference_cache(cache: latent_cache.LatentCache) -> None:
     if not isinstance(entry, dict) or entry.get("format") != FORMAT:
         raise Scail2Error(f"{cache.directory} is a latent cache without losers; the dpo stage needs one built by "
                           f"build_preference_cache from preference pairs (write_preference_dataset)")
-    if entry.get("version") not in SUPPORTED_VERSIONS:
-        raise Scail2Error(f"{cache.directory} holds preference format version {entry.get('version')}; this scail2 "
-                          f"reads {', '.join(map(str, SUPPORTED_VERSIONS))}: rebuild the preference cache")
+    PREFERENCE.check_header(entry, f"{cache.directory / 'meta.json'} (its preference entry)")

@@ -22,26 +22,26 @@ corrupt shards with a `Scail2Error` that names the file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from scail2.data.format import FormatSpec, atomic_path, shard_record
 from scail2.data.pairs import MASK_BACKGROUNDS, PairGenerator, PairSample
 from scail2.errors import Scail2Error
 from scail2.modes import parse_mode
 from scail2.preprocess.palette import IDENTITY_COLORS
 
-FORMAT = "scail2-motionpair"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+MOTIONPAIR = FormatSpec("scail2-motionpair", version=1, supported=(1,), description="a scail2 MotionPair sample",
+                        command="synth", settings="generator settings")
+FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = MOTIONPAIR.name, MOTIONPAIR.version, MOTIONPAIR.supported
 STREAMS = ("reference", "driving", "target")
 DEFAULT_SHARD_SIZE = 256
 PNG_LEVEL = 1  # fast deflate: the shards are written once and read many times, size matters less than speed
@@ -57,7 +57,7 @@ def shard_name(shard: int) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+def encode_png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
     """Lossless PNG bytes. Indexed images go through Pillow (unfiltered, fast); RGB goes through FFmpeg's PNG
     encoder via PyAV when it is installed, about twice as fast as Pillow's adaptive filtering."""
     if palette is None and array.ndim == 3:
@@ -102,26 +102,17 @@ def encode_sample(sample: PairSample) -> dict[str, bytes]:
     for stream in STREAMS:
         pixels, ids, detail = (getattr(sample, stream + suffix) for suffix in ("", "_ids", "_detail"))
         rows = (frames if stream != "reference" else 1) * height
-        record[f"{stream}.png"] = _png(pixels.reshape(rows, width, 3))
+        record[f"{stream}.png"] = encode_png(pixels.reshape(rows, width, 3))
         palette = _palette(MASK_BACKGROUNDS[sample.mode][stream])
-        record[f"{stream}_mask.png"] = _png(ids.reshape(rows, width), palette)
-        record[f"{stream}_detail.png"] = _png(detail.reshape(rows, width), DETAIL_PALETTE)
-    header = {"format": FORMAT, "version": FORMAT_VERSION, "key": sample.key, "task": sample.task,
-              "mode": sample.mode, "frames": frames, "height": height, "width": width, "metadata": sample.metadata}
+        record[f"{stream}_mask.png"] = encode_png(ids.reshape(rows, width), palette)
+        record[f"{stream}_detail.png"] = encode_png(detail.reshape(rows, width), DETAIL_PALETTE)
+    header = MOTIONPAIR.header(key=sample.key, task=sample.task, mode=sample.mode, frames=frames, height=height,
+                               width=width, metadata=sample.metadata)
     record["json"] = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return record
 
 
-def _check_header(header: dict, source: str) -> None:
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise Scail2Error(f"{source} is not a scail2 MotionPair sample (format {header.get('format')!r} "
-                          f"instead of {FORMAT!r}); point the reader at a directory written by `scail2 synth`")
-    if header.get("version") not in SUPPORTED_VERSIONS:
-        raise Scail2Error(f"{source} has format version {header.get('version')}; this scail2 reads version "
-                          f"{', '.join(map(str, SUPPORTED_VERSIONS))}: upgrade scail2 or regenerate the data")
-
-
-def _decode_png(data: bytes, mode: str, shape: tuple[int, ...], source: str) -> np.ndarray:
+def decode_png(data: bytes, mode: str, shape: tuple[int, ...], source: str) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -145,7 +136,7 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
         header = json.loads(record["json"])
     except (ValueError, UnicodeDecodeError):
         raise Scail2Error(f"{where} has an unreadable json member; the shard is corrupt: regenerate it") from None
-    _check_header(header, where)
+    MOTIONPAIR.check_header(header, where)
     frames, height, width = header["frames"], header["height"], header["width"]
     arrays = {}
     for stream in STREAMS:
@@ -154,7 +145,7 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
             member = f"{stream}{suffix}.png"
             if member not in record:
                 raise Scail2Error(f"{where} lacks {member}; the shard is corrupt or foreign: regenerate it")
-            array = _decode_png(record[member], mode, (count * height, width, *channels), f"{where} {member}")
+            array = decode_png(record[member], mode, (count * height, width, *channels), f"{where} {member}")
             shape = (height, width, *channels) if stream == "reference" else (frames, height, width, *channels)
             arrays[f"{stream}{suffix.replace('_mask', '_ids')}"] = array.reshape(shape)
     # shards written before the mode vocabulary was unified store "animation" / "replacement"
@@ -190,32 +181,13 @@ def resolve_sharding(shard_index: int | None, num_shards: int | None, environ=os
 
 
 def dataset_meta(generator: PairGenerator, num_pairs: int, shard_size: int) -> dict:
-    return {
-        "format": FORMAT, "version": FORMAT_VERSION, "num_pairs": num_pairs, "shard_size": shard_size,
-        "num_shards": -(-num_pairs // shard_size), "generator": generator.describe(),
-        "members": {"json": "header and metadata", "<stream>.png": "RGB, frames stacked vertically",
-                    "<stream>_mask.png": "palette PNG: index = identity, palette = upstream colours",
-                    "<stream>_detail.png": "palette PNG: index 1 limb ends, 2 face/head", "streams": list(STREAMS)},
-    }
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # several machines may write the same file
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(partial, path)
-
-
-def _prepare_meta(out: Path, meta: dict) -> None:
-    path = out / "meta.json"
-    if path.exists():
-        existing = _read_json(path)
-        _check_header(existing, str(path))
-        if existing != json.loads(json.dumps(meta)):
-            differing = sorted(k for k in set(existing) | set(meta) if existing.get(k) != meta.get(k))
-            raise Scail2Error(f"{path} describes a different dataset (differs in {', '.join(differing)}); resume "
-                              f"with the same settings or choose another --out")
-        return
-    _write_json_atomic(path, meta)
+    return MOTIONPAIR.header(
+        num_pairs=num_pairs, shard_size=shard_size, num_shards=-(-num_pairs // shard_size),
+        generator=generator.describe(),
+        members={"json": "header and metadata", "<stream>.png": "RGB, frames stacked vertically",
+                 "<stream>_mask.png": "palette PNG: index = identity, palette = upstream colours",
+                 "<stream>_detail.png": "palette PNG: index 1 limb ends, 2 face/head", "streams": list(STREAMS)},
+    )
 
 
 def _encoded_samples(generator: PairGenerator, indices: list[int], workers: int) -> Iterator[dict]:
@@ -241,26 +213,50 @@ def _worker_encode(index: int) -> dict:
     return encode_sample(_WORKER_GENERATOR.generate(index))
 
 
-def _write_shard(path: Path, records: Iterable[dict], on_sample) -> None:
-    """Write records to `path` via a `.partial` file, renamed only once complete and on disk."""
+def write_shard(path: Path, records: Iterable[dict], on_sample: Callable[[], None]) -> None:
+    """Write records to `path` via `<name>.partial`, renamed only once complete and on disk (one process writes
+    a shard, so the fixed name lets a resumed run overwrite what a killed one left)."""
     import webdataset
 
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as stream:
-            writer = webdataset.TarWriter(stream, user="scail2", group="scail2", encoder=False, mtime=TAR_MTIME)
-            try:
-                for record in records:
-                    writer.write(record)
-                    on_sample()
-            finally:
-                writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+    with atomic_path(path, partial=path.with_name(path.name + ".partial")) as partial, open(partial, "wb") as stream:
+        writer = webdataset.TarWriter(stream, user="scail2", group="scail2", encoder=False, mtime=TAR_MTIME)
+        try:
+            for record in records:
+                writer.write(record)
+                on_sample()
+        finally:
+            writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def write_shards(out: Path, spec: FormatSpec, meta: dict, records: Callable[[list[int]], Iterator[dict]], *,
+                 shard_index: int, num_shards: int, progress: bool, desc: str) -> WriteReport:
+    """Write meta.json (or check it, resuming), this process's missing shards and, once all exist, the manifest.
+
+    `meta` gives num_pairs, shard_size and num_shards; `records(indices)` yields the tar records of those pair
+    indices in order. The process writes the shards s with s % num_shards == shard_index.
+    """
+    from tqdm import tqdm
+
+    spec.claim_folder(out, meta)
+    mine = [s for s in range(meta["num_shards"]) if s % num_shards == shard_index]
+    pending = [s for s in mine if not (out / shard_name(s)).exists()]
+    ranges = {s: shard_pairs(meta, s) for s in mine}
+    indices = [i for s in pending for i in ranges[s]]
+    done = sum(len(ranges[s]) for s in mine) - len(indices)
+    with (tqdm(total=done + len(indices), initial=done, unit="pair", disable=not progress, desc=desc) as bar,
+          closing(records(indices)) as stream):
+        for shard in pending:
+            write_shard(out / shard_name(shard), (next(stream) for _ in ranges[shard]), lambda: bar.update(1))
+    complete = finish_manifest(out, meta, spec)
+    return WriteReport(len(pending), len(mine) - len(pending), len(indices), complete)
+
+
+def shard_pairs(meta: dict, shard: int) -> range:
+    """The pair indices shard number `shard` holds."""
+    first = shard * meta["shard_size"]
+    return range(first, min(first + meta["shard_size"], meta["num_pairs"]))
 
 
 def write_dataset(generator: PairGenerator, out_dir: str | Path, num_pairs: int, *,
@@ -270,64 +266,29 @@ def write_dataset(generator: PairGenerator, out_dir: str | Path, num_pairs: int,
 
     With `num_shards` > 1 this process writes only the shards s with s % num_shards == shard_index.
     """
-    from tqdm import tqdm
-
     if num_pairs < 1 or shard_size < 1 or workers < 1:
         raise Scail2Error(f"need positive --num, shard size and --workers (got {num_pairs}, {shard_size}, {workers})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = dataset_meta(generator, num_pairs, shard_size)
-    _prepare_meta(out, meta)
-    mine = [s for s in range(meta["num_shards"]) if s % num_shards == shard_index]
-    pending = [s for s in mine if not (out / shard_name(s)).exists()]
-    ranges = {s: range(s * shard_size, min((s + 1) * shard_size, num_pairs)) for s in mine}
-    indices = [i for s in pending for i in ranges[s]]
-    done = sum(len(ranges[s]) for s in mine) - len(indices)
-    with (tqdm(total=done + len(indices), initial=done, unit="pair", disable=not progress, desc="synth") as bar,
-          closing(_encoded_samples(generator, indices, workers)) as stream):
-        for shard in pending:
-            records = (next(stream) for _ in ranges[shard])
-            _write_shard(out / shard_name(shard), records, lambda: bar.update(1))
-    complete = finish_manifest(out, meta)
-    return WriteReport(len(pending), len(mine) - len(pending), len(indices), complete)
+    return write_shards(out, MOTIONPAIR, dataset_meta(generator, num_pairs, shard_size),
+                        lambda indices: _encoded_samples(generator, indices, workers), shard_index=shard_index,
+                        num_shards=num_shards, progress=progress, desc="synth")
 
 
-def finish_manifest(out: Path, meta: dict) -> bool:
+def finish_manifest(out: Path, meta: dict, spec: FormatSpec = MOTIONPAIR) -> bool:
     """Write manifest.json if every shard exists (the last of several processes to finish does it)."""
     paths = [out / shard_name(s) for s in range(meta["num_shards"])]
     if not all(p.exists() for p in paths):
         return False
-    shards = []
-    for shard, path in enumerate(paths):
-        first = shard * meta["shard_size"]
-        count = min(meta["shard_size"], meta["num_pairs"] - first)
-        shards.append({"name": path.name, "first_index": first, "count": count, "bytes": path.stat().st_size,
-                       "sha256": _sha256(path)})
-    _write_json_atomic(out / "manifest.json", {"format": FORMAT, "version": FORMAT_VERSION,
-                                               "num_pairs": meta["num_pairs"], "shards": shards})
+    shards = [shard_record(path, first_index=shard_pairs(meta, s).start, count=len(shard_pairs(meta, s)))
+              for s, path in enumerate(paths)]
+    spec.write_manifest(out, shards, num_pairs=meta["num_pairs"])
     return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Scail2Error(f"{path} is missing; is this a directory written by `scail2 synth`?") from None
-    except (ValueError, UnicodeDecodeError):
-        raise Scail2Error(f"{path} is not valid JSON; the dataset is corrupt: regenerate it") from None
 
 
 def read_shard(path: str | Path, expected_count: int | None = None, decode=None) -> Iterator[PairSample]:
@@ -358,26 +319,17 @@ def read_shard(path: str | Path, expected_count: int | None = None, decode=None)
 
 
 class MotionPairDataset:
-    """A finished dataset directory: checks meta.json, the manifest and (with `verify`) shard checksums."""
+    """A finished dataset directory: checks meta.json, the manifest and (with `verify`) shard checksums.
+
+    Formats laid out the same way (preference pairs) subclass it with their own spec and sample decoder.
+    """
+
+    spec = MOTIONPAIR
+    decode = staticmethod(decode_sample)
 
     def __init__(self, directory: str | Path, verify: bool = True):
         self.directory = Path(directory)
-        self.meta = _read_json(self.directory / "meta.json")
-        _check_header(self.meta, str(self.directory / "meta.json"))
-        manifest_path = self.directory / "manifest.json"
-        if not manifest_path.exists():
-            raise Scail2Error(f"{manifest_path} is missing: the synth run is unfinished; re-run the same "
-                              f"`scail2 synth` command to finish it")
-        self.manifest = _read_json(manifest_path)
-        _check_header(self.manifest, str(manifest_path))
-        for entry in self.manifest["shards"]:
-            path = self.directory / entry["name"]
-            if not path.is_file():
-                raise Scail2Error(f"{path} is listed in the manifest but missing; re-run `scail2 synth` to "
-                                  f"regenerate it")
-            if verify and (path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]):
-                raise Scail2Error(f"{path} does not match its manifest checksum; it is corrupt or foreign: delete "
-                                  f"it and re-run `scail2 synth` to regenerate it")
+        self.meta, self.manifest = self.spec.open_finished(self.directory, verify)
 
     def __len__(self) -> int:
         return int(self.manifest["num_pairs"])
@@ -388,7 +340,7 @@ class MotionPairDataset:
 
     def __iter__(self) -> Iterator[PairSample]:
         for entry in self.manifest["shards"]:
-            yield from read_shard(self.directory / entry["name"], entry["count"])
+            yield from read_shard(self.directory / entry["name"], entry["count"], decode=self.decode)
 
 
 def webdataset_pipeline(directory: str | Path, **kwargs):

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from scail2.data.format import atomic_path, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.eval import benchmark
 
@@ -31,14 +31,11 @@ PLOT_COLOURS = [(150, 150, 150), (230, 140, 40), (40, 110, 220), (90, 180, 90), 
 # 1. Files, written under a temporary name and renamed when complete ----------------------------------------
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills a temporary file that becomes `path` once written (folders are created as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -54,8 +51,8 @@ def json_safe(value):
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    text = json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(path, json_safe(data), sort_keys=False)  # reports keep the order they were built in
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from scail2 import __version__
+from scail2.data.format import read_json, replace_folder
 from scail2.errors import Scail2Error
 from scail2.preprocess.masks import background_color
 from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WHITE
@@ -163,14 +163,7 @@ class MaskFolderWriter:
         payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "scail2_version": __version__,
                    **meta, "frames": self.frames}
         (self.tmp / META_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
-        return self.path
+        return replace_folder(self.tmp, self.path)
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         if exc_type is not None:
@@ -246,11 +239,8 @@ def open_mask_folder(path: str | Path) -> MaskFolder:
     path = Path(path)
     if not is_mask_folder(path):
         raise Scail2Error(f"{path}: no {META_FILE}; pass a folder written by `scail2 masks`")
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Scail2Error(f"{path / META_FILE}: unreadable ({error.__class__.__name__}); re-run `scail2 masks`") from None
-    meta = _check_meta(path, meta)
+    meta = _check_meta(path, read_json(path / META_FILE, missing_hint="re-run `scail2 masks`",
+                                       corrupt_hint="re-run `scail2 masks`"))
     missing = [frame_name(i) for i in range(int(meta["frames"])) if not (path / frame_name(i)).is_file()]
     if missing:
         raise Scail2Error(f"{path}: {len(missing)} mask frames are missing (first {missing[0]}); re-run `scail2 masks`")

@@ -8,13 +8,13 @@ plus `adapter_config.json`, which `scail2 animate --lora` loads on top of the ba
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from scail2.data.format import replace_folder
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.train.validation import components_folder
 
@@ -72,6 +72,4 @@ def export_run(trainer) -> Path | None:
                 if (components / name).is_dir():
                     shutil.copytree(components / name, tmp / name)
             write_model_index(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    return replace_folder(tmp, target)
