@@ -17,7 +17,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import torch
@@ -52,19 +51,11 @@ def schedule_configs() -> dict:
     from scail2.train.vae import load_vae_config
 
     return {
-        "tiny.yaml": ("transformer", load_config(TRANSFORMER_CONFIG)),
-        "tiny.yaml dpo": ("transformer", load_config(TRANSFORMER_CONFIG, ["train.stage=dpo"]).resolved()),
-        "demo.yaml": ("transformer", load_config(ROOT / "configs" / "demo.yaml")),
-        "demo_vae.yaml": ("vae", load_vae_config(VAE_CONFIG)),
+        "tiny.yaml": load_config(TRANSFORMER_CONFIG),
+        "tiny.yaml dpo": load_config(TRANSFORMER_CONFIG, ["train.stage=dpo"]).resolved(),
+        "demo.yaml": load_config(ROOT / "configs" / "demo.yaml"),
+        "demo_vae.yaml": load_vae_config(VAE_CONFIG),
     }
-
-
-def learning_rate(kind: str, config, step: int) -> float:
-    from scail2.train.trainer import Trainer
-    from scail2.train.vae import VaeTrainer
-
-    trainer = Trainer if kind == "transformer" else VaeTrainer
-    return trainer.learning_rate(SimpleNamespace(config=config), step)
 
 
 def schedule_steps(config) -> list[int]:
@@ -74,10 +65,12 @@ def schedule_steps(config) -> list[int]:
 
 
 def learning_rates() -> dict:
+    from scail2.train.schedule import learning_rate
+
     curves = {}
-    for label, (kind, config) in schedule_configs().items():
+    for label, config in schedule_configs().items():
         steps = schedule_steps(config)
-        curves[label] = {"steps": steps, "lr": [learning_rate(kind, config, step) for step in steps]}
+        curves[label] = {"steps": steps, "lr": [learning_rate(config.optim, s, config.train.max_steps) for s in steps]}
     return curves
 
 
