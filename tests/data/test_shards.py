@@ -224,3 +224,30 @@ def test_unfinished_dataset_is_refused(tmp_path):
                   progress=False)
     with pytest.raises(Scail2Error, match="manifest.json is missing: the synth run is unfinished"):
         MotionPairDataset(tmp_path)
+
+
+def test_pair_videos_decode_single_members_as_the_dataset_does(reference_run, tmp_path):
+    from scail2.data.shards import PairVideos
+
+    videos = PairVideos(reference_run)
+    assert len(videos) == 7 and (videos.frames, videos.height, videos.width) == (5, 40, 56)
+    for index, sample in enumerate(MotionPairDataset(reference_run)):
+        np.testing.assert_array_equal(videos.video(index, "reference"), sample.reference[None])
+        for stream in ("driving", "target"):
+            np.testing.assert_array_equal(videos.video(index, stream), getattr(sample, stream))
+            np.testing.assert_array_equal(videos.character_mask(index, stream), getattr(sample, f"{stream}_ids") > 0)
+    copy = _copy(reference_run, tmp_path / "copy")
+    records = list(webdataset.WebDataset(str(copy / "shard-000000.tar"), shardshuffle=False, empty_check=False))
+    header = json.loads(records[0]["json"])
+    records[0]["json"] = json.dumps({**header, "version": 7}).encode()
+    with open(copy / "shard-000000.tar", "wb") as stream:
+        writer = webdataset.TarWriter(stream, encoder=False)
+        for record in records:
+            writer.write({k: v for k, v in record.items() if not k.startswith("__") or k == "__key__"})
+        writer.close()
+    with pytest.raises(Scail2Error, match="shard-000000.tar .pair 0. has format version 7"):
+        PairVideos(copy)
+    shard = copy / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(Scail2Error, match="shard-000001.tar (holds 1 samples, the manifest says 3|is not a readable)"):
+        PairVideos(copy)

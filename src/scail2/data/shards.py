@@ -350,3 +350,82 @@ def webdataset_pipeline(directory: str | Path, **kwargs):
     dataset = MotionPairDataset(directory, verify=False)
     urls = [str(p) for p in dataset.shard_paths]
     return webdataset.WebDataset(urls, **kwargs).map(lambda record: decode_sample(record, record.get("__url__", "")))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random access to single members
+# ---------------------------------------------------------------------------------------------------
+
+
+def _member_offsets(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per sample key, per member suffix ("json", "target.png", ...): (offset of its data in the tar, size)."""
+    import tarfile
+
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                found.setdefault(key, {})[suffix] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as error:
+        raise Scail2Error(f"{path} is not a readable tar shard ({error}); it is corrupt or foreign: regenerate "
+                          f"it") from None
+    return found
+
+
+class PairVideos:
+    """Random access to the videos and character masks of a finished dataset, decoding only the member asked
+    for (a training clip needs one stream of one pair; `MotionPairDataset` decodes whole samples in order).
+
+    Pairs are numbered in manifest order; every pair must have the frame count and size of pair 0.
+    """
+
+    def __init__(self, directory: str | Path):
+        dataset = MotionPairDataset(directory, verify=False)
+        self.directory = dataset.directory
+        self.members: list[tuple[Path, dict[str, tuple[int, int]]]] = []  # per pair: shard, suffix -> (offset, size)
+        for entry, path in zip(dataset.manifest["shards"], dataset.shard_paths):
+            found = _member_offsets(path)
+            if len(found) != entry["count"]:
+                raise Scail2Error(f"{path} holds {len(found)} samples, the manifest says {entry['count']}; delete it "
+                                  f"and re-run `scail2 synth` to regenerate it")
+            self.members.extend((path, found[key]) for key in sorted(found))
+        self.frames, self.height, self.width = self._size(0)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _source(self, index: int) -> str:
+        return f"{self.members[index][0]} (pair {index})"
+
+    def _read(self, index: int, suffix: str) -> bytes:
+        path, members = self.members[index]
+        if suffix not in members:
+            raise Scail2Error(f"{self._source(index)} lacks {suffix}; the shard is corrupt or foreign: regenerate it")
+        offset, size = members[suffix]
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    def _size(self, index: int) -> tuple[int, int, int]:
+        try:
+            header = json.loads(self._read(index, "json"))
+        except (ValueError, UnicodeDecodeError):
+            raise Scail2Error(f"{self._source(index)} has an unreadable json member; the shard is corrupt: "
+                              f"regenerate it") from None
+        MOTIONPAIR.check_header(header, self._source(index))
+        return int(header["frames"]), int(header["height"]), int(header["width"])
+
+    def _frames(self, index: int, member: str, mode: str, channels: tuple[int, ...]) -> np.ndarray:
+        frames = 1 if member.startswith("reference") else self.frames
+        shape = (frames * self.height, self.width, *channels)
+        array = decode_png(self._read(index, member), mode, shape, f"{self._source(index)} {member}")
+        return array.reshape(frames, self.height, self.width, *channels)  # frames are stacked vertically
+
+    def video(self, index: int, stream: str) -> np.ndarray:
+        """uint8 [F, H, W, 3] of `stream` ("target", "driving"; "reference" gives one frame)."""
+        return self._frames(index, f"{stream}.png", "RGB", (3,))
+
+    def character_mask(self, index: int, stream: str) -> np.ndarray:
+        """bool [F, H, W]: where any character of `stream` is (its identity map, stored as palette indices)."""
+        return self._frames(index, f"{stream}_mask.png", "P", ()) > 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scail2.errors import Scail2Error
+from scail2.train.schedule import OptimConfig
 
 
 @dataclass
@@ -31,18 +32,6 @@ class FlowConfig:
     text_dropout: float = 0.1  # chance of the empty prompt (classifier-free guidance training)
     foreground_weight: float = 0.0  # > 0: loss weight 1 + w * character coverage per latent cell (needs target_masks)
     augmentations: list[dict] = field(default_factory=list)  # [{name, probability, strength}] driving-signal hooks
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 1e-4
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    grad_clip: float = 1.0
-    ema_decay: float | None = 0.999  # None: no EMA
 
 
 @dataclass
@@ -116,8 +105,9 @@ class TrainConfig:
         )
 
 
-def _build(cls, values: dict, where: str):
-    """Dataclass from a dict, recursing into dataclass fields; unknown keys are errors."""
+def _build(cls, values: dict, where: str, defaults=None):
+    """Dataclass from a dict on top of `defaults` (an instance; None: the class defaults), recursing into fields whose
+    default is a dataclass, so a section keeps its owner's defaults (the VAE's `optim:`); unknown keys are errors."""
     if not isinstance(values, dict):
         raise Scail2Error(f"{where} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -127,14 +117,13 @@ def _build(cls, values: dict, where: str):
                           f"known: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
-        nested = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if nested is not None and dataclasses.is_dataclass(nested):
-            kwargs[name] = _build(nested, value, f"{where}.{name}" if where else name)
-        elif name == "betas":
-            kwargs[name] = tuple(value)
+        factory = fields[name].default_factory
+        default = factory() if factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name, default)
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    return cls(**kwargs) if defaults is None else dataclasses.replace(defaults, **kwargs)
 
 
 def _parse_value(text: str):
@@ -180,17 +169,3 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainCon
         except yaml.YAMLError as error:
             raise Scail2Error(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     return _build(cls, apply_overrides(json.loads(json.dumps(data)), list(overrides)), "")
-
-
-def latest_checkpoint(root: Path, prefix: str) -> Path | None:
-    """The newest finished checkpoint folder `root/<prefix>NNNNNNNN` (unfinished ones have a leading dot)."""
-    found = sorted(root.glob(f"{prefix}*"))
-    return found[-1] if found else None
-
-
-def prune_checkpoints(root: Path, prefix: str, keep: int) -> None:
-    """Delete all but the newest `keep` finished checkpoints."""
-    import shutil
-
-    for old in sorted(root.glob(f"{prefix}*"))[:-keep]:
-        shutil.rmtree(old)

@@ -10,10 +10,7 @@ uninterrupted one step for step, and 1 and N processes follow the same loss traj
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,10 +24,12 @@ from scail2.data.latent_cache import CachedSample, LatentCache
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
-from scail2.train.config import TrainConfig, latest_checkpoint, prune_checkpoints
+from scail2.train.config import TrainConfig
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
+from scail2.train.schedule import CheckpointFolders, RunLog, TrainingSchedule
 
-CHECKPOINT_PREFIX = "step-"
+CONSOLE = (("loss", "loss {:.5f}"), ("lr", "lr {:.2e}"), ("grad_norm", "grad {:.3f}"),
+           ("samples_per_s", "{:.2f} samples/s"), ("tokens_per_s", "{:.0f} tokens/s"))
 # torch.distributed.checkpoint warns on every single-process save/load; one process is a supported set-up here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -104,11 +103,6 @@ def init_processes() -> ProcessGroup:
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), device)
 
 
-def _full(value: torch.Tensor) -> torch.Tensor:
-    """A DTensor's full value (FSDP2), or the tensor itself."""
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------------------------
@@ -132,16 +126,19 @@ class Trainer:
         self.lora = self.config.lora.rank > 0
         self.shard_model()
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        optim = self.config.optim
-        self.optimizer = torch.optim.AdamW(              # 4. optimiser and EMA
-            self.trainable.values(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-            weight_decay=optim.weight_decay)
-        self.ema = {n: p.detach().clone() for n, p in self.trainable.items()} if optim.ema_decay is not None else {}
+        self.schedule = TrainingSchedule(self.config.optim, self.config.train.max_steps,  # 4. optimiser and EMA
+                                         self.trainable)
+        self.checkpoints = CheckpointFolders(self.out, self.config.train.keep_checkpoints)
         self.step = 0
         if resume:                                           # 5. resume
             self.load_latest_checkpoint()
         self.autocast = self._autocast_dtype()
-        self.writer = None
+        self.run_log = RunLog(self.out, CONSOLE, tensorboard=True)
+
+    @property
+    def ema(self) -> dict[str, torch.Tensor]:
+        """EMA weights by parameter name (empty without EMA); the export writes them."""
+        return self.schedule.ema
 
     # 3. ---------------------------------------------------------------------------------------------------------
     def build_model(self) -> SCAIL2Transformer3DModel:
@@ -210,14 +207,6 @@ class Trainer:
         return torch.bfloat16
 
     # A step ---------------------------------------------------------------------------------------------------
-    def learning_rate(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to lr * min_lr_ratio at train.max_steps."""
-        optim, total = self.config.optim, max(1, self.config.train.max_steps)
-        if step < optim.warmup_steps:
-            return optim.lr * (step + 1) / optim.warmup_steps
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
     def sample_inputs(self, sample: CachedSample, step: int, index: int) -> dict[str, torch.Tensor]:
         """One sample's noisy input, conditions and target; every draw from its own (seed, step, index) generator."""
         flow, t = self.config.flow, sample.tensors
@@ -298,26 +287,16 @@ class Trainer:
 
     def training_step(self, step: int) -> dict[str, float]:
         start = time.perf_counter()
-        lr = self.learning_rate(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         batch = self.local_batch(step)
         loss = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), self.config.optim.grad_clip))
-        self.optimizer.step()
-        if self.ema:
-            with torch.no_grad():
-                for name, param in self.trainable.items():
-                    self.ema[name].lerp_(param.detach(), 1 - self.config.optim.ema_decay)
+        lr, grad_norm = self.schedule.apply(loss, step)
         loss_value = loss.detach()
         if self.group.world_size > 1:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
         tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (h // 4) * (w // 4)) * self.group.world_size
-        return {"loss": float(loss_value), "lr": lr, "grad_norm": float(grad_norm),
+        return {"loss": float(loss_value), "lr": lr, "grad_norm": grad_norm,
                 "samples_per_s": self.config.train.batch_size / seconds, "tokens_per_s": tokens / seconds}
 
     # Checkpoints ----------------------------------------------------------------------------------------------
@@ -325,79 +304,49 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         options = StateDictOptions(ignore_frozen_params=self.lora)
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=options)
+        model_state, optim_state = get_state_dict(self.model, self.schedule.optimizer, options=options)
         return {"model": model_state, "optim": optim_state, "ema": self.ema}
 
     def save_checkpoint(self) -> Path:
         import torch.distributed.checkpoint as dcp
 
-        root = self.out / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{self.step:08d}"
-        tmp = root / f".{final.name}.partial"
         if self.group.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.begin(self.step)
         self.group.barrier()
-        dcp.save(self._state(), checkpoint_id=str(tmp))
+        dcp.save(self._state(), checkpoint_id=str(self.checkpoints.partial(self.step)))
         self.group.barrier()
         if self.group.is_main:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict(),
-                                                                "world_size": self.group.world_size}, indent=1))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            prune_checkpoints(root, CHECKPOINT_PREFIX, self.config.train.keep_checkpoints)
+            self.checkpoints.commit(self.step, self.config.to_dict(), world_size=self.group.world_size)
         self.group.barrier()
-        return final
-
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.out / "checkpoints", CHECKPOINT_PREFIX)
+        return self.checkpoints.folder(self.step)
 
     def load_latest_checkpoint(self) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        latest = self.latest_checkpoint()
-        if latest is None:
-            raise Scail2Error(f"{self.out}: no checkpoint to resume from; run without --resume to start")
+        latest, trainer_state = self.checkpoints.resume()
         state = self._state()
         dcp.load(state, checkpoint_id=str(latest))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+        set_state_dict(self.model, self.schedule.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"],
                        options=StateDictOptions(ignore_frozen_params=self.lora, strict=not self.lora))
-        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
-
-    # Logging --------------------------------------------------------------------------------------------------
-    def log(self, metrics: dict[str, float]) -> None:
-        if not self.group.is_main:
-            return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        for key, value in metrics.items():
-            self.writer.add_scalar(f"train/{key}", value, self.step)
-        with (self.out / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        print(f"step {self.step:>6}  loss {metrics['loss']:.5f}  lr {metrics['lr']:.2e}  "
-              f"grad {metrics['grad_norm']:.3f}  {metrics['samples_per_s']:.2f} samples/s  "
-              f"{metrics['tokens_per_s']:.0f} tokens/s", flush=True)
+        self.step = trainer_state["step"]
 
     # The loop -------------------------------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> None:
         cfg = self.config.train
         stop = min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
         if self.group.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+            self.run_log.start(self.config.to_dict())
         while self.step < stop:
             metrics = self.training_step(self.step)
             self.step += 1
-            if self.step % cfg.log_every == 0 or self.step == stop:
-                self.log(metrics)
+            if (self.step % cfg.log_every == 0 or self.step == stop) and self.group.is_main:
+                self.run_log.write(self.step, metrics)
             if self.step % cfg.checkpoint_every == 0 or self.step == stop:
                 self.save_checkpoint()
             if cfg.validate_every and self.step % cfg.validate_every == 0:
                 from scail2.train.validation import write_validation_video
 
                 write_validation_video(self)
-        if self.writer is not None:
-            self.writer.flush()
+        self.run_log.flush()

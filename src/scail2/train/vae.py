@@ -14,12 +14,10 @@ hold the weights, the EMA and the AdamW state, so a resumed run repeats an unint
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scail2.conditioning import SPATIAL_STRIDE, VideoLatentCodec, frames_to_model_video, half_resolution
+from scail2.data.shards import PairVideos
 from scail2.errors import Scail2Error
-from scail2.train.config import latest_checkpoint, load_config, prune_checkpoints
+from scail2.train.config import load_config
+from scail2.train.schedule import CHECKPOINT_PREFIX, CheckpointFolders, OptimConfig, RunLog, TrainingSchedule
 
-CHECKPOINT_PREFIX = "step-"
+CONSOLE = (("loss", "loss {:.5f}"), ("l1", "l1 {:.5f}"), ("kl", "kl {:.3f}"), ("lr", "lr {:.2e}"),
+           ("grad_norm", "grad {:.3f}"), ("seconds", "{:.2f} s/step"), ("psnr_target", "psnr_target {:.2f}"),
+           ("psnr_driving_half", "psnr_driving_half {:.2f}"))
 TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a causal first frame (Wan2.1)
 ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what train.freeze_encoder keeps: the latents
 
@@ -81,16 +83,10 @@ class VaeLossConfig:
     sample_posterior: bool = True  # decode a posterior sample (True) or its mean
 
 
-@dataclass
-class VaeOptimConfig:
-    lr: float = 1.0e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1.0e-8
-    weight_decay: float = 1.0e-4
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio at max_steps
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
+def vae_optim_defaults() -> OptimConfig:
+    """A small VAE from scratch: a higher rate, and an EMA that warms up so it forgets the random init fast."""
+    return OptimConfig(lr=1.0e-3, betas=(0.9, 0.99), warmup_steps=50, min_lr_ratio=0.05, ema_decay=0.995,
+                       ema_warmup=True)
 
 
 @dataclass
@@ -121,7 +117,7 @@ class VaeTrainConfig:
     model: VaeArchConfig = field(default_factory=VaeArchConfig)
     data: VaeDataConfig = field(default_factory=VaeDataConfig)
     loss: VaeLossConfig = field(default_factory=VaeLossConfig)
-    optim: VaeOptimConfig = field(default_factory=VaeOptimConfig)
+    optim: OptimConfig = field(default_factory=vae_optim_defaults)
     train: VaeLoopConfig = field(default_factory=VaeLoopConfig)
     export: VaeExportConfig = field(default_factory=VaeExportConfig)
 
@@ -156,6 +152,9 @@ class VaeTrainConfig:
             raise Scail2Error(f"export.dtype must be float32 or float16, got {self.export.dtype!r}")
         if self.train.batch_size < 1 or self.train.max_steps < 0 or self.train.keep_checkpoints < 1:
             raise Scail2Error("train.batch_size and train.keep_checkpoints must be >= 1, train.max_steps >= 0")
+        if self.optim.ema_decay is None:
+            raise Scail2Error("optim.ema_decay must be a number for the VAE (its export writes the EMA weights), "
+                              "got null")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,80 +168,6 @@ def load_vae_config(path: str | Path | None, overrides: list[str] = ()) -> VaeTr
 # ------------------------------------------------------------------------------------------------------------
 # 2. Clips from the shards
 # ------------------------------------------------------------------------------------------------------------
-
-
-class PairVideos:
-    """Random access to the RGB videos of a finished `scail2 synth` dataset, decoding only the member asked for."""
-
-    def __init__(self, directory: str | Path):
-        from scail2.data.shards import MotionPairDataset
-
-        dataset = MotionPairDataset(directory, verify=False)
-        self.directory = dataset.directory
-        self.members: list[tuple[Path, dict[str, tuple[int, int]]]] = []  # per pair: shard, name -> (offset, size)
-        for entry, path in zip(dataset.manifest["shards"], dataset.shard_paths):
-            found = self._index_shard(path)
-            if len(found) != entry["count"]:
-                raise Scail2Error(f"{path} holds {len(found)} samples, the manifest says {entry['count']}; delete it "
-                                  f"and re-run `scail2 synth` to regenerate it")
-            self.members.extend((path, found[key]) for key in sorted(found))
-        self.frames, self.height, self.width = self._header(0)
-
-    @staticmethod
-    def _index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
-        found: dict[str, dict[str, tuple[int, int]]] = {}
-        try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    key, _, suffix = member.name.partition(".")
-                    found.setdefault(key, {})[suffix] = (member.offset_data, member.size)
-        except (tarfile.TarError, OSError) as error:
-            raise Scail2Error(f"{path} is not a readable tar shard ({error}); regenerate it") from None
-        return found
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def _read(self, index: int, suffix: str) -> bytes:
-        path, members = self.members[index]
-        if suffix not in members:
-            raise Scail2Error(f"{path} (pair {index}) lacks its {suffix} member; regenerate the shard")
-        offset, size = members[suffix]
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read(size)
-
-    def _header(self, index: int) -> tuple[int, int, int]:
-        from scail2.data.shards import FORMAT, SUPPORTED_VERSIONS
-
-        header = json.loads(self._read(index, "json"))
-        if header.get("format") != FORMAT or header.get("version") not in SUPPORTED_VERSIONS:
-            raise Scail2Error(f"{self.members[index][0]} is not a MotionPair shard this scail2 reads (format "
-                              f"{header.get('format')!r} version {header.get('version')}); regenerate the data")
-        return int(header["frames"]), int(header["height"]), int(header["width"])
-
-    def video(self, index: int, stream: str) -> np.ndarray:
-        """uint8 [F, H, W, 3] of `stream` ("target", "driving"; "reference" gives one frame)."""
-        from PIL import Image
-
-        image = Image.open(io.BytesIO(self._read(index, f"{stream}.png")))
-        frames = 1 if stream == "reference" else self.frames
-        array = np.asarray(image.convert("RGB"))
-        if array.shape != (frames * self.height, self.width, 3):
-            raise Scail2Error(f"{self.members[index][0]} (pair {index}) {stream}.png is {list(array.shape)}, expected "
-                              f"{[frames * self.height, self.width, 3]}; all pairs of a dataset must share one size")
-        return array.reshape(frames, self.height, self.width, 3)  # frames are stacked vertically
-
-    def character_mask(self, index: int, stream: str) -> np.ndarray:
-        """bool [F, H, W]: where any character of `stream` is (its identity map, stored as palette indices)."""
-        from PIL import Image
-
-        ids = np.asarray(Image.open(io.BytesIO(self._read(index, f"{stream}_mask.png"))))
-        frames = 1 if stream == "reference" else self.frames
-        if ids.shape != (frames * self.height, self.width):
-            raise Scail2Error(f"{self.members[index][0]} (pair {index}) {stream}_mask.png is {list(ids.shape)}, "
-                              f"expected {[frames * self.height, self.width]}; regenerate the shard")
-        return ids.reshape(frames, self.height, self.width) > 0
 
 
 def model_video(frames: np.ndarray, half: bool = False) -> torch.Tensor:
@@ -426,13 +351,18 @@ class VaeTrainer:
                                   "train.init_from=RUN/export/vae")
             for name, param in self.vae.named_parameters():
                 param.requires_grad_(not name.startswith(ENCODER_PREFIXES))
-        self.trainable = [p for p in self.vae.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                           eps=config.optim.eps, weight_decay=config.optim.weight_decay)
-        self.ema = {name: p.detach().clone() for name, p in self.vae.named_parameters()}
+        parameters = dict(self.vae.named_parameters())  # all tracked by the EMA: the export is the EMA model
+        trainable = {name: p for name, p in parameters.items() if p.requires_grad}
+        self.schedule = TrainingSchedule(config.optim, config.train.max_steps, trainable, tracked=parameters)
+        self.checkpoints = CheckpointFolders(self.out, config.train.keep_checkpoints)
+        self.run_log = RunLog(self.out, CONSOLE)
         self.step = 0
         if resume:
             self.load_latest_checkpoint()
+
+    @property
+    def ema(self) -> dict[str, torch.Tensor]:
+        return self.schedule.ema
 
     def _load_initial_weights(self, folder: Path) -> None:
         """All weights of an exported VAE of the same architecture; with train.freeze_encoder, only its encoder
@@ -455,33 +385,14 @@ class VaeTrainer:
                               f"model section; copy the model section of its training.json")
 
     # A step ---------------------------------------------------------------------------------------------------
-    def learning_rate(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to lr * min_lr_ratio at train.max_steps."""
-        optim, total = self.config.optim, max(1, self.config.train.max_steps)
-        if step < optim.warmup_steps:
-            return optim.lr * (step + 1) / optim.warmup_steps
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total - optim.warmup_steps))
-        return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
     def training_step(self, step: int) -> dict[str, float]:
         start = time.perf_counter()
-        lr = self.learning_rate(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         clips, masks = self.plan.batch(step)
         terms = vae_losses(self.vae, clips, self.config.loss, step_generator(self.config.train.seed, step), masks,
                            train_encoder=not self.config.train.freeze_encoder)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optim.grad_clip)
-        self.optimizer.step()
-        decay = min(self.config.optim.ema_decay, (1 + step) / (10 + step))  # warm-up: forget the random init fast
-        with torch.no_grad():
-            for name, param in self.vae.named_parameters():
-                if param.requires_grad:  # a frozen encoder's EMA is its weights already
-                    self.ema[name].lerp_(param.detach(), 1 - decay)
+        lr, grad_norm = self.schedule.apply(terms["loss"], step)
         metrics = {name: float(value.detach()) for name, value in terms.items()}
-        return {**metrics, "lr": lr, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - start}
+        return {**metrics, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - start}
 
     def ema_vae(self):
         """A copy of the model holding the EMA weights, in eval mode."""
@@ -494,46 +405,23 @@ class VaeTrainer:
 
     # Checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        root = self.out / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{self.step:08d}"
-        tmp = root / f".{final.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, str(tmp / "model.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.ema.items()}, str(tmp / "ema.safetensors"))
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict()},
-                                                           indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        prune_checkpoints(root, CHECKPOINT_PREFIX, self.config.train.keep_checkpoints)
-        return final
-
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.out / "checkpoints", CHECKPOINT_PREFIX)
+        partial = self.checkpoints.begin(self.step)
+        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, str(partial / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.ema.items()}, str(partial / "ema.safetensors"))
+        torch.save(self.schedule.optimizer.state_dict(), partial / "optimizer.pt")
+        return self.checkpoints.commit(self.step, self.config.to_dict())
 
     def load_latest_checkpoint(self) -> None:
-        latest = self.latest_checkpoint()
-        if latest is None:
-            raise Scail2Error(f"{self.out}: no checkpoint to resume from; run without --resume to start")
-        state = json.loads((latest / "trainer_state.json").read_text())
+        latest, state = self.checkpoints.resume()
         if state["config"]["model"] != self.config.to_dict()["model"]:
             raise Scail2Error(f"{latest} holds a VAE of another architecture ({state['config']['model']}); resume "
                               f"with the run's own config or choose another --out")
         self.vae.load_state_dict(load_file(str(latest / "model.safetensors")))
-        self.ema = load_file(str(latest / "ema.safetensors"))
-        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        self.schedule.ema.update(load_file(str(latest / "ema.safetensors")))
+        self.schedule.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
         self.step = int(state["step"])
 
-    # Logging and previews -------------------------------------------------------------------------------------
-    def log(self, metrics: dict[str, float]) -> None:
-        with (self.out / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps({"step": self.step, **metrics}) + "\n")
-        extra = "".join(f"  {k} {v:.2f}" for k, v in metrics.items() if k.startswith("psnr"))
-        print(f"step {self.step:>6}  loss {metrics['loss']:.5f}  l1 {metrics['l1']:.5f}  kl {metrics['kl']:.3f}  "
-              f"lr {metrics['lr']:.2e}  grad {metrics['grad_norm']:.3f}  {metrics['seconds']:.2f} s/step{extra}",
-              flush=True)
-
+    # Previews -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def write_preview(self) -> dict[str, float]:
         """PNG of input over reconstruction (EMA weights) for the first training pairs; returns their PSNR."""
@@ -552,15 +440,14 @@ class VaeTrainer:
     def train(self, stop_at: int | None = None) -> None:
         cfg = self.config.train
         stop = min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        self.run_log.start(self.config.to_dict())
         while self.step < stop:
             metrics = self.training_step(self.step)
             self.step += 1
             if cfg.preview_every and self.step % cfg.preview_every == 0:
                 metrics.update(self.write_preview())
             if self.step % cfg.log_every == 0 or self.step == stop:
-                self.log(metrics)
+                self.run_log.write(self.step, metrics)
             if self.step % cfg.checkpoint_every == 0 or self.step == stop:
                 self.save_checkpoint()
 
