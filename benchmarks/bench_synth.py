@@ -5,7 +5,7 @@
 Prints a table: rendering alone and PNG encoding alone (one process), then whole `write_dataset` runs
 (render + encode + tar shards) with 1 and 2 worker processes. Besides wall-clock pairs/s it prints the CPU
 seconds spent per pair (all processes), so a run on a busy machine can still be judged: on k idle cores the
-expected rate is about k / (CPU s per pair). The issue's target is >= 20 pairs/s on 2 cores.
+expected rate is about k / (CPU s per pair). The aim is >= 20 pairs/s on 2 cores.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One training step (forward + backward + AdamW) of SCAIL2Transformer3DModel: time and peak memory.
 
-On a GPU, the issue's measurement (14b, bf16, activation checkpointing, LoRA rank 128, 48,832 tokens):
+On a GPU, the full-size measurement (14b, bf16, activation checkpointing, LoRA rank 128, 48,832 tokens):
     python -m benchmarks.bench_train_step --preset 14b --height 512 --width 896 --frames 81 --lora-rank 128
 On a CPU, the defaults run the tiny preset. Prints a table.
 """

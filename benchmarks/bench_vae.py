@@ -6,7 +6,7 @@
 Every configuration keeps Wan's latent layout (z_dim 16, 4x temporal and 8x spatial compression, causal first
 frame); `p2` rows fold 2x2 pixels into channels first (`patch_size=2`, as Wan2.2 does) and so need one level
 fewer. For each it prints the parameter count, the fp16 file size, and the best-of-`repeats` time to encode and
-decode one clip at full size, one at half size (the driving stream, spec 2.2) and one reference frame, plus
+decode one clip at full size, one at half size (the driving stream) and one reference frame, plus
 "pair enc": what `scail2 cache` spends on the VAE per pair.
 
 By default times are CPU seconds of the calling thread with one intra-op thread (`time.thread_time`): they do

@@ -38,9 +38,21 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
+# Shared by every layer that writes files: the atomic-write, JSON and checksum helpers depend on nothing above.
+BASE_MODULES = {"scail2.data.format"}
+
+
 def _layer(module: str) -> str | None:
     parts = module.split(".")
-    return parts[1] if parts[0] == "scail2" and len(parts) > 1 else None
+    if module in BASE_MODULES or parts[0] != "scail2" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def test_base_modules_import_nothing_of_the_package_but_errors():
+    for module in BASE_MODULES:
+        path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        assert {m for m, _ in _imports(path) if m.startswith("scail2")} <= {"scail2.errors"}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -1,4 +1,4 @@
-"""An independent, deliberately plain statement of the SCAIL-2 forward (spec section 3), for equivalence tests.
+"""An independent, deliberately plain statement of the SCAIL-2 forward (docs/architecture.md, "Token layout" to "Timestep embedding and modulation"), for equivalence tests.
 
 It works on a Wan-keyed state dict and per-sample lists, the way upstream does, with float64 complex RoPE
 looked up in position tables, explicit softmax attention and no shared code with `scail2.models`. It is slow

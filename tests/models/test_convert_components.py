@@ -266,7 +266,7 @@ def relative_buckets(length: int, num_buckets: int = 32, max_distance: int = 128
 
 
 def umt5_reference_forward(official: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The official encoder from spec 4.1: RMS norms, unscaled attention + per-layer bias, gated tanh-GELU FFN."""
+    """The official umT5 encoder: RMS norms, unscaled attention + per-layer bias, gated tanh-GELU FFN."""
     w = {key: value.float() for key, value in official.items()}
     rms = lambda x, weight: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight  # noqa: E731
     x = w["token_embedding.weight"][ids]

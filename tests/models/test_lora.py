@@ -89,7 +89,7 @@ def assert_only_changed(before, after, expected_new: dict[str, torch.Tensor]):
 
 # -- the official SAT layout ---------------------------------------------------------------------------
 
-SAT_MODULES = {  # SAT module (with lora_layer index) -> Wan parameter, as in spec 5.5
+SAT_MODULES = {  # SAT module (with lora_layer index) -> Wan parameter, as in the release's LoRA files (docs/architecture.md, "LoRA formats")
     "attention.query_key_value.lora_layer.0": "self_attn.q",
     "attention.query_key_value.lora_layer.1": "self_attn.k",
     "attention.query_key_value.lora_layer.2": "self_attn.v",

@@ -72,7 +72,7 @@ def test_rope_axis_split_matches_upstream():
 @pytest.mark.parametrize(
     "replace, extra, expected",
     [
-        # spec 3.5: (dT, dH, dW) per segment
+        # docs/architecture.md, "RoPE shifts": (dT, dH, dW) per segment
         (False, 0, {"extra_refs": (0, 0, 0), "reference": (0, 0, 0), "video": (1, 0, 0), "driving": (1, 0, 120)}),
         (True, 0, {"extra_refs": (0, 120, 0), "reference": (0, 120, 0), "video": (0, 0, 0), "driving": (0, 0, 120)}),
         (False, 2, {"extra_refs": (0, 0, 0), "reference": (2, 0, 0), "video": (3, 0, 0), "driving": (3, 0, 120)}),

@@ -1,8 +1,8 @@
-"""Paired training samples: the same motion performed by different identities (MotionPair, spec 7.6).
+"""Paired training samples: the same motion performed by different identities (MotionPair; docs/architecture.md, "Training").
 
 A `PairSample` holds a reference image and mask, a driving video and masks, a target video and masks, the
 task and JSON metadata. Masks are kept as identity maps (0 background, k = identity k); `*_mask()` turns
-them into the upstream palette with the background colour of the mode (spec 1.2): animation puts a WHITE
+them into the upstream palette with the background colour of the mode (docs/architecture.md, "Modes"): animation puts a WHITE
 background on the reference mask and BLACK on the driving mask, replacement the other way round. Target
 masks always have a black background. Per-frame detail maps tag limb ends (1) and face/head (2).
 
@@ -41,7 +41,7 @@ from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WH
 
 TASKS = ("animate", "replace", "multi")
 TASK_MODES: dict[str, Mode] = {"animate": "animate", "replace": "replace", "multi": "animate"}
-# Relative task frequencies: MotionPair-60K is about 3:1 animation to replacement (spec 7.6).
+# Relative task frequencies: MotionPair-60K is about 3:1 animation to replacement .
 TASK_WEIGHTS = {"animate": 3.0, "replace": 1.0, "multi": 1.0}
 MASK_BACKGROUNDS = {
     "animate": {"reference": WHITE, "driving": BLACK, "target": BLACK},
@@ -119,7 +119,7 @@ class PairGenerator(Protocol):
 class SynthConfig:
     height: int = 128
     width: int = 128
-    frames: int = 17  # 4n + 1 suits the Wan VAE (spec 1.4); any count renders
+    frames: int = 17  # 4n + 1 suits the Wan VAE; any count renders
     tasks: tuple[str, ...] = TASKS
     seed: int = 0
     fps: float = 16.0
@@ -324,7 +324,7 @@ def target_plate(metadata: dict) -> np.ndarray:
 
 def _left_to_right(first_ids: np.ndarray, cast: _Cast) -> list[int]:
     """Palette identity of each actor: ordered by the bounding-box centre x of its first-frame mask
-    (SCAIL-Pose's rule, spec 2.5); an actor hidden in frame 0 is ordered by its start position."""
+    (SCAIL-Pose's rule; docs/architecture.md, "Colour palette"); an actor hidden in frame 0 is ordered by its start position."""
     centres = []
     for k, placement in enumerate(cast.placements):
         cols = np.flatnonzero((first_ids == k + 1).any(axis=0))

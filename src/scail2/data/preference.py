@@ -1,4 +1,4 @@
-"""Bias-aware preference pairs for DPO (spec 7.7): the loser's driving signal went through one more synthesis.
+"""Bias-aware preference pairs for DPO (docs/architecture.md, "DPO"): the loser's driving signal went through one more synthesis.
 
 For a MotionPair sample (reference R, driving video d with masks, target y) and an animation function G:
 

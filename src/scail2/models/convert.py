@@ -1,6 +1,6 @@
 """Convert official and third-party SCAIL-2 transformer checkpoints into a diffusers-format folder.
 
-Input layouts, detected from the key names (spec 6.1-6.3):
+Input layouts, detected from the key names (docs/architecture.md, "Checkpoint layouts"):
 - "sat": the release training checkpoint (`model/1/fsdp2_rank_0000_checkpoint.pt`), tensors under `module` with
   the `model.diffusion_model.` prefix and fused qkv / kv projections;
 - "wan": Wan-style state dicts as upstream's converter and ComfyUI write them (optionally prefixed);

@@ -1,4 +1,4 @@
-"""Convert the official frozen components into the standard library classes (spec 4, 6.2b).
+"""Convert the official frozen components into the standard library classes (docs/architecture.md, "Checkpoint layouts").
 
 | official file                                                       | becomes                               |
 |---------------------------------------------------------------------|---------------------------------------|
@@ -96,7 +96,7 @@ def save_converted_model(
 # 2. Wan2.1 VAE -> diffusers AutoencoderKLWan
 # ---------------------------------------------------------------------------------------------------
 
-# Per-channel latent statistics of the Wan2.1 VAE (spec 4.3); the pipeline's VAE wrapper normalises with them.
+# Per-channel latent statistics of the Wan2.1 VAE (docs/architecture.md, "Latent normalisation"); the latent codec normalises with them.
 WAN21_LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
@@ -265,7 +265,7 @@ def convert_clip(
 # 4. umT5-XXL encoder -> transformers UMT5EncoderModel
 # ---------------------------------------------------------------------------------------------------
 
-UMT5_RELATIVE_MAX_DISTANCE = 128  # not recorded in the weights (spec 4.1)
+UMT5_RELATIVE_MAX_DISTANCE = 128  # not recorded in the weights (docs/architecture.md, "Text and image context")
 UMT5_LAYER_NORM_EPS = 1e-6
 UMT5_RENAMES: list[Rename] = [
     (r"^token_embedding\.weight$", "shared.weight"),  # also feeds encoder.embed_tokens, below

@@ -1,6 +1,6 @@
 """`scail2 convert all`: the whole official SCAIL-2 release -> one folder `SCAIL2Pipeline.from_pretrained` loads.
 
-The release layout (spec 6.1):
+The release layout (docs/architecture.md, "Checkpoint layouts"):
 
     SCAIL-2/
       model/latest                                   (holds the checkpoint number, "1")

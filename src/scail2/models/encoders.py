@@ -1,4 +1,4 @@
-"""Inputs and outputs of the frozen encoders: CLIP image features and umT5 prompt embeddings (spec 4.1, 4.2).
+"""Inputs and outputs of the frozen encoders: CLIP image features and umT5 prompt embeddings (docs/architecture.md, "Text and image context").
 
 The encoders themselves are transformers' `CLIPVisionModel` and `UMT5EncoderModel` (see
 `convert_components`); this module holds the preprocessing upstream applies around them.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 CLIP_IMAGE_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# Token budget of the text encoder (spec 3.1 text_len): prompts are padded/truncated to it.
+# Token budget of the text encoder (the config's text_len): prompts are padded/truncated to it.
 TEXT_LEN = 512
 
 

@@ -1,4 +1,4 @@
-"""Fuse LoRAs into a loaded SCAIL-2 transformer (parameters named as in Wan, spec 3.2 and 5.5).
+"""Fuse LoRAs into a loaded SCAIL-2 transformer (parameters named as in Wan; docs/architecture.md, "LoRA formats").
 
 Three file layouts are understood:
 

@@ -69,7 +69,7 @@ class RopeShift:
 
 
 def scail2_rope_shifts(num_extra_refs: int, replace: bool, offset: int) -> dict[str, RopeShift]:
-    """The shift table of spec 3.5 for each segment: extra refs, reference, video, driving stream.
+    """The RoPE shift table (docs/architecture.md, "RoPE shifts") for each segment: extra refs, reference, video, driving stream.
 
     Animation separates the reference in time (video starts one frame after it); replacement separates it in
     height by `offset`. The driving stream is always shifted by `offset` in width.

@@ -69,7 +69,7 @@ class SamplingSettings:
             raise Scail2Error(f"--shift must be positive, got {self.shift}")
 
 
-# Named sampler presets (spec 5.3): upstream's defaults, and the fast DPM++ preset of the MLX port.
+# Named sampler presets (docs/architecture.md, "Sampler grids"): upstream's defaults, and the fast DPM++ preset of the MLX port.
 SAMPLING_PRESETS: dict[str, SamplingSettings] = {
     "quality": SamplingSettings(sampler="unipc", steps=40, shift=5.0, guidance_scale=5.0),
     "fast": SamplingSettings(sampler="dpm++", steps=16, shift=5.0, guidance_scale=5.0),

@@ -8,7 +8,7 @@
 
 Pixel values are identity indices (0 background, k = k-th colour of `IDENTITY_COLORS`); the PNG
 palette shows them in the upstream colours on black, so any image viewer or editor shows the masks as
-the model sees them in animation mode. The background colour of a mode (white or black, spec 1.2) is
+the model sees them in animation mode. The background colour of a mode (white or black; docs/architecture.md, "Modes") is
 applied when the folder is read, so one folder serves both modes. A frame edited and saved as RGB is
 read back by snapping every pixel to the nearest palette colour (black and white are background).
 

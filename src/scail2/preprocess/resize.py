@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from scail2.errors import Scail2Error
 
-# (height, width) of the default 512p landscape target; a portrait reference swaps it (spec 1.3).
+# (height, width) of the default 512p landscape target; a portrait reference swaps it.
 DEFAULT_TARGET_SIZE = (512, 896)
 # H and W must be multiples of this: the pose/mask stream runs at H/2 x W/2 -> H/16 x W/16 latents -> 2x2 patches.
 SIZE_MULTIPLE = 32

@@ -26,7 +26,7 @@ class ModelConfig:
 
 @dataclass
 class FlowConfig:
-    shift: float | str = "auto"  # "auto": the resolution-dependent e^mu of spec 7.2; or a number
+    shift: float | str = "auto"  # "auto": the resolution-dependent e^mu (docs/architecture.md, "Flow matching"); or a number
     history_probability: float = 0.15  # chance that a sample's first latent frames are clean history
     history_latent_frames: int = 2  # 5 pixel frames
     text_dropout: float = 0.1  # chance of the empty prompt (classifier-free guidance training)

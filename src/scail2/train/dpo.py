@@ -1,4 +1,4 @@
-"""Bias-Aware DPO on flow-matching errors (spec 7.7): a Diffusion-DPO objective against a frozen reference.
+"""Bias-Aware DPO on flow-matching errors (docs/architecture.md, "DPO"): a Diffusion-DPO objective against a frozen reference.
 
 For a preference pair (winner w, loser l) under the same conditioning c, both are noised with the SAME noise
 eps and sigma, and each model's per-sample velocity error is measured:

@@ -1,6 +1,6 @@
 """Training a small video VAE (diffusers `AutoencoderKLWan`) on the RGB videos of a MotionPair dataset.
 
-The latent layout stays Wan's (spec 4.3): 8x spatial and 4x temporal compression with a causal first frame, so
+The latent layout stays Wan's (docs/architecture.md, "Latent geometry"): 8x spatial and 4x temporal compression with a causal first frame, so
 the pipeline and the latent cache use the result unchanged. The widths shrink; the latent channels (`z_dim`, 16
 in Wan2.1) may change, and the transformer's in_dim/out_dim then follow (z_dim + 4, z_dim). Sections: 1. config,
 2. clips from the shards, 3. the model and the losses, 4. the trainer (a step, checkpoints, previews), 5. release:
@@ -66,7 +66,7 @@ class VaeDataConfig:
     clip_frames: int = 9  # 4n + 1 frames per training clip: a random window of the stored videos
     crop: int = 64  # side of the square random crop (multiple of 8); 0: the largest square every source fits
     streams: list[str] = field(default_factory=lambda: ["target", "driving"])  # full-resolution sources
-    half_resolution_probability: float = 0.25  # chance of a driving clip at half resolution (spec 2.2)
+    half_resolution_probability: float = 0.25  # chance of a driving clip at half resolution, as the driving stream is
     flip: bool = True  # random horizontal flips
 
 
