@@ -36,6 +36,7 @@ from PIL import Image
 
 from scail2.data.pairs import MASK_BACKGROUNDS, PairGenerator, PairSample
 from scail2.errors import Scail2Error
+from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
 FORMAT = "scail2-motionpair"
@@ -240,7 +241,7 @@ def _worker_encode(index: int) -> dict:
 
 def _write_shard(path: Path, records: Iterable[dict], on_sample) -> None:
     """Write records to `path` via a `.partial` file, renamed only once complete and on disk."""
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     partial = path.with_name(path.name + ".partial")
     try:
@@ -336,7 +337,7 @@ def read_shard(path: str | Path, expected_count: int | None = None, decode=None)
     decode = decode or decode_sample
     import tarfile
 
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     path = Path(path)
     if not path.is_file():
@@ -390,7 +391,7 @@ class MotionPairDataset:
 
 def webdataset_pipeline(directory: str | Path, **kwargs):
     """A `webdataset.WebDataset` over a finished dataset that yields `PairSample`s (for training loaders)."""
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     dataset = MotionPairDataset(directory, verify=False)
     urls = [str(p) for p in dataset.shard_paths]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scail2.errors import Scail2Error
+from scail2.optional import require
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _build(cls, values: dict, where: str):
 
 def _parse_value(text: str):
     """Override values are YAML scalars/lists: 3e-4, true, null, [1, 2], 'text'."""
-    import yaml
+    yaml = require("yaml", purpose="reading config overrides")
 
     value = yaml.safe_load(text)
     if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
@@ -168,7 +169,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig,
                 example: str = "configs/tiny.yaml"):
     """YAML (optional) plus dotted overrides, built into the config dataclass `cls` and validated."""
-    import yaml
+    yaml = require("yaml", purpose="reading training configs")
 
     data: dict = {}
     if path is not None:

@@ -26,6 +26,7 @@ from scail2.data.latent_cache import CachedSample, LatentCache
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+from scail2.optional import require
 from scail2.train.config import TrainConfig, latest_checkpoint, prune_checkpoints
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
 
@@ -163,7 +164,7 @@ class Trainer:
         return model.to(self.group.device)
 
     def _add_lora(self, model: SCAIL2Transformer3DModel) -> None:
-        from peft import LoraConfig as PeftLoraConfig
+        PeftLoraConfig = require("peft", purpose="LoRA training").LoraConfig
 
         lora = self.config.lora
         model.requires_grad_(False)
@@ -370,6 +371,7 @@ class Trainer:
         if not self.group.is_main:
             return
         if self.writer is None:
+            require("tensorboard", purpose="training logs")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
