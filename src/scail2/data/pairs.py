@@ -46,7 +46,6 @@ MASK_BACKGROUNDS = {
     "animation": {"reference": WHITE, "driving": BLACK, "target": BLACK},
     "replacement": {"reference": BLACK, "driving": WHITE, "target": BLACK},
 }
-DETAIL_LIMB_END, DETAIL_FACE = 1, 2
 
 
 def palette_mask(ids: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
