@@ -56,12 +56,23 @@ def test_animate_without_pyav(verb, hide, capsys, tmp_path):
     assert_one_line(err, VIDEO_LINE.format(verb, "reading the driving video and writing the output video"))
 
 
-def test_animate_with_a_text_encoder_without_ftfy(hide, capsys, tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [
+        "animate --model MODEL --ref r.png --driving d.mp4 --out o.mp4",
+        "demo --model MODEL",
+        "eval --model MODEL",
+        "cache --data d --model MODEL --out c",
+        "prefs --data d --out p --model MODEL",
+    ],
+)
+def test_a_model_with_a_text_encoder_without_ftfy(command, hide, capsys, tmp_path):
     (tmp_path / "model" / "text_encoder").mkdir(parents=True)
     hide("ftfy")
-    status, err = run_cli(capsys, f"animate --model {tmp_path / 'model'} --ref r.png --driving d.mp4 --out o.mp4")
+    status, err = run_cli(capsys, command.replace("MODEL", str(tmp_path / "model")))
     assert status == 2
-    expected = "scail2 animate needs ftfy (cleaning prompts for the model's text encoder): pip install 'scail2[text]'"
+    verb = command.split()[0]
+    expected = f"scail2 {verb} needs ftfy (cleaning prompts for the model's text encoder): pip install 'scail2[text]'"
     assert_one_line(err, expected)
 
 
