@@ -63,7 +63,7 @@ def test_require_of_a_submodule_names_the_package(hide):
 
 
 def test_require_refuses_a_module_that_is_no_optional_dependency():
-    with pytest.raises(KeyError, match="no optional dependency"):
+    with pytest.raises(ValueError, match="no optional dependency"):
         require("numpy")
 
 

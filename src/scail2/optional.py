@@ -44,17 +44,17 @@ class MissingDependency(Scail2Error):
         return f"{who} needs {self.display_name}{why}: pip install 'scail2[{self.extra}]'"
 
 
-def missing_dependency(error: ModuleNotFoundError, purpose: str = "") -> MissingDependency | None:
+def missing_dependency(error: ModuleNotFoundError) -> MissingDependency | None:
     """The `MissingDependency` behind an import error, or None when the missing module is no optional one."""
     top_level = (error.name or "").partition(".")[0]
-    return MissingDependency(top_level, purpose) if top_level in EXTRAS else None
+    return MissingDependency(top_level) if top_level in EXTRAS else None
 
 
 def require(module: str, purpose: str = "") -> ModuleType:
     """Import `module` (an optional dependency or one of its submodules) or raise `MissingDependency`."""
     top_level = module.partition(".")[0]
     if top_level not in EXTRAS:
-        raise KeyError(f"{top_level} is no optional dependency; add it to scail2.optional.EXTRAS and pyproject.toml")
+        raise ValueError(f"{top_level} is no optional dependency; add it to scail2.optional.EXTRAS and pyproject.toml")
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
@@ -64,7 +64,7 @@ def require(module: str, purpose: str = "") -> ModuleType:
 
 
 class LazyModule:
-    """Stands for an optional module at import time and imports it on first attribute access.
+    """Stands for an optional module at import time; attribute access imports it (`require`).
 
     For modules whose functions use the dependency throughout (`video_io` and PyAV): importing them stays
     free, and the first call that needs the dependency raises `MissingDependency`.
@@ -75,6 +75,6 @@ class LazyModule:
         self._purpose = purpose
 
     def __getattr__(self, attribute: str):
-        if attribute.startswith("__"):  # copy/pickle probing an instance without its fields
+        if attribute.startswith("_"):  # our own fields, absent on an instance that copy/pickle builds bare
             raise AttributeError(attribute)
         return getattr(require(self._module, self._purpose), attribute)
