@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(BIN)/scail2 demo --out outputs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

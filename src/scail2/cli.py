@@ -2,6 +2,9 @@
 
 A command module defines `register(subparsers)`, which adds its parser and sets `func` to a callable
 taking the parsed arguments. Heavy imports happen inside `func`, so `scail2 --help` stays fast.
+
+Errors the user can fix are one line on stderr and exit status 2: a `Scail2Error` (bad input), or a missing
+optional dependency, which names the extra to install (`scail2.optional`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import importlib
 import sys
 
 from scail2.errors import Scail2Error
+from scail2.optional import MissingDependency, missing_dependency
 
 # Order here is the order in `scail2 --help`.
 COMMAND_MODULES = [
@@ -40,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
+    except MissingDependency as error:
+        print(error.describe(f"scail2 {args.command}"), file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        missing = missing_dependency(error)  # an optional module imported without `require`
+        if missing is None:
+            raise
+        print(missing.describe(f"scail2 {args.command}"), file=sys.stderr)
+        return 2
     except Scail2Error as error:
         print(f"scail2 {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -51,7 +51,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from scail2 import bundled
     from scail2.animate import AnimateRequest, run_animate, sampling_settings
+    from scail2.commands import require_text_dependencies
+    from scail2.optional import require
 
+    require("av", purpose="reading the driving video and writing the output video")
+    require_text_dependencies(args.model)
     use_bundled = args.model is None
     if use_bundled:
         print(f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "

@@ -21,14 +21,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     import json
     from pathlib import Path
 
+    import torch
+
+    from scail2.commands import require_text_dependencies
     from scail2.data import preference
     from scail2.data.latent_cache import CacheEncoder, build_cache
+    from scail2.optional import require
 
+    require("webdataset", purpose="reading the dataset's shards")
+    require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     encoder = CacheEncoder.from_model_dir(args.model, device=device, text_len=args.text_len, dtype=dtype,

@@ -13,7 +13,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from scail2.commands import require_text_dependencies
     from scail2.demo import run_demo
+    from scail2.optional import require
+
+    require("av", purpose="writing the demo videos")
+    require_text_dependencies(args.model)
 
     run_demo(out=args.out, model=args.model, steps=args.steps, seed=args.seed)
     return 0

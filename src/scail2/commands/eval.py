@@ -21,7 +21,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from scail2.commands import require_text_dependencies
     from scail2.eval.report import run_benchmark
 
+    require_text_dependencies(args.model)
     run_benchmark(args)
     return 0

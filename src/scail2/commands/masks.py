@@ -20,8 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-characters", type=int, default=1,
                         help="keep at most K characters, largest first (default 1; raise it for several people)")
     parser.add_argument("--min-track-fraction", type=float, default=0.01,
-                        help="drop characters never covering this share of the frame (default 0.01, with a warning; kept "
-                             "when nothing larger moves)")
+                        help="drop characters never covering this share of the frame (default 0.01, with a warning; "
+                             "kept when nothing larger moves)")
     parser.add_argument("--preview", action="store_true", help="also write preview.mp4 (masks over the video)")
     parser.add_argument("--driving-mask", help="provided masks: a video or PNG folder, binary or palette colours")
     parser.add_argument("--ref-mask", help="provided reference mask (binary or palette colours)")
@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from scail2.errors import Scail2Error
+    from scail2.optional import require
     from scail2.preprocess.segmentation.extract import MaskSettings
     from scail2.preprocess.segmentation.pipeline import MasksRequest, build_mask_folder
     from scail2.preprocess.segmentation.refine import Refinement
     from scail2.preprocess.segmentation.sam2 import merge_prompts, parse_boxes, parse_points
 
+    require("av", purpose="reading the driving video")
     logging.basicConfig(level=logging.WARNING, format="scail2 masks: warning: %(message)s")
     try:
         refinement = Refinement(args.fill_holes, args.min_area, args.erode, args.dilate, args.feather)

@@ -22,7 +22,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from scail2.commands import require_text_dependencies
     from scail2.data.preference import PipelineAnimator, ProceduralAnimator, write_preference_dataset
+    from scail2.optional import require
+
+    require("webdataset", purpose="reading and writing dataset shards")
+    require_text_dependencies(args.model)
 
     if args.procedural:
         animator = ProceduralAnimator(seed=args.seed)

@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, contact_sheet
     from scail2.data.shards import resolve_sharding, write_dataset
     from scail2.errors import Scail2Error
+    from scail2.optional import require
 
     if not args.out and not args.preview:
         raise Scail2Error("nothing to do: give --out DIR to write shards and/or --preview OUT.png")
+    if args.out:
+        require("webdataset", purpose="writing the dataset's shards")
     height, width = parse_size(args.size)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))

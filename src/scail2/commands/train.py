@@ -17,12 +17,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from scail2.optional import require
     from scail2.train.config import load_config
     from scail2.train.export import export_run
     from scail2.train.trainer import Trainer
 
     overrides = list(args.overrides) + ([f"train.stage={args.stage}"] if args.stage else [])
     config = load_config(args.config, overrides)
+    if config.resolved().lora.rank > 0:
+        require("peft", purpose="LoRA training")
+    if not args.export_only:
+        require("tensorboard", purpose="training logs")
+        if config.train.validate_every:
+            require("av", purpose="validation videos")
     trainer = Trainer(config, args.data, args.out, resume=args.resume or args.export_only)
     if not args.export_only:
         trainer.train(stop_at=args.max_steps)

@@ -25,9 +25,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import json
 
+    from scail2.optional import require
     from scail2.train.vae import VaeTrainer, export_vae, load_exported_vae, load_vae_config, reconstruction_psnr
 
     config = load_vae_config(args.config, args.overrides)
+    require("webdataset", purpose="reading the dataset's shards")
     trainer = VaeTrainer(config, args.data, args.out, resume=args.resume or args.export_only)
     if not args.export_only:
         trainer.train(stop_at=args.max_steps)

@@ -47,7 +47,6 @@ MASK_BACKGROUNDS = {
     "animate": {"reference": WHITE, "driving": BLACK, "target": BLACK},
     "replace": {"reference": BLACK, "driving": WHITE, "target": BLACK},
 }
-DETAIL_LIMB_END, DETAIL_FACE = 1, 2
 
 
 def palette_mask(ids: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:

@@ -59,6 +59,7 @@ from scail2.data.shards import (
 )
 from scail2.errors import Scail2Error
 from scail2.modes import parse_mode
+from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
 PREFERENCE = FormatSpec("scail2-preference", version=1, supported=(1,), description="a scail2 preference dataset",
@@ -433,7 +434,7 @@ class PreferenceDataset(MotionPairDataset):
 
 def _shard_losers(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(key, loser frames) of a preference shard in tar order, decoding only the loser and the headers."""
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     for record in webdataset.WebDataset(str(path), shardshuffle=False, empty_check=False):
         where = f"{path} (sample {record.get('__key__', '?')})"

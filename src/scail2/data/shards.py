@@ -37,6 +37,7 @@ from scail2.data.format import FormatSpec, atomic_path, shard_record
 from scail2.data.pairs import MASK_BACKGROUNDS, PairGenerator, PairSample
 from scail2.errors import Scail2Error
 from scail2.modes import parse_mode
+from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
 MOTIONPAIR = FormatSpec("scail2-motionpair", version=1, supported=(1,), description="a scail2 MotionPair sample",
@@ -216,7 +217,7 @@ def _worker_encode(index: int) -> dict:
 def write_shard(path: Path, records: Iterable[dict], on_sample: Callable[[], None]) -> None:
     """Write records to `path` via `<name>.partial`, renamed only once complete and on disk (one process writes
     a shard, so the fixed name lets a resumed run overwrite what a killed one left)."""
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     with atomic_path(path, partial=path.with_name(path.name + ".partial")) as partial, open(partial, "wb") as stream:
         writer = webdataset.TarWriter(stream, user="scail2", group="scail2", encoder=False, mtime=TAR_MTIME)
@@ -300,7 +301,7 @@ def read_shard(path: str | Path, expected_count: int | None = None, decode=None)
     decode = decode or decode_sample
     import tarfile
 
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     path = Path(path)
     if not path.is_file():
@@ -345,7 +346,7 @@ class MotionPairDataset:
 
 def webdataset_pipeline(directory: str | Path, **kwargs):
     """A `webdataset.WebDataset` over a finished dataset that yields `PairSample`s (for training loaders)."""
-    import webdataset
+    webdataset = require("webdataset", purpose="dataset shards")
 
     dataset = MotionPairDataset(directory, verify=False)
     urls = [str(p) for p in dataset.shard_paths]

@@ -36,10 +36,6 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def predict_x0(x_sigma: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    return x_sigma - _per_sample(sigma, x_sigma) * velocity
-
-
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One Euler step of dx/dsigma = v from sigma to sigma_next."""
     return x + _per_sample(sigma_next - sigma, x) * velocity

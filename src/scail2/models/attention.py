@@ -1,58 +1,48 @@
-"""The one attention call site of the project's transformers.
+"""The one attention call site of the project's transformers, and the per-module choice of kernel.
 
-`attention(q, k, v)` takes [B, S, heads, head_dim] tensors (the layout the projections produce) and returns
-the same layout. The backend is chosen per process with `set_attention_backend`:
+`attention(q, k, v, backend)` takes [B, S, heads, head_dim] tensors (the layout the projections produce) and
+returns the same layout. Every attention module of a model owns an `SCAIL2AttnProcessor` that holds its
+backend, so diffusers' own `model.set_attention_backend(name)` / `model.reset_attention_backend()` choose
+the kernel of one model, and two models in one process can use different kernels:
 
-- "sdpa" (default): torch's scaled_dot_product_attention, which picks flash / memory-efficient kernels on GPU;
-- "reference": the plain softmax(q k^T / sqrt(d)) v in fp32, for equivalence tests;
-- any diffusers attention backend name ("flash", "_flash_3", "sage", "xformers", ...), dispatched through
-  `diffusers.models.attention_dispatch` when that backend is installed.
+- None (the default) or "native": torch's scaled_dot_product_attention, which picks flash / memory-efficient
+  kernels on GPU;
+- any other diffusers backend ("_native_math", "flash", "_flash_3", "sage", "xformers", ...), dispatched
+  through `diffusers.models.attention_dispatch` when that backend is installed.
+
+A module whose backend was never set runs SDPA, whatever diffusers' process-wide backend is (its
+`attention_backend` context or DIFFUSERS_ATTN_BACKEND): nothing outside the model decides its kernel.
 
 There is never a mask: SCAIL-2 attends to every token, padded text rows included (as upstream).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-
-_BACKEND = "sdpa"
-
-
-def set_attention_backend(name: str) -> None:
-    """Select the attention kernel for every SCAIL-2 attention call in this process."""
-    global _BACKEND
-    if name not in ("sdpa", "reference"):
-        from diffusers.models.attention_dispatch import AttentionBackendName
-
-        valid = {backend.value for backend in AttentionBackendName}
-        if name not in valid:
-            raise ValueError(f"unknown attention backend {name!r}; choose sdpa, reference or one of {sorted(valid)}")
-    _BACKEND = name
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
 
-def get_attention_backend() -> str:
-    return _BACKEND
-
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v computed in fp32; [B, S, heads, d] in and out."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
-    out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v.float())
-    return out.to(v.dtype)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full bidirectional attention over [B, S, heads, head_dim] tensors."""
-    if _BACKEND == "reference":
-        return reference_attention(q, k, v)
-    if _BACKEND == "sdpa":
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: AttentionBackendName | str | None = None
+) -> torch.Tensor:
+    """Full bidirectional attention over [B, S, heads, head_dim] tensors with the given kernel."""
+    if backend is None or backend == AttentionBackendName.NATIVE:
         # SDPA wants [B, heads, S, d].
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
-    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+    return dispatch_attention_fn(q, k, v, backend=AttentionBackendName(backend))
 
-    return dispatch_attention_fn(q, k, v, backend=AttentionBackendName(_BACKEND))
+
+class SCAIL2AttnProcessor:
+    """The kernel choice of one attention module (diffusers' processor protocol).
+
+    `ModelMixin.set_attention_backend` writes `_attention_backend` (an `AttentionBackendName`) on the
+    processor of every `AttentionModuleMixin` module; None means SDPA.
+    """
+
+    _attention_backend: AttentionBackendName | None = None
+    _parallel_config = None  # read by set_attention_backend; SCAIL-2 has no context-parallel plan
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, self._attention_backend)

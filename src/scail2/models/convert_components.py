@@ -33,6 +33,7 @@ from scail2.models.state_dict_io import (
     load_torch_checkpoint,
     require_tensor_dict,
 )
+from scail2.optional import require
 
 Rename = tuple[str, str | Callable[[re.Match[str]], str]]
 
@@ -330,6 +331,8 @@ def convert_tokenizer(source_dir: str | Path, out_dir: str | Path, *, overwrite:
     source_dir = Path(source_dir)
     if not source_dir.is_dir():
         raise Scail2Error(f"{source_dir}: tokenizer folder not found; give the official umt5-xxl folder")
+    if not (source_dir / "tokenizer.json").is_file():  # only spiece.model: transformers converts it
+        require("sentencepiece", purpose="reading the tokenizer's spiece.model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_dir)
     except (OSError, ValueError, TypeError) as error:

@@ -1,4 +1,4 @@
-"""Inputs and outputs of the frozen encoders: CLIP image features and umT5 prompt embeddings (docs/architecture.md, "Text and image context").
+"""Inputs and outputs of the frozen encoders: CLIP image features and umT5 prompt embeddings.
 
 The encoders themselves are transformers' `CLIPVisionModel` and `UMT5EncoderModel` (see
 `convert_components`); this module holds the preprocessing upstream applies around them.
@@ -10,9 +10,10 @@ import html
 import re
 from collections.abc import Sequence
 
-import ftfy
 import torch
 import torch.nn.functional as F
+
+from scail2.optional import require
 
 # The released CLIP's input size and normalisation (OpenAI CLIP statistics).
 CLIP_IMAGE_SIZE = 224
@@ -62,6 +63,7 @@ def clip_image_features(image_encoder: torch.nn.Module, pixel_values: torch.Tens
 
 def clean_prompt(text: str) -> str:
     """Upstream's prompt cleaning: ftfy, HTML-unescape twice, strip, collapse whitespace."""
+    ftfy = require("ftfy", purpose="cleaning prompts for the text encoder")
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()

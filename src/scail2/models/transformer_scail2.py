@@ -21,11 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from scail2.conditioning.masks import HISTORY_MASK_CHANNELS, MASK_CHANNELS
-from scail2.models.attention import attention
+from scail2.models.attention import SCAIL2AttnProcessor
 
 # ------------------------------------------------------------------------------------------------------------
 # 1. Config and presets
@@ -221,11 +222,14 @@ def _fp32_linear_input(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(nn.Module, AttentionModuleMixin):
     """Full attention over the whole token sequence with RMS-normalised q/k and 3-axis RoPE."""
+
+    _supports_qkv_fusion = False
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
+        self.processor = SCAIL2AttnProcessor()  # the kernel (`model.set_attention_backend`)
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -240,14 +244,17 @@ class SelfAttention(nn.Module):
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
         q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)
-        return self.o(attention(q, k, v).flatten(2))  # [B, S, dim]
+        return self.o(self.processor(q, k, v).flatten(2))  # [B, S, dim]
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(nn.Module, AttentionModuleMixin):
     """Attention from video tokens to the text tokens and, for i2v, separately to the CLIP image tokens."""
+
+    _supports_qkv_fusion = False
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image_tokens: bool):
         super().__init__()
+        self.processor = SCAIL2AttnProcessor()
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -266,11 +273,11 @@ class CrossAttention(nn.Module):
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, heads, head_dim]
         k = self.norm_k(self.k(text_context)).unflatten(-1, heads)
         v = self.v(text_context).unflatten(-1, heads)
-        out = attention(q.to(v.dtype), k.to(v.dtype), v)
+        out = self.processor(q.to(v.dtype), k.to(v.dtype), v)
         if num_image_tokens:
             k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)
             v_img = self.v_img(image_context).unflatten(-1, heads)
-            out = out + attention(q.to(v_img.dtype), k_img.to(v_img.dtype), v_img)
+            out = out + self.processor(q.to(v_img.dtype), k_img.to(v_img.dtype), v_img)
         return self.o(out.flatten(2))
 
 

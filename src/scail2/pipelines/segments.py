@@ -23,11 +23,6 @@ class Segment:
     real_frames: int
     history_frames: int  # leading frames that are clean history from the previous segment (0 for the first)
 
-    @property
-    def new_frames(self) -> int:
-        """Frames this segment adds to the output."""
-        return self.real_frames - self.history_frames
-
 
 def plan_segments(num_frames: int, length: int = 81, overlap: int = 5) -> list[Segment]:
     """Cover `num_frames` driving frames with overlapping segments; every frame is generated exactly once."""

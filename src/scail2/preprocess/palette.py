@@ -35,8 +35,3 @@ BLACK = (0, 0, 0)
 
 # A channel counts as "on" when its uint8 value is strictly above this (upstream compares in float32).
 ON_THRESHOLD_UINT8 = 225
-
-
-def identity_plane(identity_index: int) -> int:
-    """The colour-plane index (0..6) of identity `identity_index` (0-based)."""
-    return PLANE_COLORS.index(IDENTITY_COLORS[identity_index])

@@ -25,13 +25,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
-from av.video.reformatter import Interpolation
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scail2.errors import Scail2Error
+from scail2.optional import LazyModule
+
+av = LazyModule("av", purpose="reading and writing videos")
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ MP4_AUDIO_COPY_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", 
 AAC_SAMPLE_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000})
 # swscale's default RGB<->YUV path rounds towards zero (about -1 level on every channel); these flags
 # make both directions unbiased (mean error < 0.01 level against the exact BT.709 formula).
-ACCURATE_COLOR_CONVERSION = int(Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT)
+# (libswscale's SWS_BILINEAR | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT, PyAV's `Interpolation` flags of those names)
+ACCURATE_COLOR_CONVERSION = 0x2 | 0x40000 | 0x2000
 REENCODE_FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
 
 FrameTransform = Callable[[np.ndarray], Any]

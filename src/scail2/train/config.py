@@ -13,6 +13,7 @@ from typing import Any
 
 from scail2.errors import Scail2Error
 from scail2.train.schedule import OptimConfig
+from scail2.optional import require
 
 
 @dataclass
@@ -128,7 +129,7 @@ def _build(cls, values: dict, where: str, defaults=None):
 
 def _parse_value(text: str):
     """Override values are YAML scalars/lists: 3e-4, true, null, [1, 2], 'text'."""
-    import yaml
+    yaml = require("yaml", purpose="reading config overrides")
 
     value = yaml.safe_load(text)
     if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
@@ -157,7 +158,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig,
                 example: str = "configs/tiny.yaml"):
     """YAML (optional) plus dotted overrides, built into the config dataclass `cls` and validated."""
-    import yaml
+    yaml = require("yaml", purpose="reading training configs")
 
     data: dict = {}
     if path is not None:

@@ -37,6 +37,7 @@ from torch import nn
 
 from scail2.diffusion.flow_matching import add_noise, sigma_to_timestep, velocity_target
 from scail2.errors import Scail2Error
+from scail2.optional import require
 
 LIMB_CHANNEL, FACE_CHANNEL = 0, 1  # channels of the cache's detail_masks [B, 2, T, h, w]
 
@@ -167,7 +168,7 @@ def diffusion_dpo_loss(policy_winner: torch.Tensor, policy_loser: torch.Tensor, 
 @contextmanager
 def lora_disabled(model: nn.Module) -> Iterator[None]:
     """The model with its peft LoRA layers bypassed (the frozen base = the DPO reference), restored afterwards."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    BaseTunerLayer = require("peft.tuners.tuners_utils", purpose="DPO with LoRA").BaseTunerLayer
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
@@ -245,7 +246,7 @@ def preference_loss(policy: nn.Module, reference: nn.Module | None, winner: torc
 
 def dpo_lora_config(config: DPOConfig, target_modules: list[str] | None = None):
     """A peft LoraConfig for the DPO stage: rank `config.lora_rank` on the blocks' attention and FFN linears."""
-    from peft import LoraConfig
+    LoraConfig = require("peft", purpose="DPO with LoRA").LoraConfig
 
     targets = target_modules or ["q", "k", "v", "o", "ffn.0", "ffn.2"]
     return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_scale_alpha, target_modules=targets,

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from scail2.errors import Scail2Error
+from scail2.optional import require
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
@@ -227,6 +228,7 @@ class RunLog:
 
     def _scalars(self, step: int, metrics: dict[str, float]) -> None:
         if self.writer is None:
+            require("tensorboard", purpose="training logs")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run / "tensorboard"))

@@ -24,6 +24,7 @@ from scail2.data.latent_cache import CachedSample, LatentCache
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+from scail2.optional import require
 from scail2.train.config import TrainConfig
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
 from scail2.train.schedule import CheckpointFolders, RunLog, TrainingSchedule
@@ -161,7 +162,7 @@ class Trainer:
         return model.to(self.group.device)
 
     def _add_lora(self, model: SCAIL2Transformer3DModel) -> None:
-        from peft import LoraConfig as PeftLoraConfig
+        PeftLoraConfig = require("peft", purpose="LoRA training").LoraConfig
 
         lora = self.config.lora
         model.requires_grad_(False)

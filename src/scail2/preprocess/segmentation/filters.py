@@ -58,11 +58,6 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize float maps [N, H, W] like `resize_images`."""
-    return resize_images(maps[:, None], size)[:, 0]
-
-
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
     """sRGB [N, 3, H, W] in [0, 1] -> CIE L*a*b* (D65) [N, 3, H, W], L in [0, 100]."""
     linear = torch.where(images <= 0.04045, images / 12.92, ((images + 0.055) / 1.055) ** 2.4)
