@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--shard-gb", type=float, default=0.25)
     args = parser.parse_args()
-    config = dict(dim=args.dim, ffn_dim=int(args.dim * 5.8) // 8 * 8, num_heads=args.dim // 128,
-                  num_layers=args.layers)
+    config = dict(dim=args.dim, ffn_dim=int(args.dim * 5.8) // 8 * 8, num_heads=args.dim // 128, num_layers=args.layers)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = SCAIL2Transformer3DModel(**config)
@@ -42,17 +41,32 @@ def main() -> None:
         del model
         (tmp / "config.json").write_text(__import__("json").dumps({**config, "model_type": "i2v"}))
         start = time.perf_counter()
-        cli_args = ["convert", "transformer", "--input", str(source), "--config", str(tmp / "config.json"),
-                    "--out", str(tmp / "out"), "--dtype", "bf16", "--max-shard-size", str(args.shard_gb)]
-        result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cli_args)], check=True,
-                                capture_output=True, text=True)
+        cli_args = [
+            "convert",
+            "transformer",
+            "--input",
+            str(source),
+            "--config",
+            str(tmp / "config.json"),
+            "--out",
+            str(tmp / "out"),
+            "--dtype",
+            "bf16",
+            "--max-shard-size",
+            str(args.shard_gb),
+        ]
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(cli_args)], check=True, capture_output=True, text=True
+        )
         seconds = time.perf_counter() - start
         anon_gib, rss_gib = (int(v) / 2**20 for v in result.stdout.split()[-2:])
         size_gib = source.stat().st_size / 2**30
         print("| file (fp32) | shard cap | peak anonymous | peak RSS (incl. mapped file) | anonymous / file | time |")
         print("|---|---|---|---|---|---|")
-        print(f"| {size_gib:.2f} GiB | {args.shard_gb} GiB | {anon_gib:.2f} GiB | {rss_gib:.2f} GiB | "
-              f"{anon_gib / size_gib:.2f} | {seconds:.1f} s |")
+        print(
+            f"| {size_gib:.2f} GiB | {args.shard_gb} GiB | {anon_gib:.2f} GiB | {rss_gib:.2f} GiB | "
+            f"{anon_gib / size_gib:.2f} | {seconds:.1f} s |"
+        )
 
 
 # Runs the CLI in-process while a thread samples /proc/self/status; prints peak RssAnon and VmHWM in KiB.

@@ -54,14 +54,19 @@ def table_fixed_camera(seeds: int, frames: int) -> None:
             scores.append(iou(ids > 0, clip.ids > 0))
             seconds.append(elapsed)
         share = sum(s >= 0.9 for s in scores) / len(scores)
-        print(f"{kind:8} {statistics.mean(scores):9.3f} {statistics.median(scores):7.3f} {min(scores):6.3f} "
-              f"{share:6.0%} {statistics.mean(seconds):7.2f}")
+        print(
+            f"{kind:8} {statistics.mean(scores):9.3f} {statistics.median(scores):7.3f} {min(scores):6.3f} "
+            f"{share:6.0%} {statistics.mean(seconds):7.2f}"
+        )
 
 
 def _stable(ids: np.ndarray, truth: np.ndarray) -> bool:
     for identity in (1, 2):
-        owners = {int(np.bincount(ids[t][truth[t] == identity], minlength=3)[1:].argmax()) + 1
-                  for t in range(len(ids)) if (truth[t] == identity).sum() >= 40}
+        owners = {
+            int(np.bincount(ids[t][truth[t] == identity], minlength=3)[1:].argmax()) + 1
+            for t in range(len(ids))
+            if (truth[t] == identity).sum() >= 40
+        }
         if owners != {identity}:
             return False
     return True
@@ -74,8 +79,10 @@ def table_crossings(seeds: int, frames: int) -> None:
         ids, _ = _masks(clip.frames, 2)
         stable += _stable(ids, clip.ids)
         scores.append(iou(ids > 0, clip.ids > 0))
-    print(f"\n2. occlusion crossings (two runners), {seeds} clips: identities stable in {stable}/{seeds} "
-          f"({stable / seeds:.0%}); foreground IoU mean {statistics.mean(scores):.3f}, worst {min(scores):.3f}")
+    print(
+        f"\n2. occlusion crossings (two runners), {seeds} clips: identities stable in {stable}/{seeds} "
+        f"({stable / seeds:.0%}); foreground IoU mean {statistics.mean(scores):.3f}, worst {min(scores):.3f}"
+    )
 
 
 def table_references(count: int) -> None:
@@ -90,9 +97,11 @@ def table_references(count: int) -> None:
         except Exception:  # noqa: BLE001 - nothing found counts as IoU 0
             scores.append(0.0)
         seconds.append(time.perf_counter() - start)
-    print(f"\n3. still-image references (procedural, 128x192), {count} images: IoU mean {statistics.mean(scores):.3f}, "
-          f"median {statistics.median(scores):.3f}, >=0.8 in {sum(s >= 0.8 for s in scores) / count:.0%}, "
-          f"worst {min(scores):.3f}; {statistics.mean(seconds):.2f} s per image")
+    print(
+        f"\n3. still-image references (procedural, 128x192), {count} images: IoU mean {statistics.mean(scores):.3f}, "
+        f"median {statistics.median(scores):.3f}, >=0.8 in {sum(s >= 0.8 for s in scores) / count:.0%}, "
+        f"worst {min(scores):.3f}; {statistics.mean(seconds):.2f} s per image"
+    )
 
 
 def table_speed(frames: int) -> None:

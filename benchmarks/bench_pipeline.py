@@ -8,6 +8,7 @@ On a GPU: `python -m benchmarks.bench_pipeline --preset 14b --height 512 --width
 from __future__ import annotations
 
 import argparse
+
 import torch
 
 from benchmarks.common import random_transformer, timed
@@ -38,9 +39,12 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pipe = build(args.preset, args.vae_width, device, dtype)
     h, w, t = args.height, args.width, args.frames
-    inputs = AnimationInputs(reference=torch.rand(3, h, w) * 2 - 1, reference_mask=torch.ones(3, h, w),
-                             driving=torch.randint(0, 255, (t, h, w, 3), dtype=torch.uint8),
-                             driving_masks=torch.zeros(t, h, w, 3, dtype=torch.uint8))
+    inputs = AnimationInputs(
+        reference=torch.rand(3, h, w) * 2 - 1,
+        reference_mask=torch.ones(3, h, w),
+        driving=torch.randint(0, 255, (t, h, w, 3), dtype=torch.uint8),
+        driving_masks=torch.zeros(t, h, w, 3, dtype=torch.uint8),
+    )
     settings = SamplingSettings(sampler="unipc", steps=args.steps, guidance_scale=5.0)
     segment = plan_segments(t, settings.segment_length, settings.overlap)[0]
     with torch.no_grad():
@@ -52,15 +56,27 @@ def main() -> None:
         noise = torch.randn(1, 16, *latent.shape[2:])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        _, denoise_s = timed(lambda: pipe.denoise_segment(reference, conditions, text, noise, None, settings,
-                                                          replace=False, autocast_dtype=torch.bfloat16
-                                                          if device.type == "cuda" else None), device)
+        _, denoise_s = timed(
+            lambda: pipe.denoise_segment(
+                reference,
+                conditions,
+                text,
+                noise,
+                None,
+                settings,
+                replace=False,
+                autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+            ),
+            device,
+        )
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         _, decode_s = timed(lambda: pipe.codec.decode(latent), device)
     print("| preset | size | CFG batch | s / step | VAE encode (full res) | VAE decode | driving prep | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.preset} | {w}x{h}x{segment.length} | 2 | {denoise_s / args.steps:.2f} | {full_encode_s:.2f} s | "
-          f"{decode_s:.2f} s | {encode_s:.2f} s | {peak:.1f} |")
+    print(
+        f"| {args.preset} | {w}x{h}x{segment.length} | 2 | {denoise_s / args.steps:.2f} | {full_encode_s:.2f} s | "
+        f"{decode_s:.2f} s | {encode_s:.2f} s | {peak:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -51,21 +51,32 @@ def main() -> None:
     payload = sum(len(v) for r in records for k, v in r.items() if k != "__key__") / count
     for workers in (int(w) for w in args.workers.split(",")):
         with tempfile.TemporaryDirectory() as out:
-            row, _ = _measure("write_dataset (render+encode+tar)", workers, args.pairs,
-                              lambda: write_dataset(generator, out, args.pairs, shard_size=64, workers=workers,
-                                                    progress=False))
+            row, _ = _measure(
+                "write_dataset (render+encode+tar)",
+                workers,
+                args.pairs,
+                lambda out=out, workers=workers: write_dataset(
+                    generator, out, args.pairs, shard_size=64, workers=workers, progress=False
+                ),
+            )
             rows.append(row)
     load = os.getloadavg()
-    print(f"\nscail2 synth at {args.size}x{args.size}x{args.frames}: {payload / 1024:.0f} KiB per pair on disk; "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print(
+        f"\nscail2 synth at {args.size}x{args.size}x{args.frames}: {payload / 1024:.0f} KiB per pair on disk; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+    )
     print(f"| {'stage':<34} | workers | pairs | wall s | pairs/s | CPU ms/pair |")
     print(f"|{'-' * 36}|---------|-------|--------|---------|-------------|")
     for stage, workers, pairs, wall, cpu in rows:
-        print(f"| {stage:<34} | {workers:>7} | {pairs:>5} | {wall:>6.2f} | {pairs / wall:>7.1f} | "
-              f"{1000 * cpu / pairs:>11.1f} |")
+        print(
+            f"| {stage:<34} | {workers:>7} | {pairs:>5} | {wall:>6.2f} | {pairs / wall:>7.1f} | "
+            f"{1000 * cpu / pairs:>11.1f} |"
+        )
     stage, workers, pairs, wall, cpu = rows[-1]
-    print(f"\n10,000 pairs with {workers} workers: about {10_000 * wall / pairs / 60:.1f} minutes at this rate; "
-          f"{cpu / pairs * 10_000 / 60 / workers:.1f} minutes on {workers} idle cores")
+    print(
+        f"\n10,000 pairs with {workers} workers: about {10_000 * wall / pairs / 60:.1f} minutes at this rate; "
+        f"{cpu / pairs * 10_000 / 60 / workers:.1f} minutes on {workers} idle cores"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from scail2.diffusion import flow_matching
 from benchmarks.common import build_inputs, random_transformer
+from scail2.diffusion import flow_matching
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 
 
@@ -24,8 +24,9 @@ def build_model(preset: str, device: torch.device, lora_rank: int, checkpointing
         from peft import LoraConfig
 
         model.requires_grad_(False)
-        model.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank,
-                                     target_modules=["q", "k", "v", "o", "ffn.0", "ffn.2"]))
+        model.add_adapter(
+            LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=["q", "k", "v", "o", "ffn.0", "ffn.2"])
+        )
         for name, p in model.named_parameters():
             p.requires_grad_(".lora_" in name)
             if ".lora_" in name:
@@ -51,8 +52,9 @@ def main() -> None:
     model = build_model(args.preset, device, args.lora_rank, not args.no_checkpointing)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95))
-    inputs, tokens = build_inputs(model, args.batch, args.frames, args.height, args.width, device,
-                                  min(64, model.config.text_len))
+    inputs, tokens = build_inputs(
+        model, args.batch, args.frames, args.height, args.width, device, min(64, model.config.text_len)
+    )
     target = torch.randn_like(inputs["hidden_states"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     times = []
@@ -75,8 +77,10 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     print("| preset | tokens | LoRA rank | trainable params | checkpointing | first s | steady s/step | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.preset} | {tokens:,} | {args.lora_rank or 'full'} | {sum(p.numel() for p in trainable):,} | "
-          f"{not args.no_checkpointing} | {times[0]:.2f} | {min(times[1:]):.2f} | {peak:.1f} |")
+    print(
+        f"| {args.preset} | {tokens:,} | {args.lora_rank or 'full'} | {sum(p.numel() for p in trainable):,} | "
+        f"{not args.no_checkpointing} | {times[0]:.2f} | {min(times[1:]):.2f} | {peak:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -46,11 +46,13 @@ def main() -> None:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
-    print(f"| preset | params | size | batch | tokens | dtype | first s | steady s | peak GiB |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| preset | params | size | batch | tokens | dtype | first s | steady s | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     steady = min(times[1:]) if len(times) > 1 else times[0]
-    print(f"| {args.preset} | {params:,} | {args.width}x{args.height}x{args.frames} | {args.batch} | {tokens:,} | "
-          f"{args.dtype} | {times[0]:.2f} | {steady:.2f} | {peak:.1f} |")
+    print(
+        f"| {args.preset} | {params:,} | {args.width}x{args.height}x{args.frames} | {args.batch} | {tokens:,} | "
+        f"{args.dtype} | {times[0]:.2f} | {steady:.2f} | {peak:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ WAN21 = ("wan2.1 (b96-1244-r2)", 96, [1, 2, 4, 4], 2, None)
 
 
 def build_vae(base_dim: int, dim_mult: list[int], num_res_blocks: int, patch_size: int | None):
-    from scail2.train.vae import VaeArchConfig, build_vae as build
+    from scail2.train.vae import VaeArchConfig
+    from scail2.train.vae import build_vae as build
 
-    return build(VaeArchConfig(base_dim=base_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks,
-                               patch_size=patch_size)).eval()
+    return build(
+        VaeArchConfig(base_dim=base_dim, dim_mult=dim_mult, num_res_blocks=num_res_blocks, patch_size=patch_size)
+    ).eval()
 
 
 def best_time(fn, repeats: int, clock) -> float:
@@ -59,12 +61,15 @@ def best_time(fn, repeats: int, clock) -> float:
 @torch.no_grad()
 def measure(vae, frames: int, size: int, repeats: int, clock) -> dict[str, float]:
     results = {}
-    for label, shape in (("full", (1, 3, frames, size, size)), ("half", (1, 3, frames, size // 2, size // 2)),
-                         ("ref", (1, 3, 1, size, size))):
+    for label, shape in (
+        ("full", (1, 3, frames, size, size)),
+        ("half", (1, 3, frames, size // 2, size // 2)),
+        ("ref", (1, 3, 1, size, size)),
+    ):
         video = torch.rand(shape) * 2 - 1
         latent = vae.encode(video).latent_dist.mode()
-        results[f"enc_{label}"] = best_time(lambda: vae.encode(video).latent_dist.mode(), repeats, clock)
-        results[f"dec_{label}"] = best_time(lambda: vae.decode(latent).sample, repeats, clock)
+        results[f"enc_{label}"] = best_time(lambda video=video: vae.encode(video).latent_dist.mode(), repeats, clock)
+        results[f"dec_{label}"] = best_time(lambda latent=latent: vae.decode(latent).sample, repeats, clock)
     return results
 
 
@@ -86,23 +91,32 @@ def main() -> None:
     if args.only:
         candidates = [c for c in candidates if c[0] in args.only.split(",")]
     half = args.size // 2
-    print(f"{args.frames} frames; full {args.size}x{args.size}, half {half}x{half}, ref 1 frame; "
-          f"{threads} thread(s); best of {args.repeats}; {'wall' if args.wall else 'CPU'} seconds")
-    header = (f"| {'config':<22} | {'params':>9} | {'fp16 MB':>7} | {'enc full':>8} | {'dec full':>8} | "
-              f"{'enc half':>8} | {'dec half':>8} | {'enc ref':>7} | {'pair enc':>8} |")
+    print(
+        f"{args.frames} frames; full {args.size}x{args.size}, half {half}x{half}, ref 1 frame; "
+        f"{threads} thread(s); best of {args.repeats}; {'wall' if args.wall else 'CPU'} seconds"
+    )
+    header = (
+        f"| {'config':<22} | {'params':>9} | {'fp16 MB':>7} | {'enc full':>8} | {'dec full':>8} | "
+        f"{'enc half':>8} | {'dec half':>8} | {'enc ref':>7} | {'pair enc':>8} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     rows = [(name, lambda arch=arch: build_vae(*arch)) for name, *arch in candidates]
-    rows += [(folder.rstrip("/").split("/")[-2] + "/vae", lambda folder=folder: load_exported_vae(folder))
-             for folder in args.vae]
+    rows += [
+        (folder.rstrip("/").split("/")[-2] + "/vae", lambda folder=folder: load_exported_vae(folder))
+        for folder in args.vae
+    ]
     for name, make in rows:
         vae = make()
         params = sum(p.numel() for p in vae.parameters())
         r = measure(vae, args.frames, args.size, args.repeats, clock)
         pair = r["enc_full"] + r["enc_half"] + r["enc_ref"]  # what `scail2 cache` spends per pair on the VAE
-        print(f"| {name:<22} | {params:>9,} | {params * 2 / 1e6:>7.2f} | {r['enc_full']:>8.3f} | "
-              f"{r['dec_full']:>8.3f} | {r['enc_half']:>8.3f} | {r['dec_half']:>8.3f} | {r['enc_ref']:>7.3f} | "
-              f"{pair:>8.3f} |", flush=True)
+        print(
+            f"| {name:<22} | {params:>9,} | {params * 2 / 1e6:>7.2f} | {r['enc_full']:>8.3f} | "
+            f"{r['dec_full']:>8.3f} | {r['enc_half']:>8.3f} | {r['dec_half']:>8.3f} | {r['enc_ref']:>7.3f} | "
+            f"{pair:>8.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

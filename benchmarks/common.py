@@ -9,8 +9,9 @@ import torch
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 
 
-def random_transformer(preset: str, device: torch.device, storage_dtype: torch.dtype = torch.float32,
-                       **overrides) -> SCAIL2Transformer3DModel:
+def random_transformer(
+    preset: str, device: torch.device, storage_dtype: torch.dtype = torch.float32, **overrides
+) -> SCAIL2Transformer3DModel:
     """A preset built on the meta device, materialised on `device` with N(0, 0.02) weights, stored in
     `storage_dtype` except the model's declared fp32 modules."""
     with torch.device("meta"):

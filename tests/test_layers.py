@@ -66,8 +66,13 @@ def test_no_module_imports_a_layer_above_it(path):
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_imports_another_modules_private_names(path):
     own = "scail2." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-    private = [f"{module}.{name}" for module, names in _imports(path) if module.startswith("scail2") and module != own
-               for name in names if name.startswith("_") and not name.startswith("__")]
+    private = [
+        f"{module}.{name}"
+        for module, names in _imports(path)
+        if module.startswith("scail2") and module != own
+        for name in names
+        if name.startswith("_") and not name.startswith("__")
+    ]
     assert not private, f"{own} imports private names {private}"
 
 

@@ -24,17 +24,18 @@ from pathlib import Path
 import torch
 
 from scail2 import __version__, bundled
-from scail2.errors import Scail2Error
 from scail2.conditioning import AnimationInputs
+from scail2.errors import Scail2Error
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
-from scail2.preprocess import mask_folder
+from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
-from scail2.preprocess import video_io
-from scail2.preprocess.segmentation import automatic as auto_masks
 from scail2.preprocess.resize import choose_target_size, frame_resizer, image_to_model
+from scail2.preprocess.segmentation import automatic as auto_masks
 
-MASK_HELP = ("pass --ref-mask IMG (binary or palette colours), give an RGBA reference whose alpha marks the "
-             "character, or make masks with a segmentation tool")
+MASK_HELP = (
+    "pass --ref-mask IMG (binary or palette colours), give an RGBA reference whose alpha marks the "
+    "character, or make masks with a segmentation tool"
+)
 
 
 @dataclass
@@ -95,18 +96,26 @@ def check_model_folder(model_dir: str | Path) -> Path:
     folder = Path(model_dir)
     index = folder / "model_index.json"
     if not index.is_file():
-        raise Scail2Error(f"{folder}: no model_index.json; pass a folder written by `scail2 convert all` or "
-                          "`SCAIL2Pipeline.save_pretrained`")
+        raise Scail2Error(
+            f"{folder}: no model_index.json; pass a folder written by `scail2 convert all` or "
+            "`SCAIL2Pipeline.save_pretrained`"
+        )
     components = json.loads(index.read_text())
     for name, value in components.items():
         if name.startswith("_") or not isinstance(value, list) or value[0] is None:
             continue
         part = folder / name
         configs = list(part.glob("*.json")) if part.is_dir() else []
-        weights = [p for p in part.glob("*") if p.suffix in (".safetensors", ".bin", ".model", ".json")] if part.is_dir() else []
+        weights = (
+            [p for p in part.glob("*") if p.suffix in (".safetensors", ".bin", ".model", ".json")]
+            if part.is_dir()
+            else []
+        )
         if not configs or not weights:
-            raise Scail2Error(f"{part}: missing or empty (model_index.json lists `{name}`); re-run the conversion "
-                              "or copy the whole model folder")
+            raise Scail2Error(
+                f"{part}: missing or empty (model_index.json lists `{name}`); re-run the conversion "
+                "or copy the whole model folder"
+            )
     return folder
 
 
@@ -120,12 +129,14 @@ def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] 
     transformers.utils.logging.disable_progress_bar()
     try:
         pipeline = SCAIL2Pipeline.from_pretrained(str(folder))
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
     if latent_channels != transformer_channels:
-        raise Scail2Error(f"{folder}: the VAE has {latent_channels} latent channels but the transformer expects "
-                          f"{transformer_channels}; put the VAE the transformer was trained with in {folder / 'vae'}")
+        raise Scail2Error(
+            f"{folder}: the VAE has {latent_channels} latent channels but the transformer expects "
+            f"{transformer_channels}; put the VAE the transformer was trained with in {folder / 'vae'}"
+        )
     if loras:
         from scail2.models.lora import apply_loras, parse_lora_arg
 
@@ -171,45 +182,62 @@ def model_fingerprint(model_dir: str | Path) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _reference_mask(request: AnimateRequest, image: video_io.LoadedImage, target: tuple[int, int],
-                    driving_masks: torch.Tensor | None = None):
+def _reference_mask(
+    request: AnimateRequest,
+    image: video_io.LoadedImage,
+    target: tuple[int, int],
+    driving_masks: torch.Tensor | None = None,
+):
     """The reference mask as palette uint8 at the image's size (for identity checks) and as model input."""
     if request.ref_mask is not None:
         mask_image = video_io.read_image(request.ref_mask)
         if mask_image.rgb.shape[:2] != image.rgb.shape[:2]:
             h, w = image.rgb.shape[:2]
             mh, mw = mask_image.rgb.shape[:2]
-            raise Scail2Error(f"{request.ref_mask}: is {mw}x{mh} but the reference image is {w}x{h}; give the "
-                              "reference mask the reference image's size")
+            raise Scail2Error(
+                f"{request.ref_mask}: is {mw}x{mh} but the reference image is {w}x{h}; give the "
+                "reference mask the reference image's size"
+            )
         palette = mask_ops.normalize_user_mask(mask_image.rgb, request.mode, "reference")
-    elif image.alpha is not None and (driving_masks is None or len(mask_ops.identity_colors_present(driving_masks)) <= 1):
+    elif image.alpha is not None and (
+        driving_masks is None or len(mask_ops.identity_colors_present(driving_masks)) <= 1
+    ):
         palette = mask_ops.mask_from_alpha(image.alpha, request.mode)
     else:
         try:  # the mask folder's own reference mask, or alpha / still-image segmentation coloured like the driving
-            palette = auto_masks.reference_palette(request.ref, image.rgb, driving_masks, request.mode,
-                                                   request.driving_mask, alpha=image.alpha)
+            palette = auto_masks.reference_palette(
+                request.ref, image.rgb, driving_masks, request.mode, request.driving_mask, alpha=image.alpha
+            )
         except Scail2Error as error:
             raise Scail2Error(f"{request.ref}: no reference mask ({error}): {MASK_HELP}") from None
     return palette, image_to_model(palette.numpy(), target)
 
 
-def _driving_masks(request: AnimateRequest, num_frames: int, target: tuple[int, int],
-                   driving: torch.Tensor | None = None) -> torch.Tensor:
+def _driving_masks(
+    request: AnimateRequest, num_frames: int, target: tuple[int, int], driving: torch.Tensor | None = None
+) -> torch.Tensor:
     if request.driving_mask is None:
         try:  # no masks given: the weight-free method (fixed-camera footage with moving characters)
             return auto_masks.automatic_driving_palette(driving, request.mode)
         except Scail2Error as error:
-            raise Scail2Error(f"{request.driving}: no driving masks ({error}): pass --driving-mask (a `scail2 masks` "
-                              "folder, a mask video or a folder of PNG frames, binary or palette colours, one frame "
-                              "per driving frame)") from None
+            raise Scail2Error(
+                f"{request.driving}: no driving masks ({error}): pass --driving-mask (a `scail2 masks` "
+                "folder, a mask video or a folder of PNG frames, binary or palette colours, one frame "
+                "per driving frame)"
+            ) from None
     if mask_folder.is_mask_folder(request.driving_mask):
-        frames = auto_masks.folder_driving_palette(request.driving_mask, request.mode, num_frames, frame_resizer(target))
+        frames = auto_masks.folder_driving_palette(
+            request.driving_mask, request.mode, num_frames, frame_resizer(target)
+        )
     else:
-        frames = video_io.read_mask_frames(request.driving_mask, max_frames=num_frames,
-                                           frame_transform=frame_resizer(target))
+        frames = video_io.read_mask_frames(
+            request.driving_mask, max_frames=num_frames, frame_transform=frame_resizer(target)
+        )
     if frames.shape[0] < num_frames:
-        raise Scail2Error(f"{request.driving_mask}: has {frames.shape[0]} mask frames but the driving video has "
-                          f"{num_frames}; give one mask frame per driving frame")
+        raise Scail2Error(
+            f"{request.driving_mask}: has {frames.shape[0]} mask frames but the driving video has "
+            f"{num_frames}; give one mask frame per driving frame"
+        )
     return mask_ops.normalize_user_mask(frames, request.mode, "driving")
 
 
@@ -221,18 +249,33 @@ def load_inputs(request: AnimateRequest) -> LoadedInputs:
     driving = video.frames
     driving_masks = _driving_masks(request, driving.shape[0], target, driving)
     ref_palette, reference_mask = _reference_mask(request, image, target, driving_masks)
-    mask_ops.check_identity_binding(ref_palette, driving_masks, reference_source=str(request.ref_mask or request.ref),
-                                    driving_source=str(request.driving_mask or request.driving))
+    mask_ops.check_identity_binding(
+        ref_palette,
+        driving_masks,
+        reference_source=str(request.ref_mask or request.ref),
+        driving_source=str(request.driving_mask or request.driving),
+    )
     extra = []
     for path in request.extra_refs:
         view = video_io.read_image(path)
         if view.alpha is None:
             raise Scail2Error(f"{path}: an extra reference view needs an alpha channel marking the character")
-        extra.append((image_to_model(view.rgb, target),
-                      image_to_model(mask_ops.mask_from_alpha(view.alpha, request.mode).numpy(), target)))
-    inputs = AnimationInputs(reference=image_to_model(image.rgb, target), reference_mask=reference_mask,
-                             driving=driving, driving_masks=driving_masks, mode=request.mode, prompt=request.prompt,
-                             negative_prompt=request.negative_prompt, extra_references=extra)
+        extra.append(
+            (
+                image_to_model(view.rgb, target),
+                image_to_model(mask_ops.mask_from_alpha(view.alpha, request.mode).numpy(), target),
+            )
+        )
+    inputs = AnimationInputs(
+        reference=image_to_model(image.rgb, target),
+        reference_mask=reference_mask,
+        driving=driving,
+        driving_masks=driving_masks,
+        mode=request.mode,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        extra_references=extra,
+    )
     return LoadedInputs(inputs=inputs, fps=video.fps, has_audio=video.has_audio, size=target)
 
 
@@ -261,8 +304,9 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)
-    result = pipeline(loaded.inputs, request.settings, seed=request.seed,
-                      autocast_dtype=autocast_dtype(request.dtype, device))
+    result = pipeline(
+        loaded.inputs, request.settings, seed=request.seed, autocast_dtype=autocast_dtype(request.dtype, device)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)
     if request.frames_dir is not None:

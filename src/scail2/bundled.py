@@ -22,14 +22,17 @@ BUNDLED_SIZE = (128, 128)  # (height, width) it was trained at
 # pairs, steps 3,800 and 5,200): Euler with 10 steps beat UniPC with 20 on all five metrics at half the time;
 # fewer steps score higher still on PSNR but blur the characters (1 step: the posterior mean, IoU 0.183 vs
 # 0.221). The shift hardly matters: 1.5, 3 and 5 agree within 0.002 SSIM and 0.001 IoU (24 val pairs, step 12,000).
-BUNDLED_SAMPLING = SamplingSettings(sampler="euler", steps=10, shift=3.0, guidance_scale=1.0, segment_length=17,
-                                    overlap=5)
+BUNDLED_SAMPLING = SamplingSettings(
+    sampler="euler", steps=10, shift=3.0, guidance_scale=1.0, segment_length=17, overlap=5
+)
 
 
 def bundled_model_dir() -> Path:
     """The bundled model folder; a one-line Scail2Error when the install lacks it."""
     folder = BUNDLED_MODEL
     if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
-        raise Scail2Error(f"the bundled demo model is missing from {folder} (no model_index.json or transformer/); "
-                          "reinstall scail2 or pass --model DIR (a folder from `scail2 convert all`)")
+        raise Scail2Error(
+            f"the bundled demo model is missing from {folder} (no model_index.json or transformer/); "
+            "reinstall scail2 or pass --model DIR (a folder from `scail2 convert all`)"
+        )
     return folder

@@ -18,8 +18,13 @@ from scail2.eval import benchmark, report
 # What the demo shows, in order: (label, predicate on a test-split pair).
 DEMO_CASES = (
     ("humanoid", lambda s: s.task == "animate" and s.metadata["body_plans"]["reference"] == ["humanoid"]),
-    ("non-humanoid", lambda s: s.task == "animate" and "humanoid" not in s.metadata["body_plans"]["reference"]
-     + s.metadata["body_plans"]["driving"]),
+    (
+        "non-humanoid",
+        lambda s: (
+            s.task == "animate"
+            and "humanoid" not in s.metadata["body_plans"]["reference"] + s.metadata["body_plans"]["driving"]
+        ),
+    ),
     ("replacement", lambda s: s.task == "replace"),
     ("multi-character", lambda s: s.task == "multi"),
 )
@@ -66,16 +71,25 @@ def preview_gif_frames(pairs: list[tuple[str, PairSample]], outputs: list[np.nda
     frames = []
     for t in range(min(o.shape[0] for o in outputs)):
         rows = []
-        for (label, sample), output in zip(pairs, outputs):
-            panels = [_label(sample.reference, "reference"), _label(sample.driving[t], "driving"),
-                      _label(output[t], "output"), _label(sample.target[t], "truth")]
+        for (_, sample), output in zip(pairs, outputs):
+            panels = [
+                _label(sample.reference, "reference"),
+                _label(sample.driving[t], "driving"),
+                _label(output[t], "output"),
+                _label(sample.target[t], "truth"),
+            ]
             rows.append(np.concatenate(panels, axis=1))
         frames.append(np.concatenate(rows, axis=0))
     return frames
 
 
-def run_demo(out: str | Path = "demo_output", model: str | Path | None = None, steps: int | None = None,
-             seed: int = 0, device: str = "cpu") -> dict:
+def run_demo(
+    out: str | Path = "demo_output",
+    model: str | Path | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
     import dataclasses
 
     import torch
@@ -106,15 +120,31 @@ def run_demo(out: str | Path = "demo_output", model: str | Path | None = None, s
         baseline = benchmark.pair_metrics(benchmark.copy_reference(sample), sample, plate)
         name = f"{len(results):02d}_{label}"
         write_mp4(out / f"{name}.mp4", output, fps=sample.metadata["fps"])
-        results.append({"case": label, "file": f"{name}.mp4", "pair": sample.key, "task": sample.task,
-                        "body_plans": sample.metadata["body_plans"], "seconds": round(seconds, 2),
-                        "model": scores, "copy_reference": baseline})
+        results.append(
+            {
+                "case": label,
+                "file": f"{name}.mp4",
+                "pair": sample.key,
+                "task": sample.task,
+                "body_plans": sample.metadata["body_plans"],
+                "seconds": round(seconds, 2),
+                "model": scores,
+                "copy_reference": baseline,
+            }
+        )
     # 4. Previews and metrics.
-    report.write_image(out / "preview.png", np.concatenate(
-        [preview_row(sample, output, label) for (label, sample), output in zip(pairs, outputs)], axis=0))
+    report.write_image(
+        out / "preview.png",
+        np.concatenate([preview_row(sample, output, label) for (label, sample), output in zip(pairs, outputs)], axis=0),
+    )
     report.write_gif(out / "preview.gif", preview_gif_frames(pairs, outputs), fps=pairs[0][1].metadata["fps"])
-    summary = {"model": str(model_dir), "settings": dataclasses.asdict(settings), "seed": seed, "pairs": results,
-               "wall_s": round(time.perf_counter() - start, 1)}
+    summary = {
+        "model": str(model_dir),
+        "settings": dataclasses.asdict(settings),
+        "seed": seed,
+        "pairs": results,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
     report.write_json(out / "metrics.json", summary)
     print_report(summary, out)
     return summary
@@ -127,5 +157,7 @@ def print_report(summary: dict, out: Path) -> None:
         for key, name in names.items():
             cells = " ".join(f"{report.format_score(row[key][m], m):>13}" for m in benchmark.METRICS)
             print(f"{row['case']:<16} {name:<15} {cells}")
-    print(f"wrote {len(summary['pairs'])} MP4s, preview.png, preview.gif and metrics.json to {out}/ "
-          f"in {summary['wall_s']:.1f} s")
+    print(
+        f"wrote {len(summary['pairs'])} MP4s, preview.png, preview.gif and metrics.json to {out}/ "
+        f"in {summary['wall_s']:.1f} s"
+    )

@@ -27,7 +27,6 @@ SIZE = (64, 96)  # the patched native size: unequal, so a swapped axis fails
 FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=9, overlap=5)
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
@@ -50,8 +49,22 @@ def bundled_at(monkeypatch):
 
 
 def animate(files, out: Path, *extra: str) -> int:
-    return main(["animate", "--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]), "--driving",
-                 str(files["driving"]), "--driving-mask", str(files["masks"]), "--out", str(out), *extra])
+    return main(
+        [
+            "animate",
+            "--ref",
+            str(files["ref"]),
+            "--ref-mask",
+            str(files["ref_mask"]),
+            "--driving",
+            str(files["driving"]),
+            "--driving-mask",
+            str(files["masks"]),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_without_model_the_bundled_model_runs_at_its_native_size(tiny_model, files, bundled_at, tmp_path, capsys):
@@ -72,8 +85,10 @@ def test_without_model_the_bundled_model_runs_at_its_native_size(tiny_model, fil
 def test_explicit_flags_win_and_guidance_is_off_without_a_text_encoder(tiny_model, files, bundled_at, tmp_path):
     bundled_at(tiny_model)
     out = tmp_path / "o.mp4"
-    assert animate(files, out, "--steps", "1", "--cfg", "5", "--height", "32", "--width", "64",
-                   "--segment-length", "13") == 0
+    assert (
+        animate(files, out, "--steps", "1", "--cfg", "5", "--height", "32", "--width", "64", "--segment-length", "13")
+        == 0
+    )
     assert (probe_video(out).height, probe_video(out).width) == (32, 64)
     settings = json.loads(out.with_suffix(".json").read_text())["request"]["settings"]
     assert settings == {**dataclasses.asdict(FAST), "steps": 1, "segment_length": 13, "guidance_scale": 1.0}

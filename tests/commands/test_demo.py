@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -19,7 +18,6 @@ from scail2.pipelines.pipeline_scail2 import SamplingSettings
 from scail2.preprocess.video_io import probe_video
 
 FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=17, overlap=5)
-
 
 
 def test_demo_pairs_cover_every_case_and_are_held_out():
@@ -54,8 +52,24 @@ def test_eval_reports_every_method_and_updates_the_readme(tiny_model, tmp_path, 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{report.README_START}\n{report.README_END}\n")
     result = tmp_path / "scores.json"
-    code = main(["eval", "--model", str(tiny_model), "--skeleton-model", str(tiny_model), "--pairs", "2",
-                 "--json", str(result), "--report-dir", str(tmp_path / "bench"), "--readme", str(readme), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model),
+            "--skeleton-model",
+            str(tiny_model),
+            "--pairs",
+            "2",
+            "--json",
+            str(result),
+            "--report-dir",
+            str(tmp_path / "bench"),
+            "--readme",
+            str(readme),
+            "--quiet",
+        ]
+    )
     assert code == 0
     scores = json.loads(result.read_text())
     assert list(scores["summary"]) == ["copy_reference", "skeleton", "scail2", "vae_round_trip"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -29,8 +28,14 @@ def clip_files(tmp_path_factory):
     rgba = np.dstack([sample.reference, np.where(sample.reference_ids > 0, 255, 0).astype(np.uint8)])
     Image.fromarray(rgba).save(folder / "ref.png")
     Image.fromarray(sample.reference).save(folder / "ref_plain.png")
-    return {"video": video, "clip": clip, "ref": folder / "ref.png", "ref_plain": folder / "ref_plain.png",
-            "ref_ids": sample.reference_ids, "dir": folder}
+    return {
+        "video": video,
+        "clip": clip,
+        "ref": folder / "ref.png",
+        "ref_plain": folder / "ref_plain.png",
+        "ref_ids": sample.reference_ids,
+        "dir": folder,
+    }
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -41,8 +46,18 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_masks_end_to_end_with_preview(clip_files, tmp_path, capsys):
     out = tmp_path / "masks"
-    code, stdout, _ = run_cli(capsys, "--driving", clip_files["video"], "--ref", clip_files["ref"], "--out", out,
-                              "--preview", "--max-characters", "1")
+    code, stdout, _ = run_cli(
+        capsys,
+        "--driving",
+        clip_files["video"],
+        "--ref",
+        clip_files["ref"],
+        "--out",
+        out,
+        "--preview",
+        "--max-characters",
+        "1",
+    )
     assert code == 0 and "21 frames 192x128, 1 character(s) (blue) by motion; reference mask (alpha)" in stdout
     folder = mask_folder.open_mask_folder(out)
     assert folder.meta["method"] == "motion" and [e["index"] for e in folder.meta["identities"]] == [1]
@@ -59,20 +74,37 @@ def test_masks_end_to_end_with_preview(clip_files, tmp_path, capsys):
 def test_provided_masks_round_trip_and_serve_animate(clip_files, tmp_path, capsys):
     ids = clip_files["clip"].ids.copy()
     ids[:, 100:120, 150:180] = 2  # a second character on the right
-    provided = video_io.write_png_frames(tmp_path / "provided", mask_folder.identities_to_palette(ids, "animate",
-                                                                                                  "driving").numpy())
+    provided = video_io.write_png_frames(
+        tmp_path / "provided", mask_folder.identities_to_palette(ids, "animate", "driving").numpy()
+    )
     alpha = np.zeros((128, 192), np.uint8)
     alpha[30:100, 20:60] = alpha[30:100, 120:170] = 255
     rgba = np.dstack([np.full((128, 192, 3), 90, np.uint8), alpha])
     Image.fromarray(rgba).save(tmp_path / "two.png")
     out = tmp_path / "masks"
-    code, stdout, _ = run_cli(capsys, "--driving", clip_files["video"], "--driving-mask", provided, "--ref",
-                              tmp_path / "two.png", "--out", out)
+    code, stdout, _ = run_cli(
+        capsys,
+        "--driving",
+        clip_files["video"],
+        "--driving-mask",
+        provided,
+        "--ref",
+        tmp_path / "two.png",
+        "--out",
+        out,
+    )
     assert code == 0 and "by provided" in stdout
     folder = mask_folder.open_mask_folder(out)
     assert np.array_equal(np.stack(list(folder.iter_ids())), ids)  # lossless
-    request = AnimateRequest(ref=tmp_path / "two.png", driving=clip_files["video"], out=tmp_path / "o.mp4",
-                             driving_mask=out, mode="replace", height=128, width=192)
+    request = AnimateRequest(
+        ref=tmp_path / "two.png",
+        driving=clip_files["video"],
+        out=tmp_path / "o.mp4",
+        driving_mask=out,
+        mode="replace",
+        height=128,
+        width=192,
+    )
     inputs = load_inputs(request).inputs
     assert inputs.driving_masks.shape == (21, 128, 192, 3)
     assert tuple(inputs.driving_masks[0, 0, 0].tolist()) == (255, 255, 255)  # replacement: white background
@@ -81,8 +113,9 @@ def test_provided_masks_round_trip_and_serve_animate(clip_files, tmp_path, capsy
 
 
 def test_animate_without_masks_extracts_them(clip_files, tmp_path):
-    request = AnimateRequest(ref=clip_files["ref_plain"], driving=clip_files["video"], out=tmp_path / "o.mp4",
-                             height=128, width=192)
+    request = AnimateRequest(
+        ref=clip_files["ref_plain"], driving=clip_files["video"], out=tmp_path / "o.mp4", height=128, width=192
+    )
     inputs = load_inputs(request).inputs
     driving = mask_folder.palette_to_identities(inputs.driving_masks)
     assert iou(driving.numpy() > 0, clip_files["clip"].ids > 0) >= 0.85
@@ -110,8 +143,17 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(clip_files, tmp_path
     two = mask_folder.identities_to_palette(np.where(clip_files["clip"].ids > 0, 1, 0), "animate", "driving").numpy()
     two[:, :5, :5] = RED  # a second identity in the driving masks, but one character in the reference
     masks_two = video_io.write_png_frames(tmp_path / "two", two)
-    fails("--driving", video, "--out", out, "--driving-mask", masks_two, "--ref", clip_files["ref"],
-          match="shows 1 character(s) but the driving masks have 2")
+    fails(
+        "--driving",
+        video,
+        "--out",
+        out,
+        "--driving-mask",
+        masks_two,
+        "--ref",
+        clip_files["ref"],
+        match="shows 1 character(s) but the driving masks have 2",
+    )
     still = video_io.write_mp4(tmp_path / "still.mp4", np.repeat(clip_files["clip"].frames[:1], 9, axis=0), 16)
     fails("--driving", still, "--out", out, match="no moving character")
     out.mkdir()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scail2.conditioning import AnimationInputs, DETAIL_TAGS
+from scail2.conditioning import DETAIL_TAGS, AnimationInputs
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, driving_condition
 from scail2.data.world import TAG_FACE, TAG_LIMB_END
 from scail2.errors import Scail2Error
@@ -29,7 +29,11 @@ def test_the_package_face_exports_the_pipeline_api():
 def test_modes_accept_the_stored_spellings_and_nothing_else():
     assert MODES == ("animate", "replace")
     assert [parse_mode(w) for w in ("animate", "replace", "animation", "replacement")] == [
-        "animate", "replace", "animate", "replace"]
+        "animate",
+        "replace",
+        "animate",
+        "replace",
+    ]
     with pytest.raises(Scail2Error, match="--mode must be one of animate, replace, got 'dance'"):
         parse_mode("dance", "--mode")
 

@@ -11,9 +11,31 @@ from scail2.data.shards import MotionPairDataset
 
 def test_synth_writes_a_readable_dataset_and_a_preview(tmp_path, capsys):
     out, preview = tmp_path / "pairs", tmp_path / "sheet.png"
-    code = main(["synth", "--out", str(out), "--num", "5", "--size", "40x56", "--frames", "5", "--tasks",
-                 "animate,multi", "--seed", "2", "--shard-size", "2", "--workers", "2", "--preview", str(preview),
-                 "--preview-pairs", "3"])
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--num",
+            "5",
+            "--size",
+            "40x56",
+            "--frames",
+            "5",
+            "--tasks",
+            "animate,multi",
+            "--seed",
+            "2",
+            "--shard-size",
+            "2",
+            "--workers",
+            "2",
+            "--preview",
+            str(preview),
+            "--preview-pairs",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr()
     assert "wrote 3 shards (5 pairs), 0 already present; complete" in printed.out
@@ -26,8 +48,29 @@ def test_synth_writes_a_readable_dataset_and_a_preview(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "sheet.png"]
     # Running the finished command again does nothing and changes nothing.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main(["synth", "--out", str(out), "--num", "5", "--size", "40x56", "--frames", "5", "--tasks",
-                 "animate,multi", "--seed", "2", "--shard-size", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--num",
+                "5",
+                "--size",
+                "40x56",
+                "--frames",
+                "5",
+                "--tasks",
+                "animate,multi",
+                "--seed",
+                "2",
+                "--shard-size",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "wrote 0 shards (0 pairs), 3 already present; complete" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 

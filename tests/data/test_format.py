@@ -19,8 +19,15 @@ from scail2.data.format import (
 )
 from scail2.errors import Scail2Error
 
-SPEC = FormatSpec("scail2-toy", version=2, supported=(1, 2), description="a scail2 toy folder", command="toy",
-                  settings="toy settings", kind="toy")
+SPEC = FormatSpec(
+    "scail2-toy",
+    version=2,
+    supported=(1, 2),
+    description="a scail2 toy folder",
+    command="toy",
+    settings="toy settings",
+    kind="toy",
+)
 
 
 def test_atomic_writes_leave_only_the_final_file(tmp_path):
@@ -91,13 +98,19 @@ def test_shard_records_carry_size_and_checksum(tmp_path):
 def test_headers_of_other_formats_and_versions_are_refused():
     assert SPEC.header(n=3) == {"format": "scail2-toy", "version": 2, "n": 3}
     assert SPEC.check_header({"format": "scail2-toy", "version": 1}, "x") == 1
-    with pytest.raises(Scail2Error, match=r"^x is not a scail2 toy folder \(format 'laion' instead of 'scail2-toy'\)"
-                                          r"; point it at a folder written by `scail2 toy`$"):
+    with pytest.raises(
+        Scail2Error,
+        match=r"^x is not a scail2 toy folder \(format 'laion' instead of 'scail2-toy'\)"
+        r"; point it at a folder written by `scail2 toy`$",
+    ):
         SPEC.check_header({"format": "laion"}, "x")
     with pytest.raises(Scail2Error, match="format None"):
         SPEC.check_header(["not", "a", "header"], "x")
-    with pytest.raises(Scail2Error, match=r"^x has toy format version 3; this scail2 reads version 1, 2: upgrade "
-                                          r"scail2 or write it again with `scail2 toy`$"):
+    with pytest.raises(
+        Scail2Error,
+        match=r"^x has toy format version 3; this scail2 reads version 1, 2: upgrade "
+        r"scail2 or write it again with `scail2 toy`$",
+    ):
         SPEC.check_header({"format": "scail2-toy", "version": 3}, "x")
 
 

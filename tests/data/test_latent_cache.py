@@ -69,12 +69,21 @@ def cache(folders) -> Path:
 
 
 def test_new_caches_are_version_2_and_every_record_has_target_masks(cache):
-    assert sorted(p.name for p in cache.iterdir()) == ["cache-00000.json", "cache-00000.tar", "cache-00001.json",
-                                                       "cache-00001.tar", "manifest.json", "meta.json"]
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "cache-00000.json",
+        "cache-00000.tar",
+        "cache-00001.json",
+        "cache-00001.tar",
+        "manifest.json",
+        "meta.json",
+    ]
     for name in ("meta.json", "manifest.json"):
         header = json.loads((cache / name).read_text())
-        assert (header["format"], header["version"]) == ("scail2-latent-cache", 2) == (LATENT_CACHE.name,
-                                                                                       LATENT_CACHE.version)
+        assert (
+            (header["format"], header["version"])
+            == ("scail2-latent-cache", 2)
+            == (LATENT_CACHE.name, LATENT_CACHE.version)
+        )
     loaded = LatentCache(cache)
     assert loaded.version == 2 and len(loaded) == 2
     for index in range(len(loaded)):
@@ -99,8 +108,11 @@ def test_unknown_versions_are_refused_with_one_line(cache, tmp_path, name):
     shutil.copytree(cache, copy)
     header = json.loads((copy / name).read_text())
     (copy / name).write_text(json.dumps({**header, "version": 3}))
-    with pytest.raises(Scail2Error, match=rf"{name} has cache format version 3; this scail2 reads version 1, 2: "
-                                          r"upgrade scail2 or write it again with `scail2 cache`$") as caught:
+    with pytest.raises(
+        Scail2Error,
+        match=rf"{name} has cache format version 3; this scail2 reads version 1, 2: "
+        r"upgrade scail2 or write it again with `scail2 cache`$",
+    ) as caught:
         LatentCache(copy)
     assert "\n" not in str(caught.value)
 

@@ -59,9 +59,11 @@ def test_mask_backgrounds_follow_the_mode(task, mode):
     sample = _first(SynthConfig(height=40, width=56, frames=5, seed=1, tasks=(task,), same_identity=0.0))
     assert (sample.task, sample.mode) == (task, mode)
     assert sample.driving.shape == (5, 40, 56, 3) and sample.reference.shape == (40, 56, 3)
-    for stream, mask, ids in (("reference", sample.reference_mask(), sample.reference_ids),
-                              ("driving", sample.driving_mask(), sample.driving_ids),
-                              ("target", sample.target_mask(), sample.target_ids)):
+    for stream, mask, ids in (
+        ("reference", sample.reference_mask(), sample.reference_ids),
+        ("driving", sample.driving_mask(), sample.driving_ids),
+        ("target", sample.target_mask(), sample.target_ids),
+    ):
         assert (mask[ids == 0] == MASK_BACKGROUNDS[mode][stream]).all()
         assert (mask[ids == 1] == IDENTITY_COLORS[0]).all() and (ids == 1).any()
     assert MASK_BACKGROUNDS[mode]["reference"] == (WHITE if mode == "animate" else BLACK)
@@ -69,8 +71,10 @@ def test_mask_backgrounds_follow_the_mode(task, mode):
 
 
 def test_multi_character_identities_are_bound_by_colour_left_to_right():
-    sample = _first(SynthConfig(height=48, width=80, frames=5, seed=2, tasks=("multi",), same_identity=0.0),
-                    lambda s: len(s.metadata["characters"]) == 3)
+    sample = _first(
+        SynthConfig(height=48, width=80, frames=5, seed=2, tasks=("multi",), same_identity=0.0),
+        lambda s: len(s.metadata["characters"]) == 3,
+    )
     count = len(sample.metadata["characters"])
     for ids in (sample.reference_ids, sample.driving_ids, sample.target_ids):
         assert set(np.unique(ids)) <= set(range(count + 1))
@@ -98,13 +102,15 @@ def test_same_identity_and_cross_plan_pairs():
     np.testing.assert_array_equal(same.target, same.driving)
     character = same.metadata["characters"][0]
     assert character["driving"] == character["reference"]
-    generator = ProceduralPairGenerator(SynthConfig(height=40, width=56, frames=5, seed=6, cross_plan=1.0,
-                                                    same_identity=0.0))
+    generator = ProceduralPairGenerator(
+        SynthConfig(height=40, width=56, frames=5, seed=6, cross_plan=1.0, same_identity=0.0)
+    )
     for index in range(6):
         for entry in generator.generate(index).metadata["characters"]:
             assert entry["driving"]["plan"] != entry["reference"]["plan"]
-    generator = ProceduralPairGenerator(SynthConfig(height=40, width=56, frames=5, seed=6, cross_plan=0.0,
-                                                    same_identity=0.0))
+    generator = ProceduralPairGenerator(
+        SynthConfig(height=40, width=56, frames=5, seed=6, cross_plan=0.0, same_identity=0.0)
+    )
     for entry in generator.generate(0).metadata["characters"]:
         assert entry["driving"]["plan"] == entry["reference"]["plan"]
         assert entry["driving"] != entry["reference"]
@@ -113,11 +119,21 @@ def test_same_identity_and_cross_plan_pairs():
 def test_metadata_rebuilds_the_driving_and_target_videos():
     sample = _first(SynthConfig(height=40, width=56, frames=5, seed=8, tasks=("animate",), same_identity=0.0))
     meta = sample.metadata
-    camera, scene_a, scene_b = (Camera.from_json(meta["camera"]), Scene.from_json(meta["driving_scene"]),
-                                Scene.from_json(meta["reference_scene"]))
+    camera, scene_a, scene_b = (
+        Camera.from_json(meta["camera"]),
+        Scene.from_json(meta["driving_scene"]),
+        Scene.from_json(meta["reference_scene"]),
+    )
     for role, scene, expected in (("driving", scene_a, sample.driving), ("reference", scene_b, sample.target)):
-        actors = [Actor(Character.from_json(c[role]), Motion.from_json(c["motion"]),
-                        Placement.from_json(c["placement"]), c["identity"]) for c in meta["characters"]]
+        actors = [
+            Actor(
+                Character.from_json(c[role]),
+                Motion.from_json(c["motion"]),
+                Placement.from_json(c["placement"]),
+                c["identity"],
+            )
+            for c in meta["characters"]
+        ]
         video = render_video(scene, camera, actors, meta["height"], meta["width"], meta["frames"], meta["fps"])
         np.testing.assert_array_equal(video.frames, expected)
 
@@ -178,7 +194,7 @@ def test_contact_sheet_lays_out_reference_driving_target():
     samples = [generator.generate(i) for i in range(2)]
     sheet = contact_sheet(samples, columns=3, gap=2)
     label = 14
-    np.testing.assert_array_equal(sheet[label:label + 40, :56], samples[0].reference)
-    np.testing.assert_array_equal(sheet[label:label + 40, 56 + 6:56 + 6 + 56], samples[0].driving[0])
+    np.testing.assert_array_equal(sheet[label : label + 40, :56], samples[0].reference)
+    np.testing.assert_array_equal(sheet[label : label + 40, 56 + 6 : 56 + 6 + 56], samples[0].driving[0])
     block = label + 40 + 2 + 40 + 4
     assert sheet.shape == (2 * block, 56 * 7 + 2 * 6 + 4 * 2, 3)

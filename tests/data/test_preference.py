@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from scail2.conditioning import encode_video
 from scail2.data.latent_cache import CacheEncoder, LatentCache
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.data.preference import (
@@ -28,7 +29,6 @@ from scail2.data.preference import (
 )
 from scail2.data.shards import MotionPairDataset, write_dataset
 from scail2.errors import Scail2Error
-from scail2.conditioning import encode_video
 
 # 32x48 pixels, 5 frames: latents [16, 2, 4, 6], driving latents [16, 2, 2, 3]; 3 pairs in shards of 2 + 1.
 SOURCE = SynthConfig(height=32, width=48, frames=5, seed=4)
@@ -79,8 +79,9 @@ def cache(built, encoder, tmp_path_factory) -> Path:
 
 
 def test_builder_is_deterministic_per_seed(source, built, tmp_path):
-    again = write_preference_dataset(source, tmp_path / "again", ProceduralAnimator(seed=1), shard_size=SHARD_SIZE,
-                                     progress=False)
+    again = write_preference_dataset(
+        source, tmp_path / "again", ProceduralAnimator(seed=1), shard_size=SHARD_SIZE, progress=False
+    )
     assert again.complete and _files(tmp_path / "again") == _files(built)
     other = tmp_path / "other"
     write_preference_dataset(source, other, ProceduralAnimator(seed=2), shard_size=SHARD_SIZE, progress=False)
@@ -101,8 +102,9 @@ def test_losers_differ_from_winners_and_drift_further_from_the_drift_free_result
         character = sample.target_ids > 0
         assert _mean_abs(pair.loser[character], winner[character]) > 3.0
         assert pair.info["source_key"] == original.key and pair.info["driving_drift"] > 0.3
-        ideal = drift_free(original.reference, original.reference_mask(), original.driving, original.driving_mask(),
-                           original.mode)
+        ideal = drift_free(
+            original.reference, original.reference_mask(), original.driving, original.driving_mask(), original.mode
+        )
         winner_errors.append(_mean_abs(winner[character], ideal[character]))
         loser_errors.append(_mean_abs(pair.loser[character], ideal[character]))
     pairs = list(zip(winner_errors, loser_errors))
@@ -126,8 +128,12 @@ def test_the_loser_comes_from_a_twice_synthesised_driving_video():
     np.testing.assert_array_equal(ref1, sample.reference)
     np.testing.assert_array_equal(ref2, sample.reference)
     assert not np.array_equal(drive2, sample.driving)  # the re-synthesised driving video
-    np.testing.assert_array_equal(pair.pair.target, ProceduralAnimator(seed=3)(
-        sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(), sample.mode))
+    np.testing.assert_array_equal(
+        pair.pair.target,
+        ProceduralAnimator(seed=3)(
+            sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(), sample.mode
+        ),
+    )
 
 
 def test_a_pipeline_works_as_the_animator():
@@ -143,9 +149,13 @@ def test_a_pipeline_works_as_the_animator():
     animate = PipelineAnimator(pipeline, settings, seed=7)
     frames = animate(sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(), sample.mode)
     assert frames.shape == sample.driving.shape and frames.dtype == np.uint8
-    inputs = AnimationInputs(image_to_model(sample.reference, (32, 32)),
-                             image_to_model(sample.reference_mask(), (32, 32)), torch.from_numpy(sample.driving),
-                             torch.from_numpy(sample.driving_mask()), mode="replace")
+    inputs = AnimationInputs(
+        image_to_model(sample.reference, (32, 32)),
+        image_to_model(sample.reference_mask(), (32, 32)),
+        torch.from_numpy(sample.driving),
+        torch.from_numpy(sample.driving_mask()),
+        mode="replace",
+    )
     seed = call_seed(7, sample.reference, sample.reference_mask(), "replace")
     np.testing.assert_array_equal(frames, pipeline(inputs, settings, seed=seed, progress=False).frames.numpy())
     assert animate.describe()["settings"]["steps"] == 1 and animate.describe()["animator"] == "pipeline"
@@ -219,8 +229,9 @@ class _DiesAfter:
 def test_a_killed_preference_build_resumes_to_identical_bytes(source, built, tmp_path):
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):  # 3 calls per pair: dies on the second shard's only pair
-        write_preference_dataset(source, out, _DiesAfter(ProceduralAnimator(seed=1), 7), shard_size=SHARD_SIZE,
-                                 progress=False)
+        write_preference_dataset(
+            source, out, _DiesAfter(ProceduralAnimator(seed=1), 7), shard_size=SHARD_SIZE, progress=False
+        )
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "shard-000000.tar"]
     (out / "shard-000001.tar.partial").write_bytes(b"left by a SIGKILL")
     report = write_preference_dataset(source, out, ProceduralAnimator(seed=1), shard_size=SHARD_SIZE, progress=False)
@@ -267,8 +278,7 @@ def test_bad_input_is_refused_and_leaves_nothing_half_written(source, built, tmp
         build_preference_cache(source, tmp_path / "cache", CacheEncoder.__new__(CacheEncoder), progress=False)
     with pytest.raises(Scail2Error, match="animation mode must be one of animate, replace, got 'dance'"):
         sample = ProceduralPairGenerator(SOURCE).generate(0)
-        ProceduralAnimator()(sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(),
-                             "dance")
+        ProceduralAnimator()(sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask(), "dance")
 
 
 def test_unknown_sample_versions_are_refused(built, tmp_path):

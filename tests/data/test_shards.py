@@ -38,8 +38,17 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def _samples_equal(a, b) -> None:
-    for name in ("reference", "reference_ids", "reference_detail", "driving", "driving_ids", "driving_detail",
-                 "target", "target_ids", "target_detail"):
+    for name in (
+        "reference",
+        "reference_ids",
+        "reference_detail",
+        "driving",
+        "driving_ids",
+        "driving_detail",
+        "target",
+        "target_ids",
+        "target_detail",
+    ):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert (a.key, a.task, a.mode, a.metadata) == (b.key, b.task, b.mode, json.loads(json.dumps(b.metadata)))
 
@@ -113,11 +122,13 @@ def test_interrupted_run_resumes_to_identical_bytes_with_any_worker_count(refere
 
 
 def test_killed_cli_run_resumes_to_identical_bytes(tmp_path):
-    args = ["synth", "--num", "40", "--size", "48x64", "--frames", "9", "--seed", "5", "--shard-size", "2",
-            "--quiet"]
+    args = ["synth", "--num", "40", "--size", "48x64", "--frames", "9", "--seed", "5", "--shard-size", "2", "--quiet"]
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "scail2.cli", *args, "--out", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scail2.cli", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not (killed / "shard-000001.tar").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -134,12 +145,14 @@ def test_killed_cli_run_resumes_to_identical_bytes(tmp_path):
 
 
 def test_shards_split_across_machines_combine_into_the_same_dataset(reference_run, tmp_path):
-    first = write_dataset(ProceduralPairGenerator(CONFIG), tmp_path, 7, shard_size=3, shard_index=0, num_shards=2,
-                          progress=False)
+    first = write_dataset(
+        ProceduralPairGenerator(CONFIG), tmp_path, 7, shard_size=3, shard_index=0, num_shards=2, progress=False
+    )
     assert not first.complete and not (tmp_path / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["shard-000000.tar", "shard-000002.tar"]
-    second = write_dataset(ProceduralPairGenerator(CONFIG), tmp_path, 7, shard_size=3, shard_index=1, num_shards=2,
-                           progress=False)
+    second = write_dataset(
+        ProceduralPairGenerator(CONFIG), tmp_path, 7, shard_size=3, shard_index=1, num_shards=2, progress=False
+    )
     assert second.complete and _files(tmp_path) == _files(reference_run)
 
 
@@ -220,8 +233,9 @@ def test_model_generated_pairs_use_the_same_shards(tmp_path):
 
 
 def test_unfinished_dataset_is_refused(tmp_path):
-    write_dataset(ProceduralPairGenerator(CONFIG), tmp_path, 4, shard_size=2, shard_index=0, num_shards=2,
-                  progress=False)
+    write_dataset(
+        ProceduralPairGenerator(CONFIG), tmp_path, 4, shard_size=2, shard_index=0, num_shards=2, progress=False
+    )
     with pytest.raises(Scail2Error, match="manifest.json is missing: the synth run is unfinished"):
         MotionPairDataset(tmp_path)
 

@@ -104,9 +104,13 @@ def test_bone_colours_depend_on_the_bone_not_the_character():
     restyled = dataclasses.replace(body, colours=other.colours, pattern=other.pattern, outline=other.outline + 0.01)
     scene, motion = sample_scene(rng), sample_motion(rng, 0.25, fps=16.0)
     film = lambda character, skeleton: render_video(  # noqa: E731
-        scene, Camera(0.0, 1.0, 0.0, 0.0), [Actor(character, motion, Placement(0.0), 2)], 40, 56, 4, skeleton=skeleton)
-    renders = {(look, skeleton): film(character, skeleton)
-               for look, character in (("own", body), ("other", restyled)) for skeleton in (False, True)}
+        scene, Camera(0.0, 1.0, 0.0, 0.0), [Actor(character, motion, Placement(0.0), 2)], 40, 56, 4, skeleton=skeleton
+    )
+    renders = {
+        (look, skeleton): film(character, skeleton)
+        for look, character in (("own", body), ("other", restyled))
+        for skeleton in (False, True)
+    }
     assert not np.array_equal(renders["own", False].frames, renders["other", False].frames)
     np.testing.assert_array_equal(renders["own", True].frames, renders["other", True].frames)
     np.testing.assert_array_equal(renders["own", True].ids, renders["other", True].ids)
@@ -120,8 +124,9 @@ def test_bone_colours_depend_on_the_bone_not_the_character():
 
 @pytest.mark.parametrize("task", ["animate", "replace"])
 def test_plate_is_the_target_scene_without_characters(task):
-    sample = _first(SynthConfig(height=40, width=56, frames=5, seed=1, tasks=(task,), same_identity=0.0),
-                    lambda s: True)
+    sample = _first(
+        SynthConfig(height=40, width=56, frames=5, seed=1, tasks=(task,), same_identity=0.0), lambda s: True
+    )
     plate = target_plate(sample.metadata)
     assert plate.shape == sample.target.shape and plate.dtype == np.uint8
     background = ~_near(sample.target_ids > 0, 1)

@@ -80,8 +80,10 @@ def _crowd(seed: int, lanes=(0.7, 0.0, 0.35)) -> list[Actor]:
     """Three overlapping characters (different plans) close together in different lanes."""
     rng = np.random.default_rng(seed)
     plans = ["quadruped", "humanoid", "multileg"]
-    return [Actor(sample_character(rng, plan), sample_motion(rng, 1.0, "walk"), Placement(0.05 * k, lane), k + 1)
-            for k, (plan, lane) in enumerate(zip(plans, lanes))]
+    return [
+        Actor(sample_character(rng, plan), sample_motion(rng, 1.0, "walk"), Placement(0.05 * k, lane), k + 1)
+        for k, (plan, lane) in enumerate(zip(plans, lanes))
+    ]
 
 
 def _frame_batches(actors: list[Actor], camera: Camera, frame: int) -> PartBatch:

@@ -21,14 +21,17 @@ def _generator(seed: int) -> torch.Generator:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sigma, shift, expected", [
-    (0.5, 3.0, 0.75),  # 1.5 / 2
-    (0.25, 5.0, 0.625),  # 1.25 / 2
-    (0.5, 1.0, 0.5),  # shift 1 is the identity
-    (0.5, 0.5, 1 / 3),  # 0.25 / 0.75: below 1 the grid moves towards low noise
-    (0.0, 7.0, 0.0),
-    (1.0, 7.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "sigma, shift, expected",
+    [
+        (0.5, 3.0, 0.75),  # 1.5 / 2
+        (0.25, 5.0, 0.625),  # 1.25 / 2
+        (0.5, 1.0, 0.5),  # shift 1 is the identity
+        (0.5, 0.5, 1 / 3),  # 0.25 / 0.75: below 1 the grid moves towards low noise
+        (0.0, 7.0, 0.0),
+        (1.0, 7.0, 1.0),
+    ],
+)
 def test_shift_formula_by_hand(sigma, shift, expected):
     assert fm.shift_sigmas(sigma, shift) == pytest.approx(expected, rel=1e-15)
     assert fm.shift_sigmas(np.array([sigma]), shift)[0] == pytest.approx(expected, rel=1e-15)
@@ -158,12 +161,15 @@ def test_training_sigmas_repeat_with_the_generator_seed():
     assert not torch.equal(first, fm.sample_training_sigmas(6, 3.0, generator=_generator(2)))
 
 
-@pytest.mark.parametrize("height, width, mu", [
-    (32, 32, 0.5),  # 256 tokens per latent frame
-    (16, 64, 0.5),  # the same token count on an unequal grid
-    (128, 128, 1.15),  # 4096 tokens
-    (64, 136, 0.825),  # 2176 tokens: halfway
-    (60, 104, 0.5 + 0.65 * (1560 - 256) / 3840),  # 480x832 video
-])
+@pytest.mark.parametrize(
+    "height, width, mu",
+    [
+        (32, 32, 0.5),  # 256 tokens per latent frame
+        (16, 64, 0.5),  # the same token count on an unequal grid
+        (128, 128, 1.15),  # 4096 tokens
+        (64, 136, 0.825),  # 2176 tokens: halfway
+        (60, 104, 0.5 + 0.65 * (1560 - 256) / 3840),  # 480x832 video
+    ],
+)
 def test_resolution_shift_is_exp_of_a_line_in_token_count(height, width, mu):
     assert fm.resolution_shift(height, width) == pytest.approx(math.exp(mu), rel=1e-12)

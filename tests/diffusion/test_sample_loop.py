@@ -55,8 +55,9 @@ def test_guidance_combines_the_two_halves_the_velocity_returns():
     conditional = point_mass(x0, sampler)
 
     def stacked(latent, timestep):  # [unconditional; conditional]; unconditional pulls towards 0
-        return torch.cat([latent / sampler.sigmas[int((sampler.timesteps == timestep).nonzero()[0])],
-                          conditional(latent, timestep)])
+        return torch.cat(
+            [latent / sampler.sigmas[int((sampler.timesteps == timestep).nonzero()[0])], conditional(latent, timestep)]
+        )
 
     guided = sample(stacked, noise, FlowSampler("euler", 3, 3.0), guidance_scale=1.0)
     torch.testing.assert_close(guided, x0, rtol=0, atol=1e-5)  # scale 1 is the conditional flow alone

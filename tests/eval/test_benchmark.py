@@ -73,8 +73,13 @@ def test_summary_groups_and_tables(small_split):
     assert summary["noisy"]["all"]["flicker_character"] == 0  # a constant offset changes nothing over time
     split = f"| on the characters | {copy['flicker_character']:.2f} | 0.00 |"
     assert split in tables and f"| elsewhere | {copy['flicker'] - copy['flicker_character']:.2f} | 0.00 |" in tables
-    assert report.wins(summary, "noisy", "copy") == {"psnr": True, "ssim": True, "iou": True, "colour_error": True,
-                                                     "flicker": True}
+    assert report.wins(summary, "noisy", "copy") == {
+        "psnr": True,
+        "ssim": True,
+        "iou": True,
+        "colour_error": True,
+        "flicker": True,
+    }
     plot = report.plot_summary(summary)
     assert plot.dtype == np.uint8 and plot.ndim == 3 and plot.shape[2] == 3
 
@@ -130,8 +135,12 @@ def test_verdict_names_wins_losses_and_the_ceiling():
     def scores(psnr, ssim, iou, colour, flicker):
         return {"all": {"pairs": 4, "psnr": psnr, "ssim": ssim, "iou": iou, "colour_error": colour, "flicker": flicker}}
 
-    summary = {"copy_reference": scores(20, 0.76, 0.28, 48, 3.0), "skeleton": scores(20, 0.70, 0.25, 44, 3.8),
-               "scail2": scores(21, 0.70, 0.29, 43, 3.7), "vae_round_trip": scores(25.8, 0.82, 0.5, 28, 3.3)}
+    summary = {
+        "copy_reference": scores(20, 0.76, 0.28, 48, 3.0),
+        "skeleton": scores(20, 0.70, 0.25, 44, 3.8),
+        "scail2": scores(21, 0.70, 0.29, 43, 3.7),
+        "vae_round_trip": scores(25.8, 0.82, 0.5, 28, 3.3),
+    }
     assert report.verdict_lines(summary) == [
         "SCAIL-2 beats copy-reference on PSNR, silhouette IoU and colour error, and loses on SSIM and flicker.",
         "SCAIL-2 beats the skeleton-driven model on PSNR, silhouette IoU, colour error and flicker, and ties on SSIM.",
@@ -139,7 +148,8 @@ def test_verdict_names_wins_losses_and_the_ceiling():
         "SSIM 0.820 and IoU 0.500; even it loses to copy-reference on flicker.",
     ]
     assert report.comparison(summary, "scail2", "vae_round_trip") == (
-        "SCAIL-2 loses to the VAE round trip on PSNR, SSIM, silhouette IoU, colour error and flicker.")
+        "SCAIL-2 loses to the VAE round trip on PSNR, SSIM, silhouette IoU, colour error and flicker."
+    )
 
 
 def test_model_methods_run_frames_and_skeleton_conditions(small_split):

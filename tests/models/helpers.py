@@ -27,8 +27,9 @@ def tiny_model(seed: int = 0, **overrides) -> SCAIL2Transformer3DModel:
     return model
 
 
-def tiny_inputs(model: SCAIL2Transformer3DModel, seed: int = 0, batch: int = BATCH, extra_refs: int = 0,
-                history: bool = False) -> dict:
+def tiny_inputs(
+    model: SCAIL2Transformer3DModel, seed: int = 0, batch: int = BATCH, extra_refs: int = 0, history: bool = False
+) -> dict:
     cfg, c = model.config, model.latent_channels
     g = torch.Generator().manual_seed(seed)
     b, t, h, w = batch, FRAMES, HEIGHT, WIDTH
@@ -83,8 +84,11 @@ _WAN_TO_SAT = [
 _FUSED = [
     (r"blocks\.(\d+)\.self_attn\.([qkv])\.(weight|bias)", "qkv", r"transformer.layers.\1.attention.query_key_value.\3"),
     (r"blocks\.(\d+)\.cross_attn\.([kv])\.(weight|bias)", "kv", r"transformer.layers.\1.cross_attention.key_value.\3"),
-    (r"blocks\.(\d+)\.cross_attn\.([kv])_img\.(weight|bias)", "kv",
-     r"mixins.adaln_layer.clip_feature_key_value_list.\1.\3"),
+    (
+        r"blocks\.(\d+)\.cross_attn\.([kv])_img\.(weight|bias)",
+        "kv",
+        r"mixins.adaln_layer.clip_feature_key_value_list.\1.\3",
+    ),
 ]
 
 
@@ -113,7 +117,9 @@ def to_mlx_layout(wan: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Wan names -> MLX: sequential indices under `.layers.`, convolution weights channels-last."""
     mlx = {}
     for key, tensor in wan.items():
-        name = re.sub(r"(text_embedding|time_embedding|time_projection|ffn|img_emb\.proj)\.(\d+)\.", r"\1.layers.\2.", key)
+        name = re.sub(
+            r"(text_embedding|time_embedding|time_projection|ffn|img_emb\.proj)\.(\d+)\.", r"\1.layers.\2.", key
+        )
         if key.startswith("patch_embedding") and tensor.ndim == 5:
             tensor = tensor.permute(0, 2, 3, 4, 1).contiguous()
         mlx[name] = tensor

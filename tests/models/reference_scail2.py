@@ -1,4 +1,6 @@
-"""An independent, deliberately plain statement of the SCAIL-2 forward (docs/architecture.md, "Token layout" to "Timestep embedding and modulation"), for equivalence tests.
+"""An independent, deliberately plain statement of the SCAIL-2 forward, for equivalence tests.
+
+See docs/architecture.md, "Token layout" to "Timestep embedding and modulation".
 
 It works on a Wan-keyed state dict and per-sample lists, the way upstream does, with float64 complex RoPE
 looked up in position tables, explicit softmax attention and no shared code with `scail2.models`. It is slow
@@ -113,8 +115,22 @@ def _conv_patch(sd, name, x):
     return out.flatten(1).t()
 
 
-def reference_forward(sd, cfg, x, t, context, clip_fea, ref_latents, ref_masks, pose_latents, driving_masks,
-                      replace, history_mask=None, extra_ref_latents=None, extra_ref_masks=None):
+def reference_forward(
+    sd,
+    cfg,
+    x,
+    t,
+    context,
+    clip_fea,
+    ref_latents,
+    ref_masks,
+    pose_latents,
+    driving_masks,
+    replace,
+    history_mask=None,
+    extra_ref_latents=None,
+    extra_ref_masks=None,
+):
     """Per-sample lists in, list of [16, T, H, W] out. `context` is a list of unpadded [L_i, text_dim]."""
     outs = []
     for i in range(len(x)):
@@ -125,13 +141,18 @@ def reference_forward(sd, cfg, x, t, context, clip_fea, ref_latents, ref_masks, 
         pose = torch.cat([pose_latents[i], torch.ones(4, tt, hh // 2, ww // 2)], dim=0)
         main = _conv_patch(sd, "patch_embedding", torch.cat([ref, xi], dim=1))
         main = main + _conv_patch(sd, "patch_embedding_mask", ref_masks[i])
-        pose_tok = _conv_patch(sd, "patch_embedding_pose", pose) + _conv_patch(sd, "patch_embedding_mask", driving_masks[i])
+        pose_tok = _conv_patch(sd, "patch_embedding_pose", pose) + _conv_patch(
+            sd, "patch_embedding_mask", driving_masks[i]
+        )
         tokens = [main, pose_tok]
         k = 0
         if extra_ref_latents is not None:
             k = extra_ref_latents[i].shape[1]
             extra = torch.cat([extra_ref_latents[i], torch.ones(4, k, hh, ww)], dim=0)
-            tokens.insert(0, _conv_patch(sd, "patch_embedding", extra) + _conv_patch(sd, "patch_embedding_mask", extra_ref_masks[i]))
+            tokens.insert(
+                0,
+                _conv_patch(sd, "patch_embedding", extra) + _conv_patch(sd, "patch_embedding_mask", extra_ref_masks[i]),
+            )
         seq = torch.cat(tokens, dim=0)
 
         half = cfg["freq_dim"] // 2
@@ -144,7 +165,9 @@ def reference_forward(sd, cfg, x, t, context, clip_fea, ref_latents, ref_masks, 
         txt = _linear(sd, "text_embedding.2", F.gelu(_linear(sd, "text_embedding.0", txt), approximate="tanh"))
         n_img = 0
         if clip_fea is not None:
-            img = F.layer_norm(clip_fea[i], (clip_fea.shape[-1],), sd["img_emb.proj.0.weight"], sd["img_emb.proj.0.bias"])
+            img = F.layer_norm(
+                clip_fea[i], (clip_fea.shape[-1],), sd["img_emb.proj.0.weight"], sd["img_emb.proj.0.bias"]
+            )
             img = _linear(sd, "img_emb.proj.3", F.gelu(_linear(sd, "img_emb.proj.1", img)))
             img = F.layer_norm(img, (img.shape[-1],), sd["img_emb.proj.4.weight"], sd["img_emb.proj.4.bias"])
             txt = torch.cat([img, txt])

@@ -18,9 +18,23 @@ from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from tests.models.helpers import tiny_inputs, tiny_model, to_mlx_layout, to_sat_layout
 
 UPSTREAM_STYLE_TINY_CONFIG = {
-    "model_type": "i2v", "patch_size": [1, 2, 2], "text_len": 7, "in_dim": 20, "mask_dim": 28, "dim": 32,
-    "ffn_dim": 56, "freq_dim": 18, "text_dim": 20, "out_dim": 16, "num_heads": 2, "num_layers": 2,
-    "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "window_size": [-1, -1], "pose_rope_shift": [0, 0, 120],
+    "model_type": "i2v",
+    "patch_size": [1, 2, 2],
+    "text_len": 7,
+    "in_dim": 20,
+    "mask_dim": 28,
+    "dim": 32,
+    "ffn_dim": 56,
+    "freq_dim": 18,
+    "text_dim": 20,
+    "out_dim": 16,
+    "num_heads": 2,
+    "num_layers": 2,
+    "qk_norm": True,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
+    "window_size": [-1, -1],
+    "pose_rope_shift": [0, 0, 120],
     "image_dim": 24,
 }
 
@@ -33,8 +47,16 @@ def model():
 def write_release_checkpoint(state: dict, path: Path) -> Path:
     """The official training-checkpoint layout: SAT keys under `module`, plus RNG and client state."""
     np.random.seed(0)
-    torch.save({"module": to_sat_layout(state), "iteration": 3500, "np_rng_state": np.random.get_state(),
-                "torch_rng_state": torch.get_rng_state(), "client_state": {"lr": 1e-5}}, path)
+    torch.save(
+        {
+            "module": to_sat_layout(state),
+            "iteration": 3500,
+            "np_rng_state": np.random.get_state(),
+            "torch_rng_state": torch.get_rng_state(),
+            "client_state": {"lr": 1e-5},
+        },
+        path,
+    )
     return path
 
 
@@ -66,8 +88,23 @@ def test_every_layout_round_trips_to_identical_weights_and_outputs(layout, model
     source = write_input(layout, state, tmp_path)
     out = tmp_path / "converted"
     # a tiny shard cap forces several shards and the index file
-    assert convert(["--input", str(source), "--config", "tiny", "--out", str(out), "--dtype", "fp32",
-                    "--max-shard-size", "0.00005"]) == 0
+    assert (
+        convert(
+            [
+                "--input",
+                str(source),
+                "--config",
+                "tiny",
+                "--out",
+                str(out),
+                "--dtype",
+                "fp32",
+                "--max-shard-size",
+                "0.00005",
+            ]
+        )
+        == 0
+    )
     assert (out / "diffusion_pytorch_model.safetensors.index.json").exists()
     assert len(list(out.glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 2
     loaded = SCAIL2Transformer3DModel.from_pretrained(out).eval()
@@ -77,8 +114,9 @@ def test_every_layout_round_trips_to_identical_weights_and_outputs(layout, model
         torch.testing.assert_close(loaded_state[key], value, rtol=0, atol=0, msg=key)
     inputs = tiny_inputs(model, history=True)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs, replace=True).sample, model(**inputs, replace=True).sample,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(**inputs, replace=True).sample, model(**inputs, replace=True).sample, rtol=0, atol=0
+        )
 
 
 def test_layout_detection():
@@ -97,8 +135,13 @@ def test_upstream_config_json_and_bf16_storage(model, tmp_path):
     assert convert(["--input", str(source), "--config", str(config), "--out", str(out)]) == 0
     stored = load_file(str(out / "diffusion_pytorch_model.safetensors"))
     assert stored["blocks.0.self_attn.q.weight"].dtype == torch.bfloat16
-    for fp32_key in ("blocks.1.modulation", "head.modulation", "time_projection.1.weight",
-                     "blocks.0.self_attn.norm_q.weight", "blocks.0.norm3.bias"):
+    for fp32_key in (
+        "blocks.1.modulation",
+        "head.modulation",
+        "time_projection.1.weight",
+        "blocks.0.self_attn.norm_q.weight",
+        "blocks.0.norm3.bias",
+    ):
         assert stored[fp32_key].dtype == torch.float32, fp32_key
     loaded = SCAIL2Transformer3DModel.from_pretrained(out).eval()
     inputs = tiny_inputs(model)
@@ -126,8 +169,14 @@ def test_missing_and_unexpected_keys_are_reported_and_nothing_is_written(model, 
         state[f"extra.{i}.weight"] = torch.zeros(1)
     source = write_input("wan-pth", state, tmp_path)
     out = tmp_path / "out"
-    message = _assert_fails_cleanly(capsys, ["--input", str(source), "--config", "tiny", "--out", str(out)], out,
-                                    "1 missing: blocks.1.ffn.2.weight", "12 unexpected: extra.0.weight", str(source))
+    message = _assert_fails_cleanly(
+        capsys,
+        ["--input", str(source), "--config", "tiny", "--out", str(out)],
+        out,
+        "1 missing: blocks.1.ffn.2.weight",
+        "12 unexpected: extra.0.weight",
+        str(source),
+    )
     assert message.count("extra.") == 10 and "(and 2 more)" in message
 
 
@@ -137,8 +186,12 @@ def test_sat_key_outside_the_table_is_unexpected(model, tmp_path, capsys):
     source = tmp_path / "ckpt.pt"
     torch.save({"module": sat}, source)
     out = tmp_path / "out"
-    _assert_fails_cleanly(capsys, ["--input", str(source), "--config", "tiny", "--out", str(out)], out,
-                          "1 unexpected: model.diffusion_model.mixins.pos_embed.freqs")
+    _assert_fails_cleanly(
+        capsys,
+        ["--input", str(source), "--config", "tiny", "--out", str(out)],
+        out,
+        "1 unexpected: model.diffusion_model.mixins.pos_embed.freqs",
+    )
 
 
 def test_wrong_config_reports_shape_mismatches(model, tmp_path, capsys):
@@ -146,16 +199,22 @@ def test_wrong_config_reports_shape_mismatches(model, tmp_path, capsys):
     config = tmp_path / "wrong.json"
     config.write_text(json.dumps({**UPSTREAM_STYLE_TINY_CONFIG, "ffn_dim": 64}))
     out = tmp_path / "out"
-    _assert_fails_cleanly(capsys, ["--input", str(source), "--config", str(config), "--out", str(out)], out,
-                          "with the wrong shape: blocks.0.ffn.0.bias (56,) vs (64,)")
+    _assert_fails_cleanly(
+        capsys,
+        ["--input", str(source), "--config", str(config), "--out", str(out)],
+        out,
+        "with the wrong shape: blocks.0.ffn.0.bias (56,) vs (64,)",
+    )
 
 
 @pytest.mark.parametrize(
     "make_input, fragment",
     [
         (lambda d: d / "absent.pt", "transformer checkpoint not found"),
-        (lambda d: (d / "garbage.pt").write_bytes(b"not a checkpoint" * 10) and d / "garbage.pt",
-         "transformer checkpoint cannot be read"),
+        (
+            lambda d: (d / "garbage.pt").write_bytes(b"not a checkpoint" * 10) and d / "garbage.pt",
+            "transformer checkpoint cannot be read",
+        ),
     ],
 )
 def test_unreadable_inputs(make_input, fragment, tmp_path, capsys):
@@ -169,8 +228,12 @@ def test_unknown_config_field_and_existing_output(model, tmp_path, capsys):
     config = tmp_path / "odd.json"
     config.write_text(json.dumps({**UPSTREAM_STYLE_TINY_CONFIG, "num_experts": 8}))
     out = tmp_path / "out"
-    _assert_fails_cleanly(capsys, ["--input", str(source), "--config", str(config), "--out", str(out)], out,
-                          "unknown config field(s) num_experts")
+    _assert_fails_cleanly(
+        capsys,
+        ["--input", str(source), "--config", str(config), "--out", str(out)],
+        out,
+        "unknown config field(s) num_experts",
+    )
     out.mkdir()
     assert convert(["--input", str(source), "--config", "tiny", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -180,9 +243,21 @@ def test_unknown_config_field_and_existing_output(model, tmp_path, capsys):
 
 def test_console_entry_exits_non_zero_on_bad_input(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "scail2.cli", "convert", "transformer", "--input", str(tmp_path / "none.pt"),
-         "--config", "tiny", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "scail2.cli",
+            "convert",
+            "transformer",
+            "--input",
+            str(tmp_path / "none.pt"),
+            "--config",
+            "tiny",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("scail2 convert: error:") and "none.pt" in result.stderr

@@ -60,17 +60,27 @@ def official_vae_key(key: str) -> str:
     if head in ("quant_conv", "post_quant_conv"):
         return {"quant_conv": "conv1", "post_quant_conv": "conv2"}[head] + "." + rest
     # Leaves of residual blocks first (before conv_in becomes conv1, which is not a residual leaf).
-    for new, old in ((r"\.norm1\.gamma$", ".residual.0.gamma"), (r"\.conv1\.", ".residual.2."),
-                     (r"\.norm2\.gamma$", ".residual.3.gamma"), (r"\.conv2\.", ".residual.6."),
-                     (r"\.conv_shortcut\.", ".shortcut.")):
+    for new, old in (
+        (r"\.norm1\.gamma$", ".residual.0.gamma"),
+        (r"\.conv1\.", ".residual.2."),
+        (r"\.norm2\.gamma$", ".residual.3.gamma"),
+        (r"\.conv2\.", ".residual.6."),
+        (r"\.conv_shortcut\.", ".shortcut."),
+    ):
         key = re.sub(new, old, key)
     if match := re.fullmatch(r"decoder\.up_blocks\.(\d)\.upsamplers\.0\.(.+)", key):
         key = f"decoder.upsamples.{4 * int(match[1]) + 3}.{match[2]}"
     elif match := re.fullmatch(r"decoder\.up_blocks\.(\d)\.resnets\.(\d)\.(.+)", key):
         key = f"decoder.upsamples.{4 * int(match[1]) + int(match[2])}.{match[3]}"
-    for new, old in (("encoder.down_blocks.", "encoder.downsamples."), ("mid_block.resnets.0.", "middle.0."),
-                     ("mid_block.attentions.0.", "middle.1."), ("mid_block.resnets.1.", "middle.2."),
-                     (".conv_in.", ".conv1."), (".norm_out.", ".head.0."), (".conv_out.", ".head.2.")):
+    for new, old in (
+        ("encoder.down_blocks.", "encoder.downsamples."),
+        ("mid_block.resnets.0.", "middle.0."),
+        ("mid_block.attentions.0.", "middle.1."),
+        ("mid_block.resnets.1.", "middle.2."),
+        (".conv_in.", ".conv1."),
+        (".norm_out.", ".head.0."),
+        (".conv_out.", ".head.2."),
+    ):
         key = key.replace(new, old)
     return key
 
@@ -89,9 +99,17 @@ def tiny_vae_files(tmp_path_factory):
 def test_vae_official_layout_is_the_documented_one(tiny_vae_files):
     _, official, _ = tiny_vae_files
     assert len(official) == 194
-    for key in ("conv1.weight", "conv2.bias", "encoder.conv1.weight", "encoder.middle.1.to_qkv.weight",
-                "encoder.downsamples.5.time_conv.weight", "decoder.upsamples.3.resample.1.weight",
-                "decoder.upsamples.4.shortcut.weight", "decoder.upsamples.14.residual.6.bias", "decoder.head.2.weight"):
+    for key in (
+        "conv1.weight",
+        "conv2.bias",
+        "encoder.conv1.weight",
+        "encoder.middle.1.to_qkv.weight",
+        "encoder.downsamples.5.time_conv.weight",
+        "decoder.upsamples.3.resample.1.weight",
+        "decoder.upsamples.4.shortcut.weight",
+        "decoder.upsamples.14.residual.6.bias",
+        "decoder.head.2.weight",
+    ):
         assert key in official, key
 
 
@@ -136,8 +154,16 @@ def test_vae_with_missing_and_unknown_keys_is_refused_and_writes_nothing(tiny_va
 # CLIP
 # ---------------------------------------------------------------------------------------------------
 
-CLIP_TINY = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2,
-                 image_size=42, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5)
+CLIP_TINY = dict(
+    hidden_size=24,
+    intermediate_size=40,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    image_size=42,
+    patch_size=14,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+)
 
 
 def official_clip_state_dict(model) -> dict[str, torch.Tensor]:
@@ -150,15 +176,22 @@ def official_clip_state_dict(model) -> dict[str, torch.Tensor]:
         "visual.patch_embedding.weight": sd["embeddings.patch_embedding.weight"],
         "visual.cls_embedding": sd["embeddings.class_embedding"].reshape(1, 1, width),
         "visual.pos_embedding": sd["embeddings.position_embedding.weight"].unsqueeze(0),
-        "visual.pre_norm.weight": sd["pre_layrnorm.weight"], "visual.pre_norm.bias": sd["pre_layrnorm.bias"],
-        "visual.post_norm.weight": sd["post_layernorm.weight"], "visual.post_norm.bias": sd["post_layernorm.bias"],
+        "visual.pre_norm.weight": sd["pre_layrnorm.weight"],
+        "visual.pre_norm.bias": sd["pre_layrnorm.bias"],
+        "visual.post_norm.weight": sd["post_layernorm.weight"],
+        "visual.post_norm.bias": sd["post_layernorm.bias"],
     }
     for i in range(CLIP_TINY["num_hidden_layers"]):
         ours, theirs = f"encoder.layers.{i}.", f"visual.transformer.{i}."
         for kind in ("weight", "bias"):
             official[f"{theirs}attn.to_qkv.{kind}"] = torch.cat([sd[f"{ours}self_attn.{p}_proj.{kind}"] for p in "qkv"])
-            for new, old in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
-                             ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.2")):
+            for new, old in (
+                ("self_attn.out_proj", "attn.proj"),
+                ("layer_norm1", "norm1"),
+                ("layer_norm2", "norm2"),
+                ("mlp.fc1", "mlp.0"),
+                ("mlp.fc2", "mlp.2"),
+            ):
                 official[f"{theirs}{old}.{kind}"] = sd[f"{ours}{new}.{kind}"]
     return {key: value.clone() for key, value in official.items()}
 
@@ -173,7 +206,7 @@ def open_clip_features(official: dict[str, torch.Tensor], pixels: torch.Tensor, 
     x = F.layer_norm(x, (width,), official["visual.pre_norm.weight"], official["visual.pre_norm.bias"], eps=1e-5)
     depth = 1 + max(int(k.split(".")[2]) for k in official if k.startswith("visual.transformer."))
     for i in range(depth - 1):
-        p = lambda name: official[f"visual.transformer.{i}.{name}"]  # noqa: E731
+        p = lambda name, i=i: official[f"visual.transformer.{i}.{name}"]  # noqa: E731
         h = F.layer_norm(x, (width,), p("norm1.weight"), p("norm1.bias"), eps=1e-5)
         q, k, v = F.linear(h, p("attn.to_qkv.weight"), p("attn.to_qkv.bias")).chunk(3, dim=-1)
         split = lambda t: t.unflatten(-1, (heads, width // heads)).transpose(1, 2)  # noqa: E731
@@ -231,9 +264,19 @@ def test_clip_pixel_values_stretch_and_normalise():
 # umT5
 # ---------------------------------------------------------------------------------------------------
 
-UMT5_TINY = dict(vocab_size=70, d_model=16, d_kv=6, d_ff=20, num_layers=2, num_heads=4,
-                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                 feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0)
+UMT5_TINY = dict(
+    vocab_size=70,
+    d_model=16,
+    d_kv=6,
+    d_ff=20,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.0,
+)
 
 
 def official_umt5_state_dict(model) -> dict[str, torch.Tensor]:
@@ -273,7 +316,7 @@ def umt5_reference_forward(official: dict[str, torch.Tensor], ids: torch.Tensor,
     heads, length = UMT5_TINY["num_heads"], ids.shape[1]
     key_mask = torch.where(mask[:, None, None, :].bool(), 0.0, float("-inf"))
     for i in range(UMT5_TINY["num_layers"]):
-        b = lambda name: w[f"blocks.{i}.{name}"]  # noqa: E731
+        b = lambda name, i=i: w[f"blocks.{i}.{name}"]  # noqa: E731
         h = rms(x, b("norm1.weight"))
         split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
         q, k, v = (split(h @ b(f"attn.{p}.weight").T) for p in "qkv")

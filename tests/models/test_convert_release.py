@@ -30,8 +30,10 @@ def release(tmp_path_factory):
     (root / "model" / "latest").write_text("1\n")
     transformer = tiny_model(seed=2, text_dim=UMT5_TINY["d_model"], image_dim=CLIP_TINY["hidden_size"])
     np.random.seed(0)
-    torch.save({"module": to_sat_layout(transformer.state_dict()), "np_rng": np.random.get_state()},
-               root / "model" / "1" / "fsdp2_rank_0000_checkpoint.pt")
+    torch.save(
+        {"module": to_sat_layout(transformer.state_dict()), "np_rng": np.random.get_state()},
+        root / "model" / "1" / "fsdp2_rank_0000_checkpoint.pt",
+    )
     from diffusers import AutoencoderKLWan
 
     vae = randomize(AutoencoderKLWan(base_dim=8), seed=3)  # the official architecture, narrow
@@ -41,21 +43,43 @@ def release(tmp_path_factory):
     torch.save(official_umt5_state_dict(umt5), root / "umt5-xxl" / "models_t5_umt5-xxl-enc-bf16.pth")
     tiny_tokenizer().save_pretrained(root / "umt5-xxl")
     clip = randomize(CLIPVisionModel(CLIPVisionConfig(**CLIP_224)), seed=5)
-    torch.save(official_clip_state_dict(clip),
-               root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14-onlyvisual.pth")
+    torch.save(
+        official_clip_state_dict(clip), root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14-onlyvisual.pth"
+    )
     return root, {"transformer": transformer, "vae": vae, "text_encoder": umt5, "image_encoder": clip}
 
 
 def test_convert_all_loads_as_a_pipeline_with_identical_weights(release, tmp_path):
     root, originals = release
     out = tmp_path / "pipeline"
-    assert main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", "tiny",
-                 "--dtype", "fp32"]) == 2  # tiny preset has text_dim 20, the release's umT5 width is 16
+    assert (
+        main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", "tiny", "--dtype", "fp32"])
+        == 2
+    )  # tiny preset has text_dim 20, the release's umT5 width is 16
     config = tmp_path / "tiny16.json"
-    config.write_text('{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
-                      '"text_dim": 16, "text_len": 7, "image_dim": 24}')
-    assert main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", str(config),
-                 "--dtype", "fp32", "--clip-heads", "2"]) == 0
+    config.write_text(
+        '{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
+        '"text_dim": 16, "text_len": 7, "image_dim": 24}'
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "all",
+                "--official-dir",
+                str(root),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--dtype",
+                "fp32",
+                "--clip-heads",
+                "2",
+            ]
+        )
+        == 0
+    )
     pipe = SCAIL2Pipeline.from_pretrained(out)
     for name, original in originals.items():
         loaded = getattr(pipe, name).state_dict()
@@ -69,8 +93,10 @@ def test_interrupted_conversion_resumes_and_skips_finished_components(release, t
 
     root, _ = release
     config = tmp_path / "tiny16.json"
-    config.write_text('{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
-                      '"text_dim": 16, "text_len": 7, "image_dim": 24}')
+    config.write_text(
+        '{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
+        '"text_dim": 16, "text_len": 7, "image_dim": 24}'
+    )
     out = tmp_path / "pipeline"
 
     def interrupted(*args, **kwargs):
@@ -79,17 +105,42 @@ def test_interrupted_conversion_resumes_and_skips_finished_components(release, t
     monkeypatch.setattr(release_module, "convert_clip", interrupted)
     assert main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", str(config)]) == 130
     staging = tmp_path / ".pipeline.staging"
-    assert not out.exists() and sorted(p.name for p in staging.iterdir()) == ["text_encoder", "tokenizer",
-                                                                              "transformer", "vae"]
+    assert not out.exists() and sorted(p.name for p in staging.iterdir()) == [
+        "text_encoder",
+        "tokenizer",
+        "transformer",
+        "vae",
+    ]
     monkeypatch.undo()
     calls = []
     original = release_module.convert_vae
     monkeypatch.setattr(release_module, "convert_vae", lambda *a, **k: calls.append(a) or original(*a, **k))
-    assert main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", str(config),
-                 "--clip-heads", "2"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "all",
+                "--official-dir",
+                str(root),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--clip-heads",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert calls == [] and not staging.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["image_encoder", "model_index.json", "text_encoder", "tokenizer",
-                                                     "transformer", "vae"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "image_encoder",
+        "model_index.json",
+        "text_encoder",
+        "tokenizer",
+        "transformer",
+        "vae",
+    ]
 
 
 def test_missing_release_files_are_listed(tmp_path, capsys):
@@ -109,14 +160,35 @@ def test_converted_release_generates(release, tmp_path):
 
     root, _ = release
     config = tmp_path / "tiny16.json"
-    config.write_text('{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
-                      '"text_dim": 16, "text_len": 7, "image_dim": 24}')
+    config.write_text(
+        '{"dim": 32, "ffn_dim": 56, "num_heads": 2, "num_layers": 2, "freq_dim": 18, '
+        '"text_dim": 16, "text_len": 7, "image_dim": 24}'
+    )
     out = tmp_path / "pipeline"
-    assert main(["convert", "all", "--official-dir", str(root), "--out", str(out), "--config", str(config),
-                 "--clip-heads", "2"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "all",
+                "--official-dir",
+                str(root),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--clip-heads",
+                "2",
+            ]
+        )
+        == 0
+    )
     pipe = SCAIL2Pipeline.from_pretrained(out)
-    inputs = AnimationInputs(reference=torch.zeros(3, 32, 64), reference_mask=torch.ones(3, 32, 64),
-                             driving=torch.zeros(5, 32, 64, 3, dtype=torch.uint8),
-                             driving_masks=torch.zeros(5, 32, 64, 3, dtype=torch.uint8), prompt="a cat walks")
+    inputs = AnimationInputs(
+        reference=torch.zeros(3, 32, 64),
+        reference_mask=torch.ones(3, 32, 64),
+        driving=torch.zeros(5, 32, 64, 3, dtype=torch.uint8),
+        driving_masks=torch.zeros(5, 32, 64, 3, dtype=torch.uint8),
+        prompt="a cat walks",
+    )
     result = pipe(inputs, SamplingSettings(sampler="euler", steps=1, guidance_scale=2.0), progress=False)
     assert result.frames.shape == (5, 32, 64, 3)

@@ -89,7 +89,9 @@ def assert_only_changed(before, after, expected_new: dict[str, torch.Tensor]):
 
 # -- the official SAT layout ---------------------------------------------------------------------------
 
-SAT_MODULES = {  # SAT module (with lora_layer index) -> Wan parameter, as in the release's LoRA files (docs/architecture.md, "LoRA formats")
+# SAT module (with lora_layer index) -> Wan parameter, as in the release's LoRA files (docs/architecture.md,
+# "LoRA formats")
+SAT_MODULES = {
     "attention.query_key_value.lora_layer.0": "self_attn.q",
     "attention.query_key_value.lora_layer.1": "self_attn.k",
     "attention.query_key_value.lora_layer.2": "self_attn.v",
@@ -202,8 +204,13 @@ def test_diffusers_wan_names_are_translated():
     model = tiny_model()
     before = weights(model)
     down, up = pair(DIM, DIM, seed=3)
-    apply_lora(model, {"transformer.blocks.1.attn2.add_k_proj.lora_A.weight": down,
-                       "transformer.blocks.1.attn2.add_k_proj.lora_B.weight": up})
+    apply_lora(
+        model,
+        {
+            "transformer.blocks.1.attn2.add_k_proj.lora_A.weight": down,
+            "transformer.blocks.1.attn2.add_k_proj.lora_B.weight": up,
+        },
+    )
     expected = {"blocks.1.cross_attn.k_img.weight": before["blocks.1.cross_attn.k_img.weight"] + up @ down}
     assert_only_changed(before, weights(model), expected)
 
@@ -230,12 +237,21 @@ def test_keys_that_match_no_parameter_are_one_error_and_change_nothing():
     [
         ({"blocks.0.self_attn.q.lora_up.weight": torch.ones(DIM, RANK)}, "has only lora_up"),
         ({"lora_unet_blocks_0_q.weight": torch.ones(2)}, "not in a known LoRA layout"),
-        ({"blocks.0.ffn.0.lora_down.weight": torch.ones(RANK, FFN),
-          "blocks.0.ffn.0.lora_up.weight": torch.ones(FFN, RANK)},
-         r"blocks.0.ffn.0.weight delta \(20, 20\) vs \(20, 12\)"),
-        ({"model.diffusion_model.transformer.layers.0.attention.query_key_value.lora_layer.3.down.weight":
-          torch.ones(1)},
-         "not in a known LoRA layout"),
+        (
+            {
+                "blocks.0.ffn.0.lora_down.weight": torch.ones(RANK, FFN),
+                "blocks.0.ffn.0.lora_up.weight": torch.ones(FFN, RANK),
+            },
+            r"blocks.0.ffn.0.weight delta \(20, 20\) vs \(20, 12\)",
+        ),
+        (
+            {
+                "model.diffusion_model.transformer.layers.0.attention.query_key_value.lora_layer.3.down.weight": (
+                    torch.ones(1)
+                )
+            },
+            "not in a known LoRA layout",
+        ),
     ],
 )
 def test_malformed_loras_are_refused(tensors, message):

@@ -26,10 +26,19 @@ def run_reference(model, inputs, replace):
     """The independent per-sample implementation, on the model's own state dict."""
     lists = {k: list(v) if isinstance(v, torch.Tensor) and k != "timestep" else v for k, v in inputs.items()}
     outs = reference_forward(
-        {k: v.float() for k, v in model.state_dict().items()}, dict(model.config),
-        lists["hidden_states"], inputs["timestep"], lists["encoder_hidden_states"], inputs.get("image_embeds"),
-        lists["ref_latents"], lists["ref_masks"], lists["pose_latents"], lists["driving_masks"], replace,
-        history_mask=lists.get("history_mask"), extra_ref_latents=lists.get("extra_ref_latents"),
+        {k: v.float() for k, v in model.state_dict().items()},
+        dict(model.config),
+        lists["hidden_states"],
+        inputs["timestep"],
+        lists["encoder_hidden_states"],
+        inputs.get("image_embeds"),
+        lists["ref_latents"],
+        lists["ref_masks"],
+        lists["pose_latents"],
+        lists["driving_masks"],
+        replace,
+        history_mask=lists.get("history_mask"),
+        extra_ref_latents=lists.get("extra_ref_latents"),
         extra_ref_masks=lists.get("extra_ref_masks"),
     )
     return torch.stack(outs)
@@ -200,7 +209,10 @@ def test_save_pretrained_then_from_pretrained_is_identical(tmp_path):
     inputs = tiny_inputs(model, history=True)
     model.save_pretrained(tmp_path)
     loaded = SCAIL2Transformer3DModel.from_pretrained(tmp_path).eval()
-    public = lambda cfg: {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if not k.startswith("_")}
+
+    def public(cfg):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if not k.startswith("_")}
+
     assert public(loaded.config) == public(model.config)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).sample, model(**inputs).sample, rtol=0, atol=0)
@@ -250,9 +262,18 @@ def test_pinned_output_slice():
     [
         (lambda x: {**x, "hidden_states": x["hidden_states"][..., :-1]}, "multiples of"),
         (lambda x: {**x, "hidden_states": x["hidden_states"][..., :-2]}, "multiples of"),
-        (lambda x: {**x, "pose_latents": x["pose_latents"][..., :-1]}, "pose_latents has shape (2, 16, 3, 4, 5) but needs (2, 16, 3, 4, 6)"),
-        (lambda x: {**x, "driving_masks": x["driving_masks"][:, :27]}, "driving_masks has shape (2, 27, 3, 4, 6) but needs (2, 28, 3, 4, 6)"),
-        (lambda x: {**x, "ref_masks": x["ref_masks"][:, :, :3]}, "ref_masks has shape (2, 28, 3, 8, 12) but needs (2, 28, 4, 8, 12)"),
+        (
+            lambda x: {**x, "pose_latents": x["pose_latents"][..., :-1]},
+            "pose_latents has shape (2, 16, 3, 4, 5) but needs (2, 16, 3, 4, 6)",
+        ),
+        (
+            lambda x: {**x, "driving_masks": x["driving_masks"][:, :27]},
+            "driving_masks has shape (2, 27, 3, 4, 6) but needs (2, 28, 3, 4, 6)",
+        ),
+        (
+            lambda x: {**x, "ref_masks": x["ref_masks"][:, :, :3]},
+            "ref_masks has shape (2, 28, 3, 8, 12) but needs (2, 28, 4, 8, 12)",
+        ),
         (lambda x: {**x, "pose_latents": x["pose_latents"][:, :, :2]}, "pose_latents has shape (2, 16, 2, 4, 6)"),
         (lambda x: {**x, "encoder_hidden_states": torch.zeros(2, 8, 20)}, "L <= 7"),
         (lambda x: {k: v for k, v in x.items() if k != "image_embeds"}, "image_embeds is required"),

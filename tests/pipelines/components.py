@@ -11,9 +11,12 @@ from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.pipelines.pipeline_scail2 import SCAIL2Pipeline
 
 CORPUS = [
-    "a cartoon fox dances in a sunny meadow", "a knight waves a sword on a castle wall",
-    "a robot walks across a busy street at night", "an illustrated girl talks and gestures at a desk",
-    "a small dragon jumps over a river", "the character spins and crouches in a studio",
+    "a cartoon fox dances in a sunny meadow",
+    "a knight waves a sword on a castle wall",
+    "a robot walks across a busy street at night",
+    "an illustrated girl talks and gestures at a desk",
+    "a small dragon jumps over a river",
+    "the character spins and crouches in a studio",
 ] * 20
 
 
@@ -25,27 +28,51 @@ def tiny_tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(CORPUS))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=60,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
     return T5TokenizerFast(vocab_file=str(folder / "spiece.model"), extra_ids=0)
 
 
 def tiny_text_encoder(vocab_size: int, d_model: int):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    config = UMT5Config(vocab_size=vocab_size, d_model=d_model, d_kv=6, d_ff=36, num_layers=2, num_heads=3,
-                        relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                        feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    config = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=6,
+        d_ff=36,
+        num_layers=2,
+        num_heads=3,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+    )
     return UMT5EncoderModel(config).eval()
 
 
 def tiny_image_encoder(hidden_size: int):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=40, num_hidden_layers=3,
-                              num_attention_heads=2, image_size=224, patch_size=14, hidden_act="gelu",
-                              layer_norm_eps=1e-5)
+    config = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
     return CLIPVisionModel(config).eval()
 
 
@@ -60,8 +87,9 @@ def tiny_vae(z_dim: int = 16):
 def tiny_pipeline(seed: int = 0, text: bool = True, image: bool = True, z_dim: int = 16) -> SCAIL2Pipeline:
     """`z_dim` other than Wan's 16: a VAE with wider latents and a transformer whose in/out channels follow."""
     torch.manual_seed(seed)
-    transformer = SCAIL2Transformer3DModel.from_preset("tiny", model_type="i2v" if image else "t2v",
-                                                       in_dim=z_dim + 4, out_dim=z_dim).eval()
+    transformer = SCAIL2Transformer3DModel.from_preset(
+        "tiny", model_type="i2v" if image else "t2v", in_dim=z_dim + 4, out_dim=z_dim
+    ).eval()
     parts = dict(transformer=transformer, vae=tiny_vae(z_dim))
     if text:
         with tempfile.TemporaryDirectory() as tmp:

@@ -81,8 +81,7 @@ def write_reference(path: Path, height: int, width: int, rgba: bool = False, see
     return path
 
 
-def write_reference_mask(path: Path, height: int, width: int, colors=((255, 255, 255),),
-                         background=(0, 0, 0)) -> Path:
+def write_reference_mask(path: Path, height: int, width: int, colors=((255, 255, 255),), background=(0, 0, 0)) -> Path:
     mask = np.zeros((height, width, 3), dtype=np.uint8)
     mask[:] = background
     band = width // (2 * len(colors))

@@ -52,8 +52,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def animate(model_dir, files, out, *extra) -> int:
-    args = ["animate", "--model", str(model_dir), "--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]),
-            "--driving", str(files["driving"]), "--driving-mask", str(files["masks"]), "--out", str(out), *FAST]
+    args = [
+        "animate",
+        "--model",
+        str(model_dir),
+        "--ref",
+        str(files["ref"]),
+        "--ref-mask",
+        str(files["ref_mask"]),
+        "--driving",
+        str(files["driving"]),
+        "--driving-mask",
+        str(files["masks"]),
+        "--out",
+        str(out),
+        *FAST,
+    ]
     return main(args + list(extra))
 
 
@@ -65,8 +79,22 @@ def animate(model_dir, files, out, *extra) -> int:
 @pytest.mark.parametrize("mode", ["animate", "replace"])
 def test_each_mode_end_to_end_keeps_frames_fps_and_audio(mode, model_dir, files, tmp_path):
     out = tmp_path / f"{mode}.mp4"
-    assert animate(model_dir, files, out, "--mode", mode, "--prompt", "a fox dances", "--cfg", "3",
-                   "--frames-dir", str(tmp_path / "png")) == 0
+    assert (
+        animate(
+            model_dir,
+            files,
+            out,
+            "--mode",
+            mode,
+            "--prompt",
+            "a fox dances",
+            "--cfg",
+            "3",
+            "--frames-dir",
+            str(tmp_path / "png"),
+        )
+        == 0
+    )
     info = probe_video(out)
     assert (info.width, info.height, info.fps, info.has_audio) == (W, H, Fraction(24), True)
     assert read_video(out).frames.shape[0] == 14
@@ -78,24 +106,41 @@ def test_each_mode_end_to_end_keeps_frames_fps_and_audio(mode, model_dir, files,
 
 def test_replace_shortcut_and_rgba_reference(model_dir, files, tmp_path):
     out = tmp_path / "r.mp4"
-    args = ["replace", "--model", str(model_dir), "--ref", str(files["ref_rgba"]), "--driving", str(files["driving"]),
-            "--driving-mask", str(files["masks"]), "--out", str(out), *FAST]
+    args = [
+        "replace",
+        "--model",
+        str(model_dir),
+        "--ref",
+        str(files["ref_rgba"]),
+        "--driving",
+        str(files["driving"]),
+        "--driving-mask",
+        str(files["masks"]),
+        "--out",
+        str(out),
+        *FAST,
+    ]
     assert main(args) == 0
     assert json.loads(out.with_suffix(".json").read_text())["request"]["mode"] == "replace"
 
 
 def test_multi_character_palette_masks_and_extra_reference(model_dir, files, tmp_path):
     masks = write_mask_folder(tmp_path / "masks2", square_masks(14, 72, 120, colors=TWO_IDENTITIES))
-    ref_mask = write_reference_mask(tmp_path / "ref_mask2.png", 90, 140, colors=TWO_IDENTITIES,
-                                    background=(255, 255, 255))
+    ref_mask = write_reference_mask(
+        tmp_path / "ref_mask2.png", 90, 140, colors=TWO_IDENTITIES, background=(255, 255, 255)
+    )
     out = tmp_path / "multi.mp4"
-    assert animate(model_dir, {**files, "masks": masks, "ref_mask": ref_mask}, out,
-                   "--extra-ref", str(files["ref_rgba"])) == 0
+    assert (
+        animate(model_dir, {**files, "masks": masks, "ref_mask": ref_mask}, out, "--extra-ref", str(files["ref_rgba"]))
+        == 0
+    )
     assert read_video(out).frames.shape[0] == 14
 
 
-@pytest.mark.parametrize("num_frames, fps", [(1, Fraction(24)), (81, Fraction(30000, 1001)), (82, Fraction(12)),
-                                             (163, Fraction(25)), (200, Fraction(24))])
+@pytest.mark.parametrize(
+    "num_frames, fps",
+    [(1, Fraction(24)), (81, Fraction(30000, 1001)), (82, Fraction(12)), (163, Fraction(25)), (200, Fraction(24))],
+)
 def test_output_has_exactly_the_driving_frame_count_and_rate(num_frames, fps, model_dir, tmp_path):
     frames = moving_square_frames(num_frames, 64, 96)
     files = {
@@ -116,10 +161,15 @@ def test_output_has_exactly_the_driving_frame_count_and_rate(num_frames, fps, mo
 def test_same_seed_same_video_and_other_seed_differs(model_dir, files, tmp_path):
     outputs = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
-        assert animate(model_dir, files, tmp_path / f"{name}.mp4", "--seed", seed, "--frames-dir",
-                       str(tmp_path / name)) == 0
-        outputs.append(np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
-                                 for p in sorted((tmp_path / name).glob("*.png"))]))
+        assert (
+            animate(model_dir, files, tmp_path / f"{name}.mp4", "--seed", seed, "--frames-dir", str(tmp_path / name))
+            == 0
+        )
+        outputs.append(
+            np.stack(
+                [np.asarray(__import__("PIL.Image").Image.open(p)) for p in sorted((tmp_path / name).glob("*.png"))]
+            )
+        )
     assert np.array_equal(outputs[0], outputs[1])
     assert not np.array_equal(outputs[0], outputs[2])
 
@@ -138,8 +188,9 @@ def test_lora_is_fused_and_changes_the_video(model_dir, files, tmp_path):
     frames = {}
     for name, extra in (("plain", []), ("lora", ["--lora", f"{tmp_path / 'style.safetensors'}:0.5"])):
         assert animate(model_dir, files, tmp_path / f"{name}.mp4", "--frames-dir", str(tmp_path / name), *extra) == 0
-        frames[name] = np.stack([np.asarray(__import__("PIL.Image").Image.open(p))
-                                 for p in sorted((tmp_path / name).glob("*.png"))])
+        frames[name] = np.stack(
+            [np.asarray(__import__("PIL.Image").Image.open(p)) for p in sorted((tmp_path / name).glob("*.png"))]
+        )
     assert np.abs(frames["plain"].astype(int) - frames["lora"].astype(int)).max() > 0
     manifest = json.loads((tmp_path / "lora.json").read_text())
     assert manifest["request"]["loras"] == [f"{tmp_path / 'style.safetensors'}:0.5"]
@@ -156,9 +207,14 @@ def random_inputs(num_frames: int, mode: str = "animate", seed: int = 0) -> Anim
     masks[:, 16:48, 24:60] = torch.tensor((0, 0, 255), dtype=torch.uint8)
     ref_mask = torch.full((3, H, W), 1.0 if mode == "animate" else -1.0)
     ref_mask[:, 10:50, 30:70] = torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
-    return AnimationInputs(reference=torch.rand(3, H, W, generator=g) * 2 - 1, reference_mask=ref_mask,
-                           driving=torch.randint(0, 256, (num_frames, H, W, 3), generator=g, dtype=torch.uint8),
-                           driving_masks=masks, mode=mode, prompt="a robot walks")
+    return AnimationInputs(
+        reference=torch.rand(3, H, W, generator=g) * 2 - 1,
+        reference_mask=ref_mask,
+        driving=torch.randint(0, 256, (num_frames, H, W, 3), generator=g, dtype=torch.uint8),
+        driving_masks=masks,
+        mode=mode,
+        prompt="a robot walks",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -273,8 +329,7 @@ def test_unreadable_and_empty_inputs(model_dir, files, tmp_path, capsys):
 def test_masks_shorter_than_the_video(model_dir, files, tmp_path, capsys):
     short = write_mask_folder(tmp_path / "short", square_masks(9, 72, 120))
     out = tmp_path / "o.mp4"
-    _fails(capsys, out, animate(model_dir, {**files, "masks": short}, out), "short", "has 9 mask frames",
-           "has 14")
+    _fails(capsys, out, animate(model_dir, {**files, "masks": short}, out), "short", "has 9 mask frames", "has 14")
 
 
 def test_identity_colours_must_match(model_dir, files, tmp_path, capsys):
@@ -288,12 +343,36 @@ def test_missing_masks_explain_how_to_supply_them(model_dir, files, tmp_path, ca
     video: no moving character) the error says how to supply them."""
     still = write_video(tmp_path / "still.mp4", np.repeat(moving_square_frames(14, 72, 120)[:1], 14, axis=0))
     out = tmp_path / "o.mp4"
-    args = ["animate", "--model", str(model_dir), "--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]),
-            "--driving", str(still), "--out", str(out), *FAST]
+    args = [
+        "animate",
+        "--model",
+        str(model_dir),
+        "--ref",
+        str(files["ref"]),
+        "--ref-mask",
+        str(files["ref_mask"]),
+        "--driving",
+        str(still),
+        "--out",
+        str(out),
+        *FAST,
+    ]
     _fails(capsys, out, main(args), "still.mp4", "--driving-mask")
     automatic = tmp_path / "auto.mp4"
-    args = ["animate", "--model", str(model_dir), "--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]),
-            "--driving", str(files["driving"]), "--out", str(automatic), *FAST]
+    args = [
+        "animate",
+        "--model",
+        str(model_dir),
+        "--ref",
+        str(files["ref"]),
+        "--ref-mask",
+        str(files["ref_mask"]),
+        "--driving",
+        str(files["driving"]),
+        "--out",
+        str(automatic),
+        *FAST,
+    ]
     assert main(args) == 0 and read_video(automatic).frames.shape[0] == 14
 
 
@@ -309,8 +388,22 @@ def test_missing_model_files(model_dir, files, tmp_path, capsys):
     shutil.copytree(model_dir, broken)
     shutil.rmtree(broken / "vae")
     out = tmp_path / "o.mp4"
-    args = ["animate", "--model", str(broken), "--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]),
-            "--driving", str(files["driving"]), "--driving-mask", str(files["masks"]), "--out", str(out), *FAST]
+    args = [
+        "animate",
+        "--model",
+        str(broken),
+        "--ref",
+        str(files["ref"]),
+        "--ref-mask",
+        str(files["ref_mask"]),
+        "--driving",
+        str(files["driving"]),
+        "--driving-mask",
+        str(files["masks"]),
+        "--out",
+        str(out),
+        *FAST,
+    ]
     _fails(capsys, out, main(args), "vae", "missing")
     _fails(capsys, out, main([*args[:2], str(tmp_path / "nowhere"), *args[3:]]), "nowhere", "model_index.json")
 

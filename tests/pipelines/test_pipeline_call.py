@@ -56,16 +56,23 @@ def test_the_latents_the_pipeline_would_draw_give_the_same_video(pipeline):
 
     single = pinned_inputs(5, "animate")  # one segment: a bare tensor will do
     noise = torch.randn(_latent_shape(5), generator=torch.Generator().manual_seed(6))
-    assert torch.equal(pipeline(single, ONE, latents=noise, progress=False).frames,
-                       pipeline(single, ONE, seed=6, progress=False).frames)
+    assert torch.equal(
+        pipeline(single, ONE, latents=noise, progress=False).frames,
+        pipeline(single, ONE, seed=6, progress=False).frames,
+    )
 
 
-@pytest.mark.parametrize("latents, message", [
-    ([torch.zeros(1, 16, 3, 4, 8)], "latents holds 1 tensor(s) but the video runs as 2 segment(s)"),
-    ([torch.zeros(1, 16, 3, 4, 8), torch.zeros(1, 16, 3, 8, 4)], "latents[1] has shape (1, 16, 3, 8, 4) but "
-                                                                  "segment 1 needs (1, 16, 3, 4, 8)"),
-    (torch.zeros(1, 16, 3, 4, 8), "latents holds 1 tensor(s)"),
-])
+@pytest.mark.parametrize(
+    "latents, message",
+    [
+        ([torch.zeros(1, 16, 3, 4, 8)], "latents holds 1 tensor(s) but the video runs as 2 segment(s)"),
+        (
+            [torch.zeros(1, 16, 3, 4, 8), torch.zeros(1, 16, 3, 8, 4)],
+            "latents[1] has shape (1, 16, 3, 8, 4) but segment 1 needs (1, 16, 3, 4, 8)",
+        ),
+        (torch.zeros(1, 16, 3, 4, 8), "latents holds 1 tensor(s)"),
+    ],
+)
 def test_latents_of_the_wrong_count_or_shape_are_one_line_errors(pipeline, latents, message):
     with pytest.raises(Scail2Error) as error:
         pipeline(pinned_inputs(13, "animate"), ONE, latents=latents, progress=False)
@@ -81,11 +88,13 @@ def test_prompt_embeds_replace_the_text_encoder(pipeline, monkeypatch):
     inputs = pinned_inputs(5, "animate")
     expected = pipeline(inputs, TWO, seed=1, progress=False).frames
     prompts = [inputs.negative_prompt, inputs.prompt]
-    negative, prompt = encode_prompts(pipeline.text_encoder, pipeline.tokenizer, prompts,
-                                      text_len=pipeline.transformer.config.text_len)
+    negative, prompt = encode_prompts(
+        pipeline.text_encoder, pipeline.tokenizer, prompts, text_len=pipeline.transformer.config.text_len
+    )
     monkeypatch.setattr(pipeline.text_encoder, "forward", _refuse)
-    got = pipeline(inputs, TWO, seed=1, prompt_embeds=prompt[None], negative_prompt_embeds=negative[None],
-                   progress=False).frames
+    got = pipeline(
+        inputs, TWO, seed=1, prompt_embeds=prompt[None], negative_prompt_embeds=negative[None], progress=False
+    ).frames
     assert torch.equal(got, expected)
 
 
@@ -97,19 +106,28 @@ def test_image_embeds_replace_the_image_encoder(pipeline, monkeypatch):
     monkeypatch.setattr(pipeline.image_encoder, "forward", _refuse)
     assert torch.equal(pipeline(inputs, ONE, seed=2, image_embeds=image_embeds, progress=False).frames, expected)
     # a pipeline without an image encoder runs an i2v model on given embeddings
-    without = SCAIL2Pipeline(transformer=pipeline.transformer, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
-                             tokenizer=pipeline.tokenizer)
+    without = SCAIL2Pipeline(
+        transformer=pipeline.transformer,
+        vae=pipeline.vae,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+    )
     assert torch.equal(without(inputs, ONE, seed=2, image_embeds=image_embeds, progress=False).frames, expected)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (dict(prompt_embeds=torch.zeros(1, 4, 7)), "prompt_embeds must be [1, N, 20]"),
-    (dict(negative_prompt_embeds=torch.zeros(2, 4, 20)), "negative_prompt_embeds must be [1, N, 20]"),
-    (dict(image_embeds=torch.zeros(1, 257, 5)), "image_embeds must be [1, N, "),
-    (dict(output_type="pil"), "output_type must be one of uint8, pt, np, latent"),
-    (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"]),
-     "callback_on_step_end_tensor_inputs ['prompt_embeds'] cannot be handed to a callback"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(prompt_embeds=torch.zeros(1, 4, 7)), "prompt_embeds must be [1, N, 20]"),
+        (dict(negative_prompt_embeds=torch.zeros(2, 4, 20)), "negative_prompt_embeds must be [1, N, 20]"),
+        (dict(image_embeds=torch.zeros(1, 257, 5)), "image_embeds must be [1, N, "),
+        (dict(output_type="pil"), "output_type must be one of uint8, pt, np, latent"),
+        (
+            dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"]),
+            "callback_on_step_end_tensor_inputs ['prompt_embeds'] cannot be handed to a callback",
+        ),
+    ],
+)
 def test_bad_call_arguments_are_one_line_errors(pipeline, arguments, message):
     assert pipeline.transformer.config.text_dim == 20
     with pytest.raises(Scail2Error) as error:
@@ -168,8 +186,9 @@ def test_the_callback_may_replace_the_latents(pipeline):
         latents = callback_kwargs["latents"]
         return {"latents": torch.zeros_like(latents)} if step_index == ONE.steps - 1 else {}
 
-    latents = pipeline(inputs, ONE, seed=10, output_type="latent", callback_on_step_end=zero_last_step,
-                       progress=False).frames
+    latents = pipeline(
+        inputs, ONE, seed=10, output_type="latent", callback_on_step_end=zero_last_step, progress=False
+    ).frames
     assert latents[0].abs().max() == 0
     assert latents[1][:, :, :2].abs().min() > 0 and latents[1][:, :, 2:].abs().max() == 0  # history put back
 
@@ -200,8 +219,9 @@ def test_pinned_outputs_of_every_sampler(pipeline):
     pinned = json.loads(PINNED.read_text())
     got = pinned_values(pipeline)
     for sampler, values in pinned.items():
-        torch.testing.assert_close(torch.tensor(got[sampler]["segment_slice"]), torch.tensor(values["segment_slice"]),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(got[sampler]["segment_slice"]), torch.tensor(values["segment_slice"]), rtol=0, atol=1e-5
+        )
         assert got[sampler]["segment_abs_mean"] == pytest.approx(values["segment_abs_mean"], abs=1e-5)
         assert np.abs(np.subtract(got[sampler]["video_slice"], values["video_slice"])).max() <= 1
         assert got[sampler]["video_mean"] == pytest.approx(values["video_mean"], abs=0.02)

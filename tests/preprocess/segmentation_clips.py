@@ -6,18 +6,29 @@ import dataclasses
 
 import numpy as np
 
-from scail2.data.world import Actor, Camera, Placement, Rendered, render_video, sample_character, sample_motion, sample_scene
+from scail2.data.world import (
+    Actor,
+    Camera,
+    Placement,
+    Rendered,
+    render_video,
+    sample_character,
+    sample_motion,
+    sample_scene,
+)
 
 FPS = 16.0
 
 
-def fixed_camera_clip(seed: int, kind: str = "walk", height: int = 128, width: int = 192, frames: int = 33,
-                      zoom: float = 1.3) -> Rendered:
+def fixed_camera_clip(
+    seed: int, kind: str = "walk", height: int = 128, width: int = 192, frames: int = 33, zoom: float = 1.3
+) -> Rendered:
     """One humanoid doing `kind` in a random scene, filmed by a camera that does not move."""
     rng = np.random.default_rng(seed)
     scene = sample_scene(rng)
-    actor = Actor(sample_character(rng, "humanoid"), sample_motion(rng, frames / FPS, kind, fps=FPS),
-                  Placement(0.0, 0.0), 1)
+    actor = Actor(
+        sample_character(rng, "humanoid"), sample_motion(rng, frames / FPS, kind, fps=FPS), Placement(0.0, 0.0), 1
+    )
     return render_video(scene, Camera(0.0, zoom, 0.0, 0.0, "static"), [actor], height, width, frames, FPS)
 
 

@@ -41,7 +41,11 @@ def test_identity_maps_round_trip_losslessly(tmp_path):
     with Image.open(tmp_path / "masks" / "frames" / "000001.png") as image:  # any viewer shows upstream colours
         assert image.mode == "P" and image.convert("RGB").getpixel((0, 0)) == ((BLACK, *IDENTITY_COLORS)[ids[1, 0, 0]])
     meta = json.loads((tmp_path / "masks" / "meta.json").read_text())
-    assert meta["format"] == "scail2-masks" and meta["format_version"] == mask_folder.FORMAT_VERSION and meta["frames"] == 3
+    assert (
+        meta["format"] == "scail2-masks"
+        and meta["format_version"] == mask_folder.FORMAT_VERSION
+        and meta["frames"] == 3
+    )
 
 
 def test_palette_frames_take_the_modes_background(tmp_path):
@@ -53,7 +57,10 @@ def test_palette_frames_take_the_modes_background(tmp_path):
     replace = folder.palette_frames("replace", "driving")
     assert animate.shape == (2, 17, 29, 3) and animate.dtype == torch.uint8
     assert tuple(animate[0, 0, 0].tolist()) == BLACK and tuple(replace[0, 0, 0].tolist()) == WHITE
-    assert tuple(animate[1, 5, 5].tolist()) == IDENTITY_COLORS[0] and tuple(replace[1, 5, 16].tolist()) == IDENTITY_COLORS[1]
+    assert (
+        tuple(animate[1, 5, 5].tolist()) == IDENTITY_COLORS[0]
+        and tuple(replace[1, 5, 16].tolist()) == IDENTITY_COLORS[1]
+    )
     assert folder.identities == ()  # meta lists none here
     assert torch.equal(mask_folder.palette_to_identities(animate), torch.from_numpy(ids))
 

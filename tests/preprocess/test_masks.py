@@ -30,8 +30,12 @@ def test_backgrounds_follow_the_mode_table():
 
 @pytest.mark.parametrize(
     ("mode", "side", "background"),
-    [("animate", "reference", WHITE), ("replace", "driving", WHITE), ("animate", "driving", BLACK),
-     ("replace", "reference", BLACK)],
+    [
+        ("animate", "reference", WHITE),
+        ("replace", "driving", WHITE),
+        ("animate", "driving", BLACK),
+        ("replace", "reference", BLACK),
+    ],
 )
 def test_binary_masks_become_first_identity_on_mode_background(mode, side, background):
     grey = torch.zeros(2, 4, 6, 3, dtype=torch.uint8)
@@ -43,8 +47,9 @@ def test_binary_masks_become_first_identity_on_mode_background(mode, side, backg
 
 
 def test_palette_masks_are_snapped_to_the_nearest_palette_colour():
-    noisy = torch.tensor([[[30, 20, 240], [250, 12, 5], [240, 250, 3], [20, 10, 25], [235, 240, 250]]],
-                         dtype=torch.uint8)
+    noisy = torch.tensor(
+        [[[30, 20, 240], [250, 12, 5], [240, 250, 3], [20, 10, 25], [235, 240, 250]]], dtype=torch.uint8
+    )
     assert detect_mask_kind(noisy) == "palette"
     snapped = normalize_user_mask(noisy, "animate", "driving")
     assert snapped[0].tolist() == [list(BLUE), list(RED), list(YELLOW), list(BLACK), list(WHITE)]

@@ -132,8 +132,9 @@ def test_inpainting_fills_a_gap_from_its_sides():
 
 def test_fast_guided_filter_at_equal_size_is_the_guided_filter():
     guide, source = torch.rand(1, 3, 19, 28), torch.rand(1, 2, 19, 28)
-    torch.testing.assert_close(guided_upsample(guide, source, guide, 3), guided_filter(guide, source, 3),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        guided_upsample(guide, source, guide, 3), guided_filter(guide, source, 3), atol=1e-4, rtol=1e-4
+    )
     # a constant source stays constant; an edge in the guide keeps a step edge of the source sharp
     step = torch.zeros(1, 1, 19, 28)
     step[..., 14:] = 1.0
@@ -296,7 +297,9 @@ def test_refinements():
     cleaned = refine_identities(ids, Refinement(min_area=2 / ids.numel()))
     assert cleaned[27, 40] == 0 and cleaned[6, 6] == 1
     grown = refine_identities(ids, Refinement(dilate=2))
-    assert grown[5, 15] in (1, 2) and (grown[ids == 2] == 2).all() and (grown[ids == 1] == 1).all()  # only into background
+    assert (
+        grown[5, 15] in (1, 2) and (grown[ids == 2] == 2).all() and (grown[ids == 1] == 1).all()
+    )  # only into background
     assert grown[3, 8] == 1 and grown[21, 20] == 2 and grown[22, 20] == 0
     shrunk = refine_identities(ids, Refinement(erode=2))
     assert shrunk[5, 5] == 0 and shrunk[10, 8] == 1 and int((shrunk == 2).sum()) < int((ids == 2).sum())
@@ -350,22 +353,42 @@ def tiny_sam2_folder(folder) -> str:
     from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
 
     size = 64
-    backbone = Sam2HieraDetConfig(hidden_size=8, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
-                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-                                  window_size_per_stage=[4, 4, 2, 2], global_attention_blocks=[3],
-                                  window_positional_embedding_background_size=[2, 2], mlp_ratio=2.0)
+    backbone = Sam2HieraDetConfig(
+        hidden_size=8,
+        image_size=[size, size],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[4, 4, 2, 2],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[2, 2],
+        mlp_ratio=2.0,
+    )
     features = [[size // 4] * 2, [size // 8] * 2, [size // 16] * 2]
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
-                              backbone_feature_sizes=features, fpn_hidden_size=128)
+    vision = Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=features,
+        fpn_hidden_size=128,
+    )
     # memory channels are fixed at 64 upstream and must be smaller than the hidden size
     config = Sam2VideoConfig(
-        vision_config=vision, image_size=size, num_maskmem=3, max_object_pointers_in_encoder=4,
+        vision_config=vision,
+        image_size=size,
+        num_maskmem=3,
+        max_object_pointers_in_encoder=4,
         prompt_encoder_config=dict(hidden_size=128, image_size=size, patch_size=16, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
-        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[size // 16] * 2, memory_encoder_hidden_size=128,
-        memory_encoder_output_channels=64, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
-        memory_fuser_intermediate_dim=64)
+        memory_attention_hidden_size=128,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[size // 16] * 2,
+        memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128,
+        memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64,
+    )
     torch.manual_seed(0)
     model = Sam2VideoModel(config).eval()
     with torch.no_grad():  # say "an object is here" everywhere, so the random masks are not all blanked
@@ -380,9 +403,9 @@ def test_sam2_code_path_with_a_tiny_random_model(tmp_path):
     tracker = Sam2Tracker(folder)
     prompts = [ObjectPrompt(0, box=(30.0, 5.0, 50.0, 35.0)), ObjectPrompt(2, points=[(8.0, 20.0)])]
     logits = list(tracker.track(frames, prompts))
-    assert len(logits) == 5 and all(l.shape == (2, 40, 56) for l in logits)
+    assert len(logits) == 5 and all(logit.shape == (2, 40, 56) for logit in logits)
     assert torch.isinf(logits[0][1]).all() and torch.isinf(logits[1][1]).all()  # before its prompt frame
-    assert all(torch.isfinite(l[0]).all() for l in logits) and torch.isfinite(logits[2][1]).all()
+    assert all(torch.isfinite(logit[0]).all() for logit in logits) and torch.isfinite(logits[2][1]).all()
     small = as_float_images(torch.from_numpy(np.stack(frames)))
     settings = MaskSettings(method="sam2", sam2_model=folder, prompts=tuple(prompts))
     masks = Sam2Masks(small, (40, 56), settings)

@@ -39,8 +39,15 @@ def smooth_frames(num_frames: int = 9, height: int = 48, width: int = 80) -> np.
     return np.clip(np.round(np.stack(frames)), 0, 255).astype(np.uint8)
 
 
-def make_source(path: Path, *, fps: Fraction = Fraction(24), frames: np.ndarray | None = None,
-                audio_codec: str | None = "aac", audio_seconds: float = 2.0, container: str = "mp4") -> Path:
+def make_source(
+    path: Path,
+    *,
+    fps: Fraction = Fraction(24),
+    frames: np.ndarray | None = None,
+    audio_codec: str | None = "aac",
+    audio_seconds: float = 2.0,
+    container: str = "mp4",
+) -> Path:
     """A small video with an optional 440 Hz tone, written directly with PyAV (not with the code under test)."""
     frames = smooth_frames() if frames is None else frames
     with av.open(str(path), "w", format=container) as output:

@@ -41,8 +41,9 @@ def test_errors_are_the_plain_mean_without_mask_or_weights():
     expected = (prediction - target).square().mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(flow_matching_errors(prediction, target), expected, rtol=1e-6, atol=0)
     ones = torch.ones(2, 1, 4, 5, 6)
-    torch.testing.assert_close(flow_matching_errors(prediction, target, ones[..., :1, :1], ones), expected,
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        flow_matching_errors(prediction, target, ones[..., :1, :1], ones), expected, rtol=1e-6, atol=0
+    )
 
 
 def test_region_weights_change_the_errors_as_hand_computed():
@@ -95,8 +96,13 @@ def test_history_frames_are_excluded_from_the_errors():
 
 def test_dpo_loss_matches_the_formula_with_pinned_numbers():
     # Policy fits the winner 0.001 better than the reference, the loser equally: logit = 1000 / 2 * 0.001 = 0.5.
-    loss, metrics = diffusion_dpo_loss(torch.tensor([0.500, 0.7]), torch.tensor([0.600, 0.9]),
-                                       torch.tensor([0.501, 0.7]), torch.tensor([0.600, 0.9]), beta=1000.0)
+    loss, metrics = diffusion_dpo_loss(
+        torch.tensor([0.500, 0.7]),
+        torch.tensor([0.600, 0.9]),
+        torch.tensor([0.501, 0.7]),
+        torch.tensor([0.600, 0.9]),
+        beta=1000.0,
+    )
     expected = (math.log1p(math.exp(-0.5)) + math.log(2.0)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert metrics["implicit_accuracy"].item() == 0.5  # the tie in the second pair counts as wrong
@@ -108,8 +114,9 @@ def test_loss_falls_as_the_policy_improves_the_winner_relative_to_the_reference(
     reference_winner, reference_loser = torch.tensor([0.4, 0.8]), torch.tensor([0.5, 0.6])
     losses = []
     for improvement in (0.0, 1e-4, 5e-4, 2e-3):
-        loss, _ = diffusion_dpo_loss(reference_winner - improvement, reference_loser.clone(), reference_winner,
-                                     reference_loser, beta=5000.0)
+        loss, _ = diffusion_dpo_loss(
+            reference_winner - improvement, reference_loser.clone(), reference_winner, reference_loser, beta=5000.0
+        )
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(2.0))
     assert all(a > b for a, b in zip(losses, losses[1:])), losses
@@ -138,8 +145,17 @@ def _zero_pair_gradients(dtype: torch.dtype, winner_equals_loser: bool) -> dict[
     noise = torch.randn(latent.shape, generator=g, dtype=dtype)
     detail = torch.rand(2, 2, *latent.shape[2:], generator=g, dtype=dtype)
     loser = latent.clone() if winner_equals_loser else latent + 0.1
-    loss, metrics = preference_loss(policy, reference, latent, loser, conditioning, noise,
-                                    torch.tensor([0.83, 0.21], dtype=dtype), DPOConfig(), detail)
+    loss, metrics = preference_loss(
+        policy,
+        reference,
+        latent,
+        loser,
+        conditioning,
+        noise,
+        torch.tensor([0.83, 0.21], dtype=dtype),
+        DPOConfig(),
+        detail,
+    )
     loss.backward()
     if winner_equals_loser:
         assert loss.item() == pytest.approx(math.log(2.0), abs=1e-6) and metrics["reward_margin"].item() == 0.0
@@ -155,8 +171,10 @@ def test_zero_gradient_when_the_winner_equals_the_loser():
     scale = max(g.abs().max().item() for g in _zero_pair_gradients(torch.float32, False).values())
     gradients = _zero_pair_gradients(torch.float32, True)
     assert len(gradients) > 40 and max(g.abs().max().item() for g in gradients.values()) < 1e-6 * scale
-    assert {name for name, g in gradients.items() if g.any()} <= {"patch_embedding_mask.weight",
-                                                                  "patch_embedding_mask.bias"}
+    assert {name for name, g in gradients.items() if g.any()} <= {
+        "patch_embedding_mask.weight",
+        "patch_embedding_mask.bias",
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -202,8 +220,10 @@ def test_a_few_steps_on_one_pair_raise_the_implicit_accuracy_and_margin():
 
     def held_out() -> dict[str, float]:
         with torch.no_grad():
-            runs = [preference_loss(policy, reference, winner, loser, conditioning, n, s, config, detail)[1]
-                    for n, s in draws]
+            runs = [
+                preference_loss(policy, reference, winner, loser, conditioning, n, s, config, detail)[1]
+                for n, s in draws
+            ]
         return {k: sum(r[k].item() for r in runs) / len(runs) for k in ("loss", "implicit_accuracy", "reward_margin")}
 
     before = held_out()

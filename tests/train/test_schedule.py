@@ -20,25 +20,29 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def test_each_trainer_keeps_its_own_optimiser_defaults():
     assert load_config(None).optim == OptimConfig()
     vae = load_vae_config(None, ["optim.lr=3e-4"]).optim
-    assert vae == OptimConfig(lr=3e-4, betas=(0.9, 0.99), warmup_steps=50, min_lr_ratio=0.05, ema_decay=0.995,
-                              ema_warmup=True)
+    assert vae == OptimConfig(
+        lr=3e-4, betas=(0.9, 0.99), warmup_steps=50, min_lr_ratio=0.05, ema_decay=0.995, ema_warmup=True
+    )
     assert load_vae_config(CONFIGS / "demo_vae.yaml").optim == vae_optim_defaults()
     assert load_config(CONFIGS / "tiny.yaml").optim.betas == (0.9, 0.95)  # a YAML list becomes a tuple
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=0", "optim.lr must be a positive number, got 0"),
-    ("optim.lr=fast", "optim.lr must be a positive number, got 'fast'"),
-    ("optim.betas=[0.9]", "optim.betas must be two numbers in \\[0, 1\\)"),
-    ("optim.betas=[0.9, 1.5]", "optim.betas must be two numbers"),
-    ("optim.eps=-1", "optim.eps must be a positive number"),
-    ("optim.weight_decay=-0.1", "optim.weight_decay must be a number >= 0"),
-    ("optim.warmup_steps=2.5", "optim.warmup_steps must be an integer >= 0, got 2.5"),
-    ("optim.min_lr_ratio=2", "optim.min_lr_ratio must lie in \\[0, 1\\]"),
-    ("optim.grad_clip=0", "optim.grad_clip must be a positive number"),
-    ("optim.ema_decay=1", "optim.ema_decay must lie in \\[0, 1\\)"),
-    ("optim.ema_warmup=maybe", "optim.ema_warmup must be true or false"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=0", "optim.lr must be a positive number, got 0"),
+        ("optim.lr=fast", "optim.lr must be a positive number, got 'fast'"),
+        ("optim.betas=[0.9]", "optim.betas must be two numbers in \\[0, 1\\)"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas must be two numbers"),
+        ("optim.eps=-1", "optim.eps must be a positive number"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay must be a number >= 0"),
+        ("optim.warmup_steps=2.5", "optim.warmup_steps must be an integer >= 0, got 2.5"),
+        ("optim.min_lr_ratio=2", "optim.min_lr_ratio must lie in \\[0, 1\\]"),
+        ("optim.grad_clip=0", "optim.grad_clip must be a positive number"),
+        ("optim.ema_decay=1", "optim.ema_decay must lie in \\[0, 1\\)"),
+        ("optim.ema_warmup=maybe", "optim.ema_warmup must be true or false"),
+    ],
+)
 def test_bad_optimiser_values_are_one_line_errors(override, message):
     for load, path in ((load_config, "tiny.yaml"), (load_vae_config, "demo_vae.yaml")):
         with pytest.raises(Scail2Error, match=message) as error:
@@ -66,7 +70,7 @@ def test_ema_follows_the_trainable_parameters_and_warms_up():
     optim = OptimConfig(lr=0.1, warmup_steps=0, weight_decay=0.0, ema_decay=0.9, ema_warmup=True)
     schedule = TrainingSchedule(optim, 10, {"weight": weight}, tracked={"weight": weight, "frozen": frozen})
     lr, grad_norm = schedule.apply((weight - 1).square().sum(), step=0)
-    assert lr == 0.1 and grad_norm == pytest.approx(2 * 3 ** 0.5)
+    assert lr == 0.1 and grad_norm == pytest.approx(2 * 3**0.5)
     # step 0 of the warm-up: decay 1/10, so the EMA moves 90% of the way to the new weights
     torch.testing.assert_close(schedule.ema["weight"], 0.9 * weight.detach())
     assert torch.equal(schedule.ema["frozen"], frozen)
@@ -81,8 +85,11 @@ def test_checkpoint_folders_rotate_and_ignore_unfinished_ones(tmp_path):
         (folders.begin(step) / "weights").write_text(str(step))
         assert folders.commit(step, {"lr": 1}, world_size=1) == folders.folder(step)
     folders.begin(8)  # a run killed while writing step 8
-    assert sorted(p.name for p in folders.root.iterdir()) == [".step-00000008.partial", "step-00000004",
-                                                             "step-00000006"]
+    assert sorted(p.name for p in folders.root.iterdir()) == [
+        ".step-00000008.partial",
+        "step-00000004",
+        "step-00000006",
+    ]
     latest, state = folders.resume()
     assert latest.name == "step-00000006" and state == {"step": 6, "config": {"lr": 1}, "world_size": 1}
     assert (latest / "weights").read_text() == "6"

@@ -29,17 +29,49 @@ QUIET = ["train.log_every=1", "train.checkpoint_every=2"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    write_dataset(ProceduralPairGenerator(SynthConfig(height=64, width=96, frames=9, seed=5)), root / "data", 8,
-                  shard_size=3, progress=False)
+    write_dataset(
+        ProceduralPairGenerator(SynthConfig(height=64, width=96, frames=9, seed=5)),
+        root / "data",
+        8,
+        shard_size=3,
+        progress=False,
+    )
     tiny_pipeline(seed=0).save_pretrained(root / "model")
-    assert main(["cache", "--data", str(root / "data"), "--model", str(root / "model"), "--out", str(root / "cache"),
-                 "--text-len", "7", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                "--data",
+                str(root / "data"),
+                "--model",
+                str(root / "model"),
+                "--out",
+                str(root / "cache"),
+                "--text-len",
+                "7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def train(setup, out: Path, *extra: str) -> int:
-    return main(["train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--out", str(out), *extra,
-                 f"model.components={setup / 'model'}", *QUIET])
+    return main(
+        [
+            "train",
+            "--config",
+            str(CONFIG),
+            "--data",
+            str(setup / "cache"),
+            "--out",
+            str(out),
+            *extra,
+            f"model.components={setup / 'model'}",
+            *QUIET,
+        ]
+    )
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -52,8 +84,9 @@ def exported_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path):
-    assert train(setup, tmp_path / "whole", "train.max_steps=4", "train.validate_every=4",
-                 "train.validation_steps=2") == 0
+    assert (
+        train(setup, tmp_path / "whole", "train.max_steps=4", "train.validate_every=4", "train.validation_steps=2") == 0
+    )
     video = tmp_path / "whole" / "validation" / "step-00000004.mp4"
     from scail2.preprocess.video_io import probe_video
 
@@ -72,9 +105,26 @@ def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path):
 def test_two_process_fsdp2_follows_the_single_process_trajectory(setup, tmp_path):
     assert train(setup, tmp_path / "one", "train.max_steps=3") == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "scail2.cli", "train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--out",
-               str(tmp_path / "two"), f"model.components={setup / 'model'}", "train.max_steps=3", *QUIET]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "scail2.cli",
+        "train",
+        "--config",
+        str(CONFIG),
+        "--data",
+        str(setup / "cache"),
+        "--out",
+        str(tmp_path / "two"),
+        f"model.components={setup / 'model'}",
+        "train.max_steps=3",
+        *QUIET,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -87,9 +137,17 @@ def test_two_process_fsdp2_follows_the_single_process_trajectory(setup, tmp_path
 
 
 def test_loss_falls_on_a_tiny_overfit_set(setup, tmp_path):
-    overrides = ["train.max_steps=60", "train.batch_size=2", "optim.lr=3e-3", "optim.warmup_steps=2",
-                 "optim.ema_decay=null", "flow.text_dropout=0", "flow.history_probability=0",
-                 "flow.augmentations=[]", "train.checkpoint_every=60"]
+    overrides = [
+        "train.max_steps=60",
+        "train.batch_size=2",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=2",
+        "optim.ema_decay=null",
+        "flow.text_dropout=0",
+        "flow.history_probability=0",
+        "flow.augmentations=[]",
+        "train.checkpoint_every=60",
+    ]
     assert train(setup, tmp_path / "fit", *overrides) == 0
     curve = losses(tmp_path / "fit")
     first, last = sum(curve[s] for s in range(1, 11)) / 10, sum(curve[s] for s in range(51, 61)) / 10
@@ -97,13 +155,28 @@ def test_loss_falls_on_a_tiny_overfit_set(setup, tmp_path):
 
 
 def test_exported_model_and_lora_run_in_animate(setup, tmp_path):
-    from tests.pipelines.media import (moving_square_frames, square_masks, write_mask_folder, write_reference,
-                                       write_reference_mask, write_video)
+    from tests.pipelines.media import (
+        moving_square_frames,
+        square_masks,
+        write_mask_folder,
+        write_reference,
+        write_reference_mask,
+        write_video,
+    )
 
     assert train(setup, tmp_path / "full", "train.max_steps=2") == 0
     # LoRA fine-tunes a trained base (a from-scratch model's zero output head would give LoRA no gradient)
-    assert train(setup, tmp_path / "lora", "train.max_steps=2", "lora.rank=4", "optim.lr=1e-2",
-                 f"model.pretrained={setup / 'model'}") == 0
+    assert (
+        train(
+            setup,
+            tmp_path / "lora",
+            "train.max_steps=2",
+            "lora.rank=4",
+            "optim.lr=1e-2",
+            f"model.pretrained={setup / 'model'}",
+        )
+        == 0
+    )
     lora_dir = tmp_path / "lora" / "export" / "lora"
     tensors = load_file(str(lora_dir / "adapter_model.safetensors"))
     assert tensors and all(".lora_A." in k or ".lora_B." in k for k in tensors)
@@ -119,13 +192,41 @@ def test_exported_model_and_lora_run_in_animate(setup, tmp_path):
         "ref": write_reference(tmp_path / "r.png", 64, 96),
         "ref_mask": write_reference_mask(tmp_path / "rm.png", 64, 96),
     }
-    common = ["--ref", str(files["ref"]), "--ref-mask", str(files["ref_mask"]), "--driving", str(files["driving"]),
-              "--driving-mask", str(files["masks"]), "--height", "64", "--width", "96", "--steps", "2",
-              "--sampler", "euler"]
+    common = [
+        "--ref",
+        str(files["ref"]),
+        "--ref-mask",
+        str(files["ref_mask"]),
+        "--driving",
+        str(files["driving"]),
+        "--driving-mask",
+        str(files["masks"]),
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--steps",
+        "2",
+        "--sampler",
+        "euler",
+    ]
     model = tmp_path / "full" / "export" / "model"
     assert main(["animate", "--model", str(model), "--out", str(tmp_path / "a.mp4"), *common]) == 0
-    assert main(["animate", "--model", str(setup / "model"), "--lora", str(lora_dir), "--out",
-                 str(tmp_path / "b.mp4"), *common]) == 0
+    assert (
+        main(
+            [
+                "animate",
+                "--model",
+                str(setup / "model"),
+                "--lora",
+                str(lora_dir),
+                "--out",
+                str(tmp_path / "b.mp4"),
+                *common,
+            ]
+        )
+        == 0
+    )
 
 
 def test_killed_cache_run_resumes_to_identical_shards(setup, tmp_path, monkeypatch):
@@ -140,8 +241,18 @@ def test_killed_cache_run_resumes_to_identical_shards(setup, tmp_path, monkeypat
         return original(*args, **kwargs)
 
     monkeypatch.setattr(cache_module, "cache_shard", dies_on_second_shard)
-    args = ["cache", "--data", str(setup / "data"), "--model", str(setup / "model"), "--out", str(tmp_path / "c"),
-            "--text-len", "7", "--quiet"]
+    args = [
+        "cache",
+        "--data",
+        str(setup / "data"),
+        "--model",
+        str(setup / "model"),
+        "--out",
+        str(tmp_path / "c"),
+        "--text-len",
+        "7",
+        "--quiet",
+    ]
     assert main(args) == 130
     assert not (tmp_path / "c" / "manifest.json").exists()
     assert sorted(p.name for p in (tmp_path / "c").glob("cache-*.tar")) == ["cache-00000.tar"]
@@ -177,23 +288,96 @@ def test_config_errors_and_overrides(tmp_path):
 
 def test_cache_of_another_model_is_refused(setup, tmp_path, capsys):
     shutil.copytree(setup / "cache", tmp_path / "cache")
-    assert main(["train", "--config", str(CONFIG), "--data", str(tmp_path / "cache"), "--out", str(tmp_path / "r"),
-                 "model.overrides={text_dim: 16}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIG),
+                "--data",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "r"),
+                "model.overrides={text_dim: 16}",
+            ]
+        )
+        == 2
+    )
     assert "text_dim" in capsys.readouterr().err
 
 
 def test_dpo_stage_trains_a_lora_on_preference_pairs(setup, tmp_path, capsys):
-    assert main(["prefs", "--data", str(setup / "data"), "--out", str(tmp_path / "prefs"), "--procedural",
-                 "--num", "4", "--seed", "1", "--quiet"]) == 0
-    assert main(["cache", "--data", str(tmp_path / "prefs"), "--model", str(setup / "model"), "--out",
-                 str(tmp_path / "pcache"), "--text-len", "7", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prefs",
+                "--data",
+                str(setup / "data"),
+                "--out",
+                str(tmp_path / "prefs"),
+                "--procedural",
+                "--num",
+                "4",
+                "--seed",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "cache",
+                "--data",
+                str(tmp_path / "prefs"),
+                "--model",
+                str(setup / "model"),
+                "--out",
+                str(tmp_path / "pcache"),
+                "--text-len",
+                "7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # the plain cache has no losers: the stage refuses it with one line
-    assert main(["train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--out", str(tmp_path / "no"),
-                 "--stage", "dpo", f"model.pretrained={setup / 'model'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIG),
+                "--data",
+                str(setup / "cache"),
+                "--out",
+                str(tmp_path / "no"),
+                "--stage",
+                "dpo",
+                f"model.pretrained={setup / 'model'}",
+            ]
+        )
+        == 2
+    )
     assert "without losers" in capsys.readouterr().err
-    args = ["train", "--config", str(CONFIG), "--data", str(tmp_path / "pcache"), "--out", str(tmp_path / "dpo"),
-            "--stage", "dpo", f"model.pretrained={setup / 'model'}", "dpo.steps=3", "dpo.lora_rank=4",
-            "dpo.learning_rate=1e-3", "train.batch_size=2", *QUIET]
+    args = [
+        "train",
+        "--config",
+        str(CONFIG),
+        "--data",
+        str(tmp_path / "pcache"),
+        "--out",
+        str(tmp_path / "dpo"),
+        "--stage",
+        "dpo",
+        f"model.pretrained={setup / 'model'}",
+        "dpo.steps=3",
+        "dpo.lora_rank=4",
+        "dpo.learning_rate=1e-3",
+        "train.batch_size=2",
+        *QUIET,
+    ]
     assert main(args) == 0
     run = tmp_path / "dpo"
     config = json.loads((run / "config.json").read_text())

@@ -26,23 +26,39 @@ from scail2.train.vae import (
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_vae.yaml"
 # A VAE small enough for seconds per run; frames of 32x48 (9 frames) so a swapped height/width fails.
-TINY = ["model.base_dim=4", "model.dim_mult=[1,2,2]", "train.batch_size=2", "train.log_every=1",
-        "train.checkpoint_every=2", "train.preview_every=2", "train.preview_pairs=1", "data.clip_frames=5",
-        "data.crop=16", "export.stats_pairs=3", "train.threads=1"]
+TINY = [
+    "model.base_dim=4",
+    "model.dim_mult=[1,2,2]",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "train.preview_every=2",
+    "train.preview_pairs=1",
+    "data.clip_frames=5",
+    "data.crop=16",
+    "export.stats_pairs=3",
+    "train.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vae") / "data"
-    write_dataset(ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=9, seed=5)), root, 5, shard_size=3,
-                  progress=False)
+    write_dataset(
+        ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=9, seed=5)),
+        root,
+        5,
+        shard_size=3,
+        progress=False,
+    )
     return root
 
 
 def train(data: Path, out: Path, *overrides: str, flags: tuple[str, ...] = ()) -> int:
     # flags before the positional overrides: argparse takes positionals in one run
-    return main(["train-vae", "--config", str(CONFIG), "--data", str(data), "--out", str(out), *flags, *TINY,
-                 *overrides])
+    return main(
+        ["train-vae", "--config", str(CONFIG), "--data", str(data), "--out", str(out), *flags, *TINY, *overrides]
+    )
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -56,8 +72,10 @@ def whole_run(data, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("patch_size, dim_mult, residual, z_dim",
-                         [(None, [1, 2, 2, 2], False, 16), (2, [1, 2, 2], False, 16), (2, [1, 2, 2], True, 12)])
+@pytest.mark.parametrize(
+    "patch_size, dim_mult, residual, z_dim",
+    [(None, [1, 2, 2, 2], False, 16), (2, [1, 2, 2], False, 16), (2, [1, 2, 2], True, 12)],
+)
 def test_unclamped_decode_matches_diffusers_decode(patch_size, dim_mult, residual, z_dim):
     config = VaeArchConfig(base_dim=4, dim_mult=dim_mult, patch_size=patch_size, is_residual=residual, z_dim=z_dim)
     vae = build_vae(config, seed=3).eval()
@@ -88,8 +106,9 @@ def test_clip_plan_is_deterministic_and_shaped(data):
 def test_character_masks_follow_the_crop_and_flip(data):
     from scail2.train.vae import model_video
 
-    config = load_vae_config(CONFIG, TINY + ["data.half_resolution_probability=0", "data.clip_frames=9",
-                                             "data.crop=24"])
+    config = load_vae_config(
+        CONFIG, TINY + ["data.half_resolution_probability=0", "data.clip_frames=9", "data.crop=24"]
+    )
     videos = PairVideos(data)
     plan = ClipPlan(videos, config.data, batch_size=4, seed=1, with_masks=True)
     clips, masks = plan.batch(0)
@@ -98,8 +117,13 @@ def test_character_masks_follow_the_crop_and_flip(data):
         for stream in config.data.streams:
             full = model_video(videos.video(index, stream))
             mask = torch.from_numpy(videos.character_mask(index, stream)).float()[None]
-            found = [(top, left, flip) for top in range(9) for left in range(25) for flip in (False, True)
-                     if torch.equal(_crop(full, top, left, flip), clips[slot])]
+            found = [
+                (top, left, flip)
+                for top in range(9)
+                for left in range(25)
+                for flip in (False, True)
+                if torch.equal(_crop(full, top, left, flip), clips[slot])
+            ]
             if found:
                 top, left, flip = found[0]
                 assert torch.equal(_crop(mask, top, left, flip), masks[slot])
@@ -163,8 +187,9 @@ def test_resumed_run_equals_an_uninterrupted_one(data, whole_run, tmp_path):
     assert train(data, split, "train.max_steps=4", flags=("--resume",)) == 0
     assert losses(split) == losses(whole_run)
     assert (split / "previews" / "step-00000004.png").is_file()
-    whole, resumed = (load_file(str(run / "export" / "vae" / "diffusion_pytorch_model.safetensors"))
-                      for run in (whole_run, split))
+    whole, resumed = (
+        load_file(str(run / "export" / "vae" / "diffusion_pytorch_model.safetensors")) for run in (whole_run, split)
+    )
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
@@ -172,13 +197,26 @@ def test_resumed_run_equals_an_uninterrupted_one(data, whole_run, tmp_path):
 
 def test_loss_falls_on_a_tiny_overfit_set(tmp_path):
     one_pair = tmp_path / "one"
-    write_dataset(ProceduralPairGenerator(SynthConfig(height=32, width=40, frames=9, seed=8)), one_pair, 1,
-                  progress=False)
-    config = load_vae_config(CONFIG, TINY + ["train.max_steps=30", "optim.warmup_steps=3", "optim.lr=3e-3",
-                                             "data.streams=[target]", "data.half_resolution_probability=0",
-                                             "data.clip_frames=9", "data.crop=32", "data.flip=false",
-                                             "loss.sample_posterior=false", "train.preview_every=0",
-                                             "train.checkpoint_every=100"])
+    write_dataset(
+        ProceduralPairGenerator(SynthConfig(height=32, width=40, frames=9, seed=8)), one_pair, 1, progress=False
+    )
+    config = load_vae_config(
+        CONFIG,
+        TINY
+        + [
+            "train.max_steps=30",
+            "optim.warmup_steps=3",
+            "optim.lr=3e-3",
+            "data.streams=[target]",
+            "data.half_resolution_probability=0",
+            "data.clip_frames=9",
+            "data.crop=32",
+            "data.flip=false",
+            "loss.sample_posterior=false",
+            "train.preview_every=0",
+            "train.checkpoint_every=100",
+        ],
+    )
     VaeTrainer(config, one_pair, tmp_path / "overfit").train()
     curve = list(losses(tmp_path / "overfit").values())
     assert sum(curve[-5:]) / 5 < 0.5 * sum(curve[:3]) / 3, curve
@@ -231,8 +269,18 @@ def test_a_new_sitting_can_start_from_an_export(data, whole_run, tmp_path):
 
 def test_a_decoder_only_sitting_keeps_the_latents(data, whole_run, tmp_path):
     start = whole_run / "export" / "vae"
-    assert train(data, tmp_path / "dec", f"train.init_from={start}", "train.freeze_encoder=true",
-                 "train.max_steps=2", "train.preview_every=0", "optim.warmup_steps=1") == 0
+    assert (
+        train(
+            data,
+            tmp_path / "dec",
+            f"train.init_from={start}",
+            "train.freeze_encoder=true",
+            "train.max_steps=2",
+            "train.preview_every=0",
+            "optim.warmup_steps=1",
+        )
+        == 0
+    )
     before = load_file(str(start / "diffusion_pytorch_model.safetensors"))
     after = load_file(str(tmp_path / "dec" / "export" / "vae" / "diffusion_pytorch_model.safetensors"))
     frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
@@ -262,8 +310,13 @@ def test_a_wider_decoder_learns_on_the_kept_encoder(data, whole_run, tmp_path):
     with pytest.raises(Scail2Error, match="VAE of another architecture"):  # the whole VAE must match otherwise
         VaeTrainer(load_vae_config(CONFIG, TINY + wider), data, tmp_path / "w2")
     with pytest.raises(Scail2Error, match="encoder of another architecture"):
-        VaeTrainer(load_vae_config(CONFIG, TINY + ["model.base_dim=8", f"train.init_from={start}",
-                                                   "train.freeze_encoder=true"]), data, tmp_path / "w3")
+        VaeTrainer(
+            load_vae_config(
+                CONFIG, TINY + ["model.base_dim=8", f"train.init_from={start}", "train.freeze_encoder=true"]
+            ),
+            data,
+            tmp_path / "w3",
+        )
 
 
 def test_bad_input_is_a_one_line_error(data, tmp_path, capsys):

@@ -12,12 +12,19 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--prompt", default="", help="description of the output video (empty allowed)")
     parser.add_argument("--negative-prompt", default="", help="negative prompt for text guidance (default empty)")
     if mode_choice:
-        parser.add_argument("--mode", choices=["animate", "replace"], default="animate",
-                            help="animate: the character in its own scene; replace: inserted into the driving scene")
+        parser.add_argument(
+            "--mode",
+            choices=["animate", "replace"],
+            default="animate",
+            help="animate: the character in its own scene; replace: inserted into the driving scene",
+        )
     parser.add_argument("--model", help="converted model folder (default: the bundled demo model)")
-    parser.add_argument("--preset", choices=["quality", "fast"],
-                        help="sampler preset (default: quality, or the bundled model's own settings without "
-                             "--model); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields")
+    parser.add_argument(
+        "--preset",
+        choices=["quality", "fast"],
+        help="sampler preset (default: quality, or the bundled model's own settings without "
+        "--model); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields",
+    )
     parser.add_argument("--sampler", choices=["unipc", "dpm++", "euler"])
     parser.add_argument("--steps", type=int)
     parser.add_argument("--shift", type=float)
@@ -26,17 +33,29 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--height", type=int, help="output height, a multiple of 32 (with --width)")
     parser.add_argument("--width", type=int, help="output width, a multiple of 32 (with --height)")
     parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
-    parser.add_argument("--segment-length", type=int,
-                        help="frames per segment (4n+1; default 81, 17 for the bundled model)")
+    parser.add_argument(
+        "--segment-length", type=int, help="frames per segment (4n+1; default 81, 17 for the bundled model)"
+    )
     parser.add_argument("--overlap", type=int, help="clean-history frames between segments (4n+1; default 5)")
-    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                        help="LoRA to fuse (official SAT, Wan/ComfyUI or peft format); repeatable")
-    parser.add_argument("--extra-ref", action="append", default=[], metavar="IMG",
-                        help="an extra reference view (RGBA, alpha marks the character); repeatable")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="LoRA to fuse (official SAT, Wan/ComfyUI or peft format); repeatable",
+    )
+    parser.add_argument(
+        "--extra-ref",
+        action="append",
+        default=[],
+        metavar="IMG",
+        help="an extra reference view (RGBA, alpha marks the character); repeatable",
+    )
     parser.add_argument("--frames-dir", help="also write lossless PNG frames to this folder")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="auto: bf16 autocast on GPU, fp32 on CPU")
+    parser.add_argument(
+        "--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
 
 
 def register(subparsers) -> None:
@@ -58,17 +77,44 @@ def run(args) -> int:
     require_text_dependencies(args.model)
     use_bundled = args.model is None
     if use_bundled:
-        print(f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "
-              f"demo model ({bundled.bundled_model_dir()}); prompts and --cfg do not apply to it")
-    settings = sampling_settings(args.preset, use_bundled, sampler=args.sampler, steps=args.steps, shift=args.shift,
-                                 guidance_scale=args.cfg, segment_length=args.segment_length, overlap=args.overlap)
+        print(
+            f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "
+            f"demo model ({bundled.bundled_model_dir()}); prompts and --cfg do not apply to it"
+        )
+    settings = sampling_settings(
+        args.preset,
+        use_bundled,
+        sampler=args.sampler,
+        steps=args.steps,
+        shift=args.shift,
+        guidance_scale=args.cfg,
+        segment_length=args.segment_length,
+        overlap=args.overlap,
+    )
     request = AnimateRequest(
-        ref=args.ref, driving=args.driving, out=args.out, model=args.model, driving_mask=args.driving_mask,
-        ref_mask=args.ref_mask, prompt=args.prompt, negative_prompt=args.negative_prompt, mode=args.mode,
-        height=args.height, width=args.width, max_frames=args.max_frames, settings=settings, seed=args.seed,
-        loras=args.lora, device=args.device, dtype=args.dtype, frames_dir=args.frames_dir, extra_refs=args.extra_ref,
+        ref=args.ref,
+        driving=args.driving,
+        out=args.out,
+        model=args.model,
+        driving_mask=args.driving_mask,
+        ref_mask=args.ref_mask,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        mode=args.mode,
+        height=args.height,
+        width=args.width,
+        max_frames=args.max_frames,
+        settings=settings,
+        seed=args.seed,
+        loras=args.lora,
+        device=args.device,
+        dtype=args.dtype,
+        frames_dir=args.frames_dir,
+        extra_refs=args.extra_ref,
     )
     manifest = run_animate(request)
-    print(f"wrote {manifest['output']}: {manifest['frames']} frames at {manifest['fps']} fps "
-          f"({manifest['timings_s']['wall_s']:.1f} s)")
+    print(
+        f"wrote {manifest['output']}: {manifest['frames']} frames at {manifest['fps']} fps "
+        f"({manifest['timings_s']['wall_s']:.1f} s)"
+    )
     return 0

@@ -9,9 +9,13 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, help="model folder with vae/ (and text_encoder/, image_encoder/)")
     parser.add_argument("--out", required=True, help="cache folder (an unfinished one is resumed)")
     parser.add_argument("--text-len", type=int, default=512, help="token budget of the text encoder")
-    parser.add_argument("--driving", choices=["frames", "skeleton"], default="frames",
-                        help="condition on the driving frames (SCAIL-2) or on stick figures re-rendered from the "
-                             "procedural rig (the skeleton-driven baseline)")
+    parser.add_argument(
+        "--driving",
+        choices=["frames", "skeleton"],
+        default="frames",
+        help="condition on the driving frames (SCAIL-2) or on stick figures re-rendered from the "
+        "procedural rig (the skeleton-driven baseline)",
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="storage dtype of the latents")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
@@ -35,12 +39,14 @@ def run(args) -> int:
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    encoder = CacheEncoder.from_model_dir(args.model, device=device, text_len=args.text_len, dtype=dtype,
-                                           driving=args.driving)
+    encoder = CacheEncoder.from_model_dir(
+        args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
+    )
     meta = Path(args.data) / "meta.json"
     is_preference = meta.is_file() and json.loads(meta.read_text()).get("format") == preference.FORMAT
     build = preference.build_preference_cache if is_preference else build_cache  # winners + losers for DPO
-    complete = build(args.data, args.out, encoder, shard_index=args.shard_index, num_shards=args.num_shards,
-                     progress=not args.quiet)
+    complete = build(
+        args.data, args.out, encoder, shard_index=args.shard_index, num_shards=args.num_shards, progress=not args.quiet
+    )
     print(f"{args.out}: {'complete' if complete else 'this machine is done; other shards are still missing'}")
     return 0

@@ -13,11 +13,16 @@ def register(subparsers) -> None:
         help="the SCAIL-2 DiT: SAT release checkpoint, Wan-style state dict or MLX layout (detected automatically)",
     )
     transformer.add_argument("--input", required=True, help="checkpoint file (.pt, .pth or .safetensors)")
-    transformer.add_argument("--config", required=True,
-                             help="a preset (14b, 1.3b, tiny) or an upstream-style config JSON (config-14b.json)")
+    transformer.add_argument(
+        "--config", required=True, help="a preset (14b, 1.3b, tiny) or an upstream-style config JSON (config-14b.json)"
+    )
     transformer.add_argument("--out", required=True, help="output folder (config.json + safetensors shards)")
-    transformer.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                             help="storage dtype; timestep, modulation and norm weights stay fp32 (default bf16)")
+    transformer.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default="bf16",
+        help="storage dtype; timestep, modulation and norm weights stay fp32 (default bf16)",
+    )
     transformer.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="shard size cap in GiB")
     transformer.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     transformer.set_defaults(func=run_transformer)
@@ -27,8 +32,12 @@ def register(subparsers) -> None:
     release.add_argument("--out", required=True, help="output pipeline folder")
     release.add_argument("--config", default="14b", help="transformer preset or upstream config JSON (default 14b)")
     release.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="transformer storage dtype")
-    release.add_argument("--clip-heads", type=int, default=16,
-                         help="attention heads of the CLIP vision tower (not stored in its file; 16 for ViT-H/14)")
+    release.add_argument(
+        "--clip-heads",
+        type=int,
+        default=16,
+        help="attention heads of the CLIP vision tower (not stored in its file; 16 for ViT-H/14)",
+    )
     release.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     release.set_defaults(func=run_release)
 
@@ -36,8 +45,14 @@ def register(subparsers) -> None:
 def run_transformer(args) -> int:
     from scail2.models.convert import convert_transformer
 
-    out = convert_transformer(args.input, args.config, args.out, dtype=args.dtype,
-                              max_shard_size_gb=args.max_shard_size, overwrite=args.overwrite)
+    out = convert_transformer(
+        args.input,
+        args.config,
+        args.out,
+        dtype=args.dtype,
+        max_shard_size_gb=args.max_shard_size,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -45,7 +60,13 @@ def run_transformer(args) -> int:
 def run_release(args) -> int:
     from scail2.models.convert_release import convert_release
 
-    out = convert_release(args.official_dir, args.out, config=args.config, dtype=args.dtype, overwrite=args.overwrite,
-                          clip_heads=args.clip_heads)
+    out = convert_release(
+        args.official_dir,
+        args.out,
+        config=args.config,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        clip_heads=args.clip_heads,
+    )
     print(f"wrote {out}")
     return 0

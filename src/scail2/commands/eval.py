@@ -6,8 +6,10 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="score models against the ground truth of a held-out split")
     parser.add_argument("--model", help="SCAIL-2 model folder (default: the bundled demo model)")
-    parser.add_argument("--skeleton-model", help="skeleton-driven baseline model folder (default: the bundled one; "
-                                                  "'none' leaves the row out)")
+    parser.add_argument(
+        "--skeleton-model",
+        help="skeleton-driven baseline model folder (default: the bundled one; 'none' leaves the row out)",
+    )
     parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out split")
     parser.add_argument("--pairs", type=int, help="pairs of the split to use (default: all 64)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's setting)")

@@ -9,8 +9,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="preference dataset folder (an unfinished one is resumed)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model folder: its SCAIL2Pipeline re-synthesises (the real construction)")
-    source.add_argument("--procedural", action="store_true",
-                        help="weight-free drift model instead of a generator (tests and bootstrapping only)")
+    source.add_argument(
+        "--procedural",
+        action="store_true",
+        help="weight-free drift model instead of a generator (tests and bootstrapping only)",
+    )
     parser.add_argument("--num", type=int, help="use the first N pairs (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps per generation (with --model)")
     parser.add_argument("--seed", type=int, default=0)
@@ -38,7 +41,14 @@ def run(args) -> int:
         pipeline = load_pipeline(args.model, resolve_device(args.device))
         settings = SamplingSettings(sampler="unipc", steps=args.steps, guidance_scale=1.0)
         animator = PipelineAnimator(pipeline, settings, seed=args.seed, name=model_fingerprint(args.model))
-    write_preference_dataset(args.data, args.out, animator, num_pairs=args.num, shard_index=args.shard_index,
-                             num_shards=args.num_shards, progress=not args.quiet)
+    write_preference_dataset(
+        args.data,
+        args.out,
+        animator,
+        num_pairs=args.num,
+        shard_index=args.shard_index,
+        num_shards=args.num_shards,
+        progress=not args.quiet,
+    )
     print(f"wrote {args.out}; encode it with `scail2 cache --data {args.out} ...`")
     return 0

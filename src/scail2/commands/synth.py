@@ -7,9 +7,11 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "synth", help="synthesise paired training data (procedural characters) as WebDataset shards",
+        "synth",
+        help="synthesise paired training data (procedural characters) as WebDataset shards",
         description="Render pairs of videos in which the same motion is performed by different characters "
-                    "(animation, replacement, multi-character) and write them as resumable WebDataset shards.")
+        "(animation, replacement, multi-character) and write them as resumable WebDataset shards.",
+    )
     parser.add_argument("--out", help="dataset directory (created; an unfinished run there is resumed)")
     parser.add_argument("--num", type=int, default=1000, help="number of pairs (default 1000)")
     parser.add_argument("--size", default="128", help="frame size: S for SxS, or HxW (default 128)")
@@ -57,11 +59,21 @@ def run(args: argparse.Namespace) -> int:
     generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))
     if args.out:
         shard_index, num_shards = resolve_sharding(args.shard_index, args.num_shards)
-        report = write_dataset(generator, args.out, args.num, shard_size=args.shard_size, workers=args.workers,
-                               shard_index=shard_index, num_shards=num_shards, progress=not args.quiet)
+        report = write_dataset(
+            generator,
+            args.out,
+            args.num,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            progress=not args.quiet,
+        )
         state = "complete" if report.complete else "this share done; manifest waits for the other shares"
-        print(f"{args.out}: wrote {report.written_shards} shards ({report.pairs_written} pairs), "
-              f"{report.skipped_shards} already present; {state}")
+        print(
+            f"{args.out}: wrote {report.written_shards} shards ({report.pairs_written} pairs), "
+            f"{report.skipped_shards} already present; {state}"
+        )
     if args.preview:
         samples = [generator.generate(i) for i in range(min(args.preview_pairs, args.num))]
         partial = f"{args.preview}.partial.png"

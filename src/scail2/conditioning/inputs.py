@@ -34,24 +34,42 @@ class AnimationInputs:
     extra_references: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
-    def from_arrays(cls, reference: np.ndarray, reference_mask: np.ndarray, driving: np.ndarray,
-                    driving_masks: np.ndarray, mode: str, prompt: str = "") -> AnimationInputs:
+    def from_arrays(
+        cls,
+        reference: np.ndarray,
+        reference_mask: np.ndarray,
+        driving: np.ndarray,
+        driving_masks: np.ndarray,
+        mode: str,
+        prompt: str = "",
+    ) -> AnimationInputs:
         """uint8 arrays [H, W, 3], [H, W, 3], [T, H, W, 3], [T, H, W, 3] at the driving video's size -> inputs."""
         size = tuple(driving.shape[1:3])
-        return cls(reference=image_to_model(reference, size), reference_mask=image_to_model(reference_mask, size),
-                   driving=torch.from_numpy(np.array(driving)), driving_masks=torch.from_numpy(np.array(driving_masks)),
-                   mode=parse_mode(mode), prompt=prompt)
+        return cls(
+            reference=image_to_model(reference, size),
+            reference_mask=image_to_model(reference_mask, size),
+            driving=torch.from_numpy(np.array(driving)),
+            driving_masks=torch.from_numpy(np.array(driving_masks)),
+            mode=parse_mode(mode),
+            prompt=prompt,
+        )
 
     @classmethod
-    def from_pair(cls, pair, driving: np.ndarray | None = None, driving_masks: np.ndarray | None = None,
-                  prompt: str = "") -> AnimationInputs:
+    def from_pair(
+        cls, pair, driving: np.ndarray | None = None, driving_masks: np.ndarray | None = None, prompt: str = ""
+    ) -> AnimationInputs:
         """A MotionPair sample (reference, reference_mask(), driving, driving_mask(), mode) as inputs.
 
         `driving` / `driving_masks` replace the pair's own driving video and masks (a skeleton render, say).
         """
-        return cls.from_arrays(pair.reference, pair.reference_mask(),
-                               pair.driving if driving is None else driving,
-                               pair.driving_mask() if driving_masks is None else driving_masks, pair.mode, prompt)
+        return cls.from_arrays(
+            pair.reference,
+            pair.reference_mask(),
+            pair.driving if driving is None else driving,
+            pair.driving_mask() if driving_masks is None else driving_masks,
+            pair.mode,
+            prompt,
+        )
 
 
 @dataclass

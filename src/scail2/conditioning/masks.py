@@ -1,9 +1,9 @@
 """Mask tensors the transformer reads (docs/architecture.md, "Mask channels").
 
-    28-channel mask latent   [28, T_lat, h, w]    4 sub-frames x 7 colour planes, area coverage per cell
-    reference-mask stream    [28, 1 + T_lat, h, w] the compressed reference mask, then zeros
-    history mask             [4, T_lat, h, w]      ones on latent frames that are clean history
-    coverage (loss weights)  [C, T_lat, h, w]      per latent cell, the largest area fraction over its frames
+28-channel mask latent   [28, T_lat, h, w]    4 sub-frames x 7 colour planes, area coverage per cell
+reference-mask stream    [28, 1 + T_lat, h, w] the compressed reference mask, then zeros
+history mask             [4, T_lat, h, w]      ones on latent frames that are clean history
+coverage (loss weights)  [C, T_lat, h, w]      per latent cell, the largest area fraction over its frames
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The conditioning streams, encoded alike for generation and for the training latent cache.
 
-    driving frames uint8 [T, H, W, 3]  -> half resolution -> VAE -> pose latents  [1, z, T_lat, H/16, W/16]
-    driving masks  uint8 [T, H, W, 3]  -> half resolution -> 28-channel masks     [1, 28, T_lat, H/16, W/16]
-    reference mask float [3, H, W]     -> 28-channel mask of the reference frame  [1, 28, 1, H/8, W/8]
-    any video      uint8 [T, H, W, 3]  -> VAE -> latents                          [1, z, T_lat, H/8, W/8]
+driving frames uint8 [T, H, W, 3]  -> half resolution -> VAE -> pose latents  [1, z, T_lat, H/16, W/16]
+driving masks  uint8 [T, H, W, 3]  -> half resolution -> 28-channel masks     [1, 28, T_lat, H/16, W/16]
+reference mask float [3, H, W]     -> 28-channel mask of the reference frame  [1, 28, 1, H/8, W/8]
+any video      uint8 [T, H, W, 3]  -> VAE -> latents                          [1, z, T_lat, H/8, W/8]
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from scail2.errors import Scail2Error
 
@@ -128,19 +129,26 @@ class FormatSpec:
         """The header's version, or a one-line Scail2Error naming `source` when the format or version is foreign."""
         found = header.get("format") if isinstance(header, dict) else None
         if found != self.name:
-            raise Scail2Error(f"{source} is not {self.description} (format {found!r} instead of {self.name!r}); point "
-                              f"it at a folder written by {self.cli}")
+            raise Scail2Error(
+                f"{source} is not {self.description} (format {found!r} instead of {self.name!r}); point "
+                f"it at a folder written by {self.cli}"
+            )
         version = header.get("version")
         if version not in self.supported:
             kind = f"{self.kind} " if self.kind else ""
             readable = ", ".join(map(str, self.supported))
-            raise Scail2Error(f"{source} has {kind}format version {version}; this scail2 reads version {readable}: "
-                              f"upgrade scail2 or write it again with {self.cli}")
+            raise Scail2Error(
+                f"{source} has {kind}format version {version}; this scail2 reads version {readable}: "
+                f"upgrade scail2 or write it again with {self.cli}"
+            )
         return version
 
     def read_json(self, path: Path) -> Any:
-        return read_json(path, missing_hint=f"is this a folder written by {self.cli}?",
-                         corrupt_hint=f"it is corrupt: write it again with {self.cli}")
+        return read_json(
+            path,
+            missing_hint=f"is this a folder written by {self.cli}?",
+            corrupt_hint=f"it is corrupt: write it again with {self.cli}",
+        )
 
     def claim_folder(self, out: Path, meta: dict) -> None:
         """Write `out`/meta.json, or, resuming, check that the one there describes the same run."""
@@ -153,9 +161,11 @@ class FormatSpec:
         wanted = json.loads(json.dumps(meta))
         if existing != wanted:
             differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-            raise Scail2Error(f"{path} describes a different dataset (differs in {', '.join(differing)}): other "
-                              f"{self.settings} than this run's; resume with the same ones or choose another output "
-                              f"folder")
+            raise Scail2Error(
+                f"{path} describes a different dataset (differs in {', '.join(differing)}): other "
+                f"{self.settings} than this run's; resume with the same ones or choose another output "
+                f"folder"
+            )
 
     def write_manifest(self, out: Path, shards: list[dict], **fields) -> None:
         write_json_atomic(out / MANIFEST_FILE, self.header(**fields, shards=shards))
@@ -165,9 +175,11 @@ class FormatSpec:
         size and checksum."""
         meta = self.read_json(directory / META_FILE)
         self.check_header(meta, directory / META_FILE)
-        manifest = read_json(directory / MANIFEST_FILE, corrupt_hint=f"it is corrupt: write it again with {self.cli}",
-                             missing_hint=f"the {self.command} run is unfinished; re-run the same {self.cli} command "
-                                          f"to finish it")
+        manifest = read_json(
+            directory / MANIFEST_FILE,
+            corrupt_hint=f"it is corrupt: write it again with {self.cli}",
+            missing_hint=f"the {self.command} run is unfinished; re-run the same {self.cli} command to finish it",
+        )
         self.check_header(manifest, directory / MANIFEST_FILE)
         for record in manifest["shards"]:
             self.check_shard(directory / record["name"], record, verify)
@@ -177,5 +189,7 @@ class FormatSpec:
         if not path.is_file():
             raise Scail2Error(f"{path} is listed in the manifest but missing; re-run {self.cli} to write it again")
         if checksum and (path.stat().st_size != record["bytes"] or file_sha256(path) != record["sha256"]):
-            raise Scail2Error(f"{path} does not match its manifest checksum; it is corrupt or foreign: delete it and "
-                              f"re-run {self.cli} to write it again")
+            raise Scail2Error(
+                f"{path} does not match its manifest checksum; it is corrupt or foreign: delete it and "
+                f"re-run {self.cli} to write it again"
+            )

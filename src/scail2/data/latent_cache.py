@@ -26,9 +26,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,11 +54,25 @@ if TYPE_CHECKING:
     from scail2.data.shards import MotionPairDataset
 
 # Version 2 added target_masks to every record; version 1 caches may lack it (readers of it must cope).
-LATENT_CACHE = FormatSpec("scail2-latent-cache", version=2, supported=(1, 2), description="a scail2 latent cache",
-                          command="cache", settings="data or encoders", kind="cache")
+LATENT_CACHE = FormatSpec(
+    "scail2-latent-cache",
+    version=2,
+    supported=(1, 2),
+    description="a scail2 latent cache",
+    command="cache",
+    settings="data or encoders",
+    kind="cache",
+)
 FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = LATENT_CACHE.name, LATENT_CACHE.version, LATENT_CACHE.supported
-TENSOR_FIELDS = ("target_latents", "ref_latents", "ref_masks", "pose_latents", "driving_masks", "detail_masks",
-                 "target_masks")
+TENSOR_FIELDS = (
+    "target_latents",
+    "ref_latents",
+    "ref_masks",
+    "pose_latents",
+    "driving_masks",
+    "detail_masks",
+    "target_masks",
+)
 OPTIONAL_FIELDS = ("text_embeds", "image_embeds")  # with those encoders
 NULL_TEXT_FILE = "null_text.safetensors"
 
@@ -65,8 +80,11 @@ NULL_TEXT_FILE = "null_text.safetensors"
 def caption_for(metadata: dict) -> str:
     """A short description of the target video from procedural metadata ("a quadruped runs; a bird waves")."""
     characters = metadata.get("characters") or []
-    parts = [f"a {c['reference']['plan']} doing {c['motion']['kind']}" for c in characters
-             if "reference" in c and "motion" in c]
+    parts = [
+        f"a {c['reference']['plan']} doing {c['motion']['kind']}"
+        for c in characters
+        if "reference" in c and "motion" in c
+    ]
     return "; ".join(parts)
 
 
@@ -78,8 +96,16 @@ def caption_for(metadata: dict) -> str:
 class CacheEncoder:
     """Encodes PairSamples with the VAE and, when given, the text and image encoders."""
 
-    def __init__(self, vae, text_encoder=None, tokenizer=None, image_encoder=None, text_len: int = 512,
-                 dtype: torch.dtype = torch.float32, driving: str = "frames"):
+    def __init__(
+        self,
+        vae,
+        text_encoder=None,
+        tokenizer=None,
+        image_encoder=None,
+        text_len: int = 512,
+        dtype: torch.dtype = torch.float32,
+        driving: str = "frames",
+    ):
         if driving not in DRIVING_SOURCES:
             raise Scail2Error(f"unknown driving source {driving!r}; choose from {', '.join(DRIVING_SOURCES)}")
         self.driving = driving
@@ -88,16 +114,24 @@ class CacheEncoder:
         self.text_len, self.dtype = text_len, dtype
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, device: str = "cpu", text_len: int = 512,
-                       dtype: torch.dtype = torch.float32, driving: str = "frames") -> "CacheEncoder":
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        text_len: int = 512,
+        dtype: torch.dtype = torch.float32,
+        driving: str = "frames",
+    ) -> CacheEncoder:
         """Components of a model folder: `vae/` is required; text_encoder/, tokenizer/, image_encoder/ are used
         when present."""
         from diffusers import AutoencoderKLWan
 
         root = Path(model_dir)
         if not (root / "vae").is_dir():
-            raise Scail2Error(f"{root}: no vae/ folder; pass a model folder written by `scail2 convert all`, "
-                              "`scail2 train` or `SCAIL2Pipeline.save_pretrained`")
+            raise Scail2Error(
+                f"{root}: no vae/ folder; pass a model folder written by `scail2 convert all`, "
+                "`scail2 train` or `SCAIL2Pipeline.save_pretrained`"
+            )
         vae = AutoencoderKLWan.from_pretrained(root / "vae").to(device).eval()
         text_encoder = tokenizer = image_encoder = None
         if (root / "text_encoder").is_dir():
@@ -112,8 +146,12 @@ class CacheEncoder:
         return cls(vae, text_encoder, tokenizer, image_encoder, text_len=text_len, dtype=dtype, driving=driving)
 
     def describe(self) -> dict:
-        described = {"text_encoder": self.text_encoder is not None, "image_encoder": self.image_encoder is not None,
-                     "text_len": self.text_len, "dtype": str(self.dtype).removeprefix("torch.")}
+        described = {
+            "text_encoder": self.text_encoder is not None,
+            "image_encoder": self.image_encoder is not None,
+            "text_len": self.text_len,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
         if self.driving != "frames":  # caches of driving frames keep their original description
             described["driving"] = self.driving
         return described
@@ -148,8 +186,12 @@ class CacheEncoder:
         if self.image_encoder is not None:
             pixels = clip_pixel_values(reference, size=self.image_encoder.config.image_size)
             record["image_embeds"] = clip_image_features(self.image_encoder, pixels)[0].float()
-        return {k: v.detach().to("cpu", self.dtype if k not in ("detail_masks", "target_masks") else torch.float32).contiguous()
-                for k, v in record.items()}
+        return {
+            k: v.detach()
+            .to("cpu", self.dtype if k not in ("detail_masks", "target_masks") else torch.float32)
+            .contiguous()
+            for k, v in record.items()
+        }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -227,28 +269,52 @@ def cache_shard(encoder: CacheEncoder, source_shard: Path, out: Path, progress=N
         for sample in read_shard(source_shard):
             encoded = encoder.encode(sample)
             info = json.dumps({"key": sample.key, "task": sample.task, "mode": sample.mode}).encode()
-            members.append({
-                "key": sample.key, "mode": sample.mode, "shape": list(encoded["target_latents"].shape),
-                "tensors": _add_member(tar, f"{sample.key}.safetensors", save_tensors(encoded)),
-                "info": _add_member(tar, f"{sample.key}.json", info),
-            })
+            members.append(
+                {
+                    "key": sample.key,
+                    "mode": sample.mode,
+                    "shape": list(encoded["target_latents"].shape),
+                    "tensors": _add_member(tar, f"{sample.key}.safetensors", save_tensors(encoded)),
+                    "info": _add_member(tar, f"{sample.key}.json", info),
+                }
+            )
             if progress is not None:
                 progress.update(1)
     return shard_record(out, source=source_shard.name, count=len(members), members=members)
 
 
-def build_cache(data_dir: str | Path, out_dir: str | Path, encoder: CacheEncoder, shard_index: int | None = None,
-                num_shards: int | None = None, progress: bool = True) -> bool:
+def build_cache(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    encoder: CacheEncoder,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    progress: bool = True,
+) -> bool:
     """Encode a synthesised dataset; returns True when the whole cache (manifest included) is complete."""
     from scail2.data.shards import MotionPairDataset
 
-    return cache_dataset(MotionPairDataset(data_dir, verify=False), out_dir, encoder, shard_index=shard_index,
-                         num_shards=num_shards, progress=progress)
+    return cache_dataset(
+        MotionPairDataset(data_dir, verify=False),
+        out_dir,
+        encoder,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        progress=progress,
+    )
 
 
-def cache_dataset(dataset: MotionPairDataset, out_dir: str | Path, encoder: CacheEncoder, *,
-                  extra_meta: dict | None = None, shard_encoder: Callable[[CacheEncoder, Path], object] | None = None,
-                  shard_index: int | None = None, num_shards: int | None = None, progress: bool = True) -> bool:
+def cache_dataset(
+    dataset: MotionPairDataset,
+    out_dir: str | Path,
+    encoder: CacheEncoder,
+    *,
+    extra_meta: dict | None = None,
+    shard_encoder: Callable[[CacheEncoder, Path], object] | None = None,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    progress: bool = True,
+) -> bool:
     """Encode the shards of a finished `MotionPairDataset` (or a dataset laid out like one) into a cache.
 
     Resumable (finished shards have a completion record and are skipped) and shardable (`shard_index/num_shards`,
@@ -262,9 +328,15 @@ def cache_dataset(dataset: MotionPairDataset, out_dir: str | Path, encoder: Cach
     index, count = resolve_sharding(shard_index, num_shards)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    LATENT_CACHE.claim_folder(out, LATENT_CACHE.header(
-        source=str(dataset.directory.resolve()), source_meta=dataset.meta, encoders=encoder.describe(),
-        **(extra_meta or {})))
+    LATENT_CACHE.claim_folder(
+        out,
+        LATENT_CACHE.header(
+            source=str(dataset.directory.resolve()),
+            source_meta=dataset.meta,
+            encoders=encoder.describe(),
+            **(extra_meta or {}),
+        ),
+    )
     if encoder.text_encoder is not None and not (out / NULL_TEXT_FILE).exists():
         null_text = encoder.encode_text([""])[0].contiguous()
         atomic_write_bytes(out / NULL_TEXT_FILE, save_tensors({"text_embeds": null_text}))

@@ -1,10 +1,12 @@
-"""Paired training samples: the same motion performed by different identities (MotionPair; docs/architecture.md, "Training").
+"""Paired training samples: the same motion performed by different identities (MotionPair).
+
+See docs/architecture.md, "Training".
 
 A `PairSample` holds a reference image and mask, a driving video and masks, a target video and masks, the
 task and JSON metadata. Masks are kept as identity maps (0 background, k = identity k); `*_mask()` turns
-them into the upstream palette with the background colour of the mode (docs/architecture.md, "Modes"): animation puts a WHITE
-background on the reference mask and BLACK on the driving mask, replacement the other way round. Target
-masks always have a black background. Per-frame detail maps tag limb ends (1) and face/head (2).
+them into the upstream palette with the background colour of the mode (docs/architecture.md, "Modes"):
+animation puts a WHITE background on the reference mask and BLACK on the driving mask, replacement the other
+way round. Target masks always have a black background. Per-frame detail maps tag limb ends (1) and face/head (2).
 
 Generators make samples from an index, deterministically:
 - `ProceduralPairGenerator` builds them in the procedural world, exact by construction;
@@ -14,8 +16,9 @@ Generators make samples from an index, deterministically:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -27,13 +30,13 @@ from scail2.data.world import (
     Motion,
     Placement,
     Rendered,
+    Scene,
     evaluate_motion,
     render_video,
     sample_camera,
     sample_character,
     sample_motion,
     sample_scene,
-    Scene,
 )
 from scail2.errors import Scail2Error
 from scail2.modes import Mode, parse_mode
@@ -84,16 +87,22 @@ class PairSample:
         """Raise Scail2Error naming the sample when shapes or dtypes are inconsistent."""
         frames, height, width = self.driving.shape[:3]
         expected = {
-            "reference": (height, width, 3), "reference_ids": (height, width), "reference_detail": (height, width),
-            "driving": (frames, height, width, 3), "driving_ids": (frames, height, width),
-            "driving_detail": (frames, height, width), "target": (frames, height, width, 3),
-            "target_ids": (frames, height, width), "target_detail": (frames, height, width),
+            "reference": (height, width, 3),
+            "reference_ids": (height, width),
+            "reference_detail": (height, width),
+            "driving": (frames, height, width, 3),
+            "driving_ids": (frames, height, width),
+            "driving_detail": (frames, height, width),
+            "target": (frames, height, width, 3),
+            "target_ids": (frames, height, width),
+            "target_detail": (frames, height, width),
         }
         for name, shape in expected.items():
             array = getattr(self, name)
             if array.shape != shape or array.dtype != np.uint8:
-                raise Scail2Error(f"sample {self.key}: {name} is {array.dtype}{list(array.shape)}, expected "
-                                  f"uint8{list(shape)}")
+                raise Scail2Error(
+                    f"sample {self.key}: {name} is {array.dtype}{list(array.shape)}, expected uint8{list(shape)}"
+                )
         if self.task not in TASKS or self.mode not in MASK_BACKGROUNDS:
             raise Scail2Error(f"sample {self.key}: unknown task {self.task!r} or mode {self.mode!r}")
         for name in ("reference_ids", "driving_ids", "target_ids"):
@@ -138,9 +147,17 @@ class SynthConfig:
             raise Scail2Error(f"max_characters must be in 2..{MAX_IDENTITIES}, got {self.max_characters}")
 
     def to_json(self) -> dict:
-        return {"height": self.height, "width": self.width, "frames": self.frames, "tasks": list(self.tasks),
-                "seed": self.seed, "fps": self.fps, "cross_plan": self.cross_plan,
-                "same_identity": self.same_identity, "max_characters": self.max_characters}
+        return {
+            "height": self.height,
+            "width": self.width,
+            "frames": self.frames,
+            "tasks": list(self.tasks),
+            "seed": self.seed,
+            "fps": self.fps,
+            "cross_plan": self.cross_plan,
+            "same_identity": self.same_identity,
+            "max_characters": self.max_characters,
+        }
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,9 @@ class _Cast:
 class ProceduralPairGenerator:
     """Pairs from the procedural world; sample `index` depends only on (config.seed, index)."""
 
-    VERSION = 2  # bump when a change alters the generated pixels (2: the reference is taken from the target's first view)
+    VERSION = (
+        2  # bump when a change alters the generated pixels (2: the reference is taken from the target's first view)
+    )
 
     def __init__(self, config: SynthConfig):
         self.config = config
@@ -169,8 +188,12 @@ class ProceduralPairGenerator:
 
     def generate(self, index: int) -> PairSample:
         cfg = self.config
-        rngs = dict(zip(("task", "cast", "motion", "camera", "scene_a", "scene_b", "reference"),
-                        (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(7))))
+        rngs = dict(
+            zip(
+                ("task", "cast", "motion", "camera", "scene_a", "scene_b", "reference"),
+                (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(7)),
+            )
+        )
         task = str(rngs["task"].choice(cfg.tasks, p=self._task_p))
         cast = self._cast(rngs, task)
         camera = sample_camera(rngs["camera"])
@@ -192,9 +215,21 @@ class ProceduralPairGenerator:
         start_view = Camera(camera.x, camera.zoom, 0.0, 0.0)
         reference = render_video(scene_b, start_view, ref_actors, cfg.height, cfg.width, 1, cfg.fps)
         metadata = self._metadata(index, task, cast, identities, camera, scene_a, scene_b, ref_actors)
-        return PairSample(f"{index:09d}", task, TASK_MODES[task], reference.frames[0], reference.ids[0],
-                          reference.detail[0], driving.frames, driving.ids, driving.detail, target.frames,
-                          target.ids, target.detail, metadata)
+        return PairSample(
+            f"{index:09d}",
+            task,
+            TASK_MODES[task],
+            reference.frames[0],
+            reference.ids[0],
+            reference.detail[0],
+            driving.frames,
+            driving.ids,
+            driving.detail,
+            target.frames,
+            target.ids,
+            target.detail,
+            metadata,
+        )
 
     def _cast(self, rngs: dict, task: str) -> _Cast:
         cfg, rng = self.config, rngs["cast"]
@@ -246,27 +281,42 @@ class ProceduralPairGenerator:
         characters = []
         for k in range(len(cast.drivers)):
             ref_actor = next(a for a in ref_actors if a.identity == identities[k])
-            characters.append({
-                "identity": identities[k],
-                "colour": list(IDENTITY_COLORS[identities[k] - 1]),
-                "driving": cast.drivers[k].to_json(),
-                "reference": cast.references[k].to_json(),
-                "motion": cast.motions[k].to_json(),
-                "placement": cast.placements[k].to_json(),
-                "reference_pose": {"motion": ref_actor.motion.to_json(), "placement": ref_actor.placement.to_json()},
-            })
+            characters.append(
+                {
+                    "identity": identities[k],
+                    "colour": list(IDENTITY_COLORS[identities[k] - 1]),
+                    "driving": cast.drivers[k].to_json(),
+                    "reference": cast.references[k].to_json(),
+                    "motion": cast.motions[k].to_json(),
+                    "placement": cast.placements[k].to_json(),
+                    "reference_pose": {
+                        "motion": ref_actor.motion.to_json(),
+                        "placement": ref_actor.placement.to_json(),
+                    },
+                }
+            )
         characters.sort(key=lambda c: c["identity"])
         cfg = self.config
         return {
-            "index": index, "seed": cfg.seed, "task": task, "mode": TASK_MODES[task],
-            "height": cfg.height, "width": cfg.width, "frames": cfg.frames, "fps": cfg.fps,
+            "index": index,
+            "seed": cfg.seed,
+            "task": task,
+            "mode": TASK_MODES[task],
+            "height": cfg.height,
+            "width": cfg.width,
+            "frames": cfg.frames,
+            "fps": cfg.fps,
             "same_identity": cast.same_identity,
             "cross_body_plan": any(d.plan != r.plan for d, r in zip(cast.drivers, cast.references)),
-            "body_plans": {"driving": [c["driving"]["plan"] for c in characters],
-                           "reference": [c["reference"]["plan"] for c in characters]},
+            "body_plans": {
+                "driving": [c["driving"]["plan"] for c in characters],
+                "reference": [c["reference"]["plan"] for c in characters],
+            },
             "motions": [c["motion"]["kind"] for c in characters],
-            "characters": characters, "camera": camera.to_json(),
-            "driving_scene": scene_a.to_json(), "reference_scene": scene_b.to_json(),
+            "characters": characters,
+            "camera": camera.to_json(),
+            "driving_scene": scene_a.to_json(),
+            "reference_scene": scene_b.to_json(),
             "generator": self.describe(),
         }
 
@@ -275,15 +325,29 @@ def _world_of(metadata: dict, scene_key: str, with_actors: bool = True) -> tuple
     try:
         scene, camera = Scene.from_json(metadata[scene_key]), Camera.from_json(metadata["camera"])
         size = (metadata["height"], metadata["width"], metadata["frames"], metadata["fps"])
-        actors = [Actor(Character.from_json(c["driving"]), Motion.from_json(c["motion"]),
-                        Placement.from_json(c["placement"]), int(c["identity"]))
-                  for c in metadata["characters"]] if with_actors else []
+        actors = (
+            [
+                Actor(
+                    Character.from_json(c["driving"]),
+                    Motion.from_json(c["motion"]),
+                    Placement.from_json(c["placement"]),
+                    int(c["identity"]),
+                )
+                for c in metadata["characters"]
+            ]
+            if with_actors
+            else []
+        )
     except (KeyError, TypeError) as error:
-        raise Scail2Error(f"sample {metadata.get('index')}: metadata lacks {error}; only procedural pairs "
-                          "(scail2 synth) can be re-rendered") from None
+        raise Scail2Error(
+            f"sample {metadata.get('index')}: metadata lacks {error}; only procedural pairs "
+            "(scail2 synth) can be re-rendered"
+        ) from None
     if with_actors and not actors:
-        raise Scail2Error(f"sample {metadata.get('index')}: metadata lists no characters; only procedural pairs "
-                          "(scail2 synth) can be re-rendered")
+        raise Scail2Error(
+            f"sample {metadata.get('index')}: metadata lists no characters; only procedural pairs "
+            "(scail2 synth) can be re-rendered"
+        )
     return scene, camera, actors, size
 
 
@@ -314,8 +378,10 @@ def target_plate(metadata: dict) -> np.ndarray:
     try:
         mode = parse_mode(str(metadata.get("mode")))
     except Scail2Error:
-        raise Scail2Error(f"sample {metadata.get('index')}: metadata has no valid mode; only procedural pairs "
-                          "(scail2 synth) can be re-rendered") from None
+        raise Scail2Error(
+            f"sample {metadata.get('index')}: metadata has no valid mode; only procedural pairs "
+            "(scail2 synth) can be re-rendered"
+        ) from None
     key = "reference_scene" if mode == "animate" else "driving_scene"
     scene, camera, _, size = _world_of(metadata, key, with_actors=False)
     return render_video(scene, camera, [], *size).frames
@@ -323,7 +389,8 @@ def target_plate(metadata: dict) -> np.ndarray:
 
 def _left_to_right(first_ids: np.ndarray, cast: _Cast) -> list[int]:
     """Palette identity of each actor: ordered by the bounding-box centre x of its first-frame mask
-    (SCAIL-Pose's rule; docs/architecture.md, "Colour palette"); an actor hidden in frame 0 is ordered by its start position."""
+    (SCAIL-Pose's rule; docs/architecture.md, "Colour palette"); an actor hidden in frame 0 is ordered by its
+    start position."""
     centres = []
     for k, placement in enumerate(cast.placements):
         cols = np.flatnonzero((first_ids == k + 1).any(axis=0))
@@ -339,7 +406,7 @@ def _left_to_right(first_ids: np.ndarray, cast: _Cast) -> list[int]:
 def _renumber(video, identities: list[int]):
     """The video with provisional identity k + 1 replaced by identities[k]."""
     lut = np.arange(256, dtype=np.uint8)
-    lut[1:len(identities) + 1] = identities
+    lut[1 : len(identities) + 1] = identities
     return Rendered(video.frames, lut[video.ids], video.detail)
 
 
@@ -397,15 +464,26 @@ class ModelPairGenerator:
     to turn that synthetic video back into the real one, so synthetic artefacts never enter supervision.
     """
 
-    def __init__(self, clips: Sequence[RealClip], animate: AnimateFn, seed: int = 0,
-                 identity_source: IdentitySource = procedural_identity, replace_fraction: float = 0.25,
-                 name: str = "model"):
+    def __init__(
+        self,
+        clips: Sequence[RealClip],
+        animate: AnimateFn,
+        seed: int = 0,
+        identity_source: IdentitySource = procedural_identity,
+        replace_fraction: float = 0.25,
+        name: str = "model",
+    ):
         self.clips, self.animate, self.seed = clips, animate, seed
         self.identity_source, self.replace_fraction, self.name = identity_source, replace_fraction, name
 
     def describe(self) -> dict:
-        return {"generator": "model", "name": self.name, "seed": self.seed, "clips": len(self.clips),
-                "replace_fraction": self.replace_fraction}
+        return {
+            "generator": "model",
+            "name": self.name,
+            "seed": self.seed,
+            "clips": len(self.clips),
+            "replace_fraction": self.replace_fraction,
+        }
 
     def generate(self, index: int) -> PairSample:
         if not 0 <= index < len(self.clips):
@@ -416,25 +494,52 @@ class ModelPairGenerator:
         frames, height, width = clip.frames.shape[:3]
         new_identity, new_ids = self.identity_source(rng, height, width)
         backgrounds = MASK_BACKGROUNDS[mode]
-        request = AnimationRequest(mode, new_identity, palette_mask(new_ids, backgrounds["reference"]),
-                                   clip.frames, palette_mask(clip.ids, backgrounds["driving"]),
-                                   int(rng.integers(2**31)))
+        request = AnimationRequest(
+            mode,
+            new_identity,
+            palette_mask(new_ids, backgrounds["reference"]),
+            clip.frames,
+            palette_mask(clip.ids, backgrounds["driving"]),
+            int(rng.integers(2**31)),
+        )
         result = self.animate(request)
         if result.frames.shape != clip.frames.shape or result.ids.shape != clip.ids.shape:
-            raise Scail2Error(f"clip {clip.key}: the animation callable returned frames {list(result.frames.shape)} "
-                              f"and ids {list(result.ids.shape)}; expected {list(clip.frames.shape)} and "
-                              f"{list(clip.ids.shape)}")
+            raise Scail2Error(
+                f"clip {clip.key}: the animation callable returned frames {list(result.frames.shape)} "
+                f"and ids {list(result.ids.shape)}; expected {list(clip.frames.shape)} and "
+                f"{list(clip.ids.shape)}"
+            )
         detail = clip.detail if clip.detail is not None else np.zeros(clip.ids.shape, np.uint8)
         task = mode
         if int(clip.ids.max(initial=0)) > 1:
             task = "multi"
-        metadata = {"index": index, "task": task, "mode": mode, "clip": clip.key, "request_seed": request.seed,
-                    "height": height, "width": width, "frames": frames, "detail_known": clip.detail is not None,
-                    "generator": self.describe()}
-        sample = PairSample(f"{index:09d}", task, mode, clip.reference, clip.reference_ids,
-                            np.zeros(clip.reference_ids.shape, np.uint8), result.frames.astype(np.uint8),
-                            result.ids.astype(np.uint8), np.zeros(clip.ids.shape, np.uint8), clip.frames, clip.ids,
-                            detail, metadata)
+        metadata = {
+            "index": index,
+            "task": task,
+            "mode": mode,
+            "clip": clip.key,
+            "request_seed": request.seed,
+            "height": height,
+            "width": width,
+            "frames": frames,
+            "detail_known": clip.detail is not None,
+            "generator": self.describe(),
+        }
+        sample = PairSample(
+            f"{index:09d}",
+            task,
+            mode,
+            clip.reference,
+            clip.reference_ids,
+            np.zeros(clip.reference_ids.shape, np.uint8),
+            result.frames.astype(np.uint8),
+            result.ids.astype(np.uint8),
+            np.zeros(clip.ids.shape, np.uint8),
+            clip.frames,
+            clip.ids,
+            detail,
+            metadata,
+        )
         sample.check()
         return sample
 
@@ -460,8 +565,10 @@ def contact_sheet(samples: Sequence[PairSample], columns: int = 4, gap: int = 4)
         label = Image.new("RGB", (body.shape[1], 14), (30, 30, 30))
         meta = sample.metadata
         plans = meta.get("body_plans", {})
-        text = (f"{sample.key} {sample.task}  driving {'+'.join(plans.get('driving', []))} -> reference "
-                f"{'+'.join(plans.get('reference', []))}  motion {'+'.join(meta.get('motions', []))}")
+        text = (
+            f"{sample.key} {sample.task}  driving {'+'.join(plans.get('driving', []))} -> reference "
+            f"{'+'.join(plans.get('reference', []))}  motion {'+'.join(meta.get('motions', []))}"
+        )
         ImageDraw.Draw(label).text((3, 1), text, fill=(235, 235, 235))
         blocks.append(np.concatenate([np.asarray(label), body, np.full((gap * 2, body.shape[1], 3), 15, np.uint8)]))
     width = max(b.shape[1] for b in blocks)

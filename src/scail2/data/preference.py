@@ -1,4 +1,6 @@
-"""Bias-aware preference pairs for DPO (docs/architecture.md, "DPO"): the loser's driving signal went through one more synthesis.
+"""Bias-aware preference pairs for DPO: the loser's driving signal went through one more synthesis.
+
+See docs/architecture.md, "DPO".
 
 For a MotionPair sample (reference R, driving video d with masks, target y) and an animation function G:
 
@@ -34,9 +36,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -62,8 +65,15 @@ from scail2.modes import parse_mode
 from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
-PREFERENCE = FormatSpec("scail2-preference", version=1, supported=(1,), description="a scail2 preference dataset",
-                        command="prefs", settings="source data or animator", kind="preference")
+PREFERENCE = FormatSpec(
+    "scail2-preference",
+    version=1,
+    supported=(1,),
+    description="a scail2 preference dataset",
+    command="prefs",
+    settings="source data or animator",
+    kind="preference",
+)
 FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = PREFERENCE.name, PREFERENCE.version, PREFERENCE.supported
 DEFAULT_SHARD_SIZE = 32  # a model-based build spends minutes per pair; small shards lose little when killed
 LOSER_FIELD = "loser_latents"
@@ -72,8 +82,14 @@ LOSER_FIELD = "loser_latents"
 class Animator(Protocol):
     """G: animate `reference` with the motion of `driving` (uint8 arrays) -> frames [F, H, W, 3] uint8."""
 
-    def __call__(self, reference: np.ndarray, reference_mask: np.ndarray, driving: np.ndarray,
-                 driving_masks: np.ndarray, mode: str) -> np.ndarray: ...
+    def __call__(
+        self,
+        reference: np.ndarray,
+        reference_mask: np.ndarray,
+        driving: np.ndarray,
+        driving_masks: np.ndarray,
+        mode: str,
+    ) -> np.ndarray: ...
 
 
 # The words the seeds hash: the spellings preference data was first built with, so every build stays reproducible.
@@ -84,8 +100,12 @@ def call_seed(seed: int, reference: np.ndarray, reference_mask: np.ndarray, mode
     """A seed keyed on the animator's seed and the reference: the winner and loser calls of one pair share it
     (their driving signals differ, their reference does not), different pairs get different draws."""
     digest = hashlib.blake2b(digest_size=8)
-    for part in (np.int64(seed).tobytes(), SEED_WORDS[parse_mode(mode)], np.ascontiguousarray(reference).tobytes(),
-                 np.ascontiguousarray(reference_mask).tobytes()):
+    for part in (
+        np.int64(seed).tobytes(),
+        SEED_WORDS[parse_mode(mode)],
+        np.ascontiguousarray(reference).tobytes(),
+        np.ascontiguousarray(reference_mask).tobytes(),
+    ):
         digest.update(part)
     return int.from_bytes(digest.digest(), "little") >> 1
 
@@ -95,8 +115,12 @@ def _check_call(reference, reference_mask, driving, driving_masks, mode: str) ->
     if driving.ndim != 4 or driving.shape[-1] != 3 or driving.shape[0] < 1:
         raise Scail2Error(f"driving must be uint8 [F, H, W, 3], got {driving.dtype}{list(driving.shape)}")
     size = driving.shape[1:]
-    for name, array, shape in (("reference", reference, size), ("reference_mask", reference_mask, size),
-                               ("driving_masks", driving_masks, driving.shape), ("driving", driving, driving.shape)):
+    for name, array, shape in (
+        ("reference", reference, size),
+        ("reference_mask", reference_mask, size),
+        ("driving_masks", driving_masks, driving.shape),
+        ("driving", driving, driving.shape),
+    ):
         if array.dtype != np.uint8 or tuple(array.shape) != tuple(shape):
             raise Scail2Error(f"{name} must be uint8{list(shape)}, got {array.dtype}{list(array.shape)}")
 
@@ -225,8 +249,14 @@ class ProceduralAnimator:
     def describe(self) -> dict:
         return {"animator": "procedural", "seed": self.seed, "drift": self.drift.to_json()}
 
-    def __call__(self, reference: np.ndarray, reference_mask: np.ndarray, driving: np.ndarray,
-                 driving_masks: np.ndarray, mode: str) -> np.ndarray:
+    def __call__(
+        self,
+        reference: np.ndarray,
+        reference_mask: np.ndarray,
+        driving: np.ndarray,
+        driving_masks: np.ndarray,
+        mode: str,
+    ) -> np.ndarray:
         _check_call(reference, reference_mask, driving, driving_masks, mode)
         rng = np.random.default_rng(call_seed(self.seed, reference, reference_mask, mode))
         frames, height, width = driving.shape[:3]
@@ -258,22 +288,45 @@ class ProceduralAnimator:
 class PipelineAnimator:
     """G from a `SCAIL2Pipeline`: one generation per call with fixed sampling settings and a reference-keyed seed."""
 
-    def __init__(self, pipeline, settings, seed: int = 0, prompt: str = "",
-                 autocast_dtype: torch.dtype | None = None, name: str = "scail2"):
+    def __init__(
+        self,
+        pipeline,
+        settings,
+        seed: int = 0,
+        prompt: str = "",
+        autocast_dtype: torch.dtype | None = None,
+        name: str = "scail2",
+    ):
         self.pipeline, self.settings = pipeline, settings  # settings: a pipelines.SamplingSettings
         self.seed, self.prompt, self.autocast_dtype, self.name = seed, prompt, autocast_dtype, name
 
     def describe(self) -> dict:
-        return {"animator": "pipeline", "name": self.name, "seed": self.seed, "prompt": self.prompt,
-                "settings": dataclasses.asdict(self.settings),
-                "transformer": dict(self.pipeline.transformer.config)}
+        return {
+            "animator": "pipeline",
+            "name": self.name,
+            "seed": self.seed,
+            "prompt": self.prompt,
+            "settings": dataclasses.asdict(self.settings),
+            "transformer": dict(self.pipeline.transformer.config),
+        }
 
-    def __call__(self, reference: np.ndarray, reference_mask: np.ndarray, driving: np.ndarray,
-                 driving_masks: np.ndarray, mode: str) -> np.ndarray:
+    def __call__(
+        self,
+        reference: np.ndarray,
+        reference_mask: np.ndarray,
+        driving: np.ndarray,
+        driving_masks: np.ndarray,
+        mode: str,
+    ) -> np.ndarray:
         _check_call(reference, reference_mask, driving, driving_masks, mode)
         inputs = AnimationInputs.from_arrays(reference, reference_mask, driving, driving_masks, mode, self.prompt)
-        result = self.pipeline(inputs, self.settings, seed=call_seed(self.seed, reference, reference_mask, mode),
-                               autocast_dtype=self.autocast_dtype, progress=False)
+        result = self.pipeline(
+            inputs,
+            self.settings,
+            seed=call_seed(self.seed, reference, reference_mask, mode),
+            autocast_dtype=self.autocast_dtype,
+            progress=False,
+        )
         return result.frames.cpu().numpy()
 
 
@@ -314,8 +367,10 @@ class PreferencePairBuilder:
     def _call(self, sample: PairSample, what: str, *args) -> np.ndarray:
         frames = np.asarray(self.animate(*args))
         if frames.dtype != np.uint8 or frames.shape != sample.driving.shape:
-            raise Scail2Error(f"sample {sample.key}: the animator returned {frames.dtype}{list(frames.shape)} for the "
-                              f"{what}; it must return uint8{list(sample.driving.shape)} (one frame per driving frame)")
+            raise Scail2Error(
+                f"sample {sample.key}: the animator returned {frames.dtype}{list(frames.shape)} for the "
+                f"{what}; it must return uint8{list(sample.driving.shape)} (one frame per driving frame)"
+            )
         return frames
 
     def build(self, sample: PairSample) -> PreferenceSample:
@@ -324,15 +379,25 @@ class PreferencePairBuilder:
         frame = best_visible_frame(sample.driving_ids)
         own_mask = palette_mask(sample.driving_ids[frame], MASK_BACKGROUNDS["replace"]["reference"])
         scene_masks = palette_mask(sample.driving_ids, MASK_BACKGROUNDS["replace"]["driving"])
-        resynthesised = self._call(sample, "re-synthesised driving video", sample.driving[frame], own_mask,
-                                   sample.driving, scene_masks, "replace")
+        resynthesised = self._call(
+            sample,
+            "re-synthesised driving video",
+            sample.driving[frame],
+            own_mask,
+            sample.driving,
+            scene_masks,
+            "replace",
+        )
         winner = self._call(sample, "winner", sample.reference, reference_mask, sample.driving, driving_mask, mode)
         loser = self._call(sample, "loser", sample.reference, reference_mask, resynthesised, driving_mask, mode)
-        info = PREFERENCE.header(source_key=sample.key, resynthesis_frame=frame,
-                                 driving_drift=_mean_abs(resynthesised, sample.driving),
-                                 winner_error=_mean_abs(winner, sample.target),
-                                 loser_error=_mean_abs(loser, sample.target),
-                                 winner_loser_difference=_mean_abs(winner, loser))
+        info = PREFERENCE.header(
+            source_key=sample.key,
+            resynthesis_frame=frame,
+            driving_drift=_mean_abs(resynthesised, sample.driving),
+            winner_error=_mean_abs(winner, sample.target),
+            loser_error=_mean_abs(loser, sample.target),
+            winner_loser_difference=_mean_abs(winner, loser),
+        )
         return PreferenceSample(dataclasses.replace(sample, target=winner), loser, info)
 
 
@@ -353,8 +418,10 @@ def encode_preference_sample(sample: PreferenceSample) -> dict[str, bytes]:
 def decode_preference_sample(record: dict, source: str = "sample") -> PreferenceSample:
     where = f"{source} (sample {record.get('__key__', '?')})"
     if "preference.json" not in record or "loser.png" not in record:
-        raise Scail2Error(f"{where} has no loser: it is a plain MotionPair sample, not a preference pair; build "
-                          "preference data with write_preference_dataset")
+        raise Scail2Error(
+            f"{where} has no loser: it is a plain MotionPair sample, not a preference pair; build "
+            "preference data with write_preference_dataset"
+        )
     try:
         info = json.loads(record["preference.json"])
     except (ValueError, UnicodeDecodeError):
@@ -383,10 +450,17 @@ def _source_samples(source: MotionPairDataset, indices: list[int]) -> Iterator[P
                 yield sample
 
 
-def write_preference_dataset(source_dir: str | Path, out_dir: str | Path, animate: Animator, *,
-                             shard_size: int = DEFAULT_SHARD_SIZE, num_pairs: int | None = None,
-                             shard_index: int | None = 0, num_shards: int | None = 1,
-                             progress: bool = True) -> WriteReport:
+def write_preference_dataset(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    animate: Animator,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    num_pairs: int | None = None,
+    shard_index: int | None = 0,
+    num_shards: int | None = 1,
+    progress: bool = True,
+) -> WriteReport:
     """Build preference pairs for the first `num_pairs` (default all) pairs of a MotionPair dataset.
 
     Resumable: whole shards only, skipped when present; `shard_index/num_shards` (None/None: RANK/WORLD_SIZE)
@@ -395,23 +469,33 @@ def write_preference_dataset(source_dir: str | Path, out_dir: str | Path, animat
     source = MotionPairDataset(source_dir, verify=False)
     total = len(source) if num_pairs is None else num_pairs
     if shard_size < 1 or not 1 <= total <= len(source):
-        raise Scail2Error(f"need shard_size >= 1 and 1 <= num_pairs <= {len(source)} (the source's pairs); got "
-                          f"{shard_size} and {num_pairs}")
+        raise Scail2Error(
+            f"need shard_size >= 1 and 1 <= num_pairs <= {len(source)} (the source's pairs); got "
+            f"{shard_size} and {num_pairs}"
+        )
     index, count = resolve_sharding(shard_index, num_shards)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = PREFERENCE.header(
-        num_pairs=total, shard_size=shard_size, num_shards=-(-total // shard_size),
-        animator=describe_animator(animate), source={"path": str(Path(source_dir).resolve()), "meta": source.meta},
-        members={"motionpair": "every member of a scail2-motionpair sample; target = the winner",
-                 "loser.png": "RGB, frames stacked vertically", "preference.json": "format, version, drift"})
+        num_pairs=total,
+        shard_size=shard_size,
+        num_shards=-(-total // shard_size),
+        animator=describe_animator(animate),
+        source={"path": str(Path(source_dir).resolve()), "meta": source.meta},
+        members={
+            "motionpair": "every member of a scail2-motionpair sample; target = the winner",
+            "loser.png": "RGB, frames stacked vertically",
+            "preference.json": "format, version, drift",
+        },
+    )
     builder = PreferencePairBuilder(animate)
 
     def records(indices: list[int]) -> Iterator[dict]:
         return (encode_preference_sample(builder.build(sample)) for sample in _source_samples(source, indices))
 
-    return write_shards(out, PREFERENCE, meta, records, shard_index=index, num_shards=count, progress=progress,
-                        desc="preference")
+    return write_shards(
+        out, PREFERENCE, meta, records, shard_index=index, num_shards=count, progress=progress, desc="preference"
+    )
 
 
 def read_preference_shard(path: str | Path, expected_count: int | None = None) -> Iterator[PreferenceSample]:
@@ -461,8 +545,10 @@ class _EncoderWithLosers:
     def encode(self, sample: PairSample) -> dict[str, torch.Tensor]:
         key, loser = next(self._losers, (None, None))
         if key != sample.key:
-            raise Scail2Error(f"{self.shard}: the loser of sample {sample.key} is missing or out of order; the shard "
-                              "is corrupt: delete it and rebuild the preference data")
+            raise Scail2Error(
+                f"{self.shard}: the loser of sample {sample.key} is missing or out of order; the shard "
+                "is corrupt: delete it and rebuild the preference data"
+            )
         record = self.encoder.encode(sample)
         with torch.no_grad():
             latents = encode_video(self.encoder.codec, torch.from_numpy(np.array(loser)))[0]
@@ -470,23 +556,37 @@ class _EncoderWithLosers:
         return record
 
 
-def build_preference_cache(data_dir: str | Path, out_dir: str | Path, encoder: latent_cache.CacheEncoder,
-                           shard_index: int | None = None, num_shards: int | None = None,
-                           progress: bool = True) -> bool:
+def build_preference_cache(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    encoder: latent_cache.CacheEncoder,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    progress: bool = True,
+) -> bool:
     """Encode a preference dataset into a latent cache with `loser_latents`; True once the manifest is written.
 
     Same layout, resuming and sharding as `latent_cache.build_cache`; meta.json adds a `preference` entry.
     """
     dataset = PreferenceDataset(data_dir, verify=False)
-    return latent_cache.cache_dataset(dataset, out_dir, encoder, extra_meta={"preference": PREFERENCE.header(
-        loser_field=LOSER_FIELD)}, shard_encoder=_EncoderWithLosers, shard_index=shard_index, num_shards=num_shards,
-        progress=progress)
+    return latent_cache.cache_dataset(
+        dataset,
+        out_dir,
+        encoder,
+        extra_meta={"preference": PREFERENCE.header(loser_field=LOSER_FIELD)},
+        shard_encoder=_EncoderWithLosers,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        progress=progress,
+    )
 
 
 def check_preference_cache(cache: latent_cache.LatentCache) -> None:
     """Raise a one-line Scail2Error unless `cache` was written by build_preference_cache (the DPO stage's input)."""
     entry = cache.meta.get("preference")
     if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-        raise Scail2Error(f"{cache.directory} is a latent cache without losers; the dpo stage needs one built by "
-                          f"build_preference_cache from preference pairs (write_preference_dataset)")
+        raise Scail2Error(
+            f"{cache.directory} is a latent cache without losers; the dpo stage needs one built by "
+            f"build_preference_cache from preference pairs (write_preference_dataset)"
+        )
     PREFERENCE.check_header(entry, f"{cache.directory / 'meta.json'} (its preference entry)")

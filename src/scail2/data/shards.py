@@ -25,10 +25,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -40,8 +40,14 @@ from scail2.modes import parse_mode
 from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
-MOTIONPAIR = FormatSpec("scail2-motionpair", version=1, supported=(1,), description="a scail2 MotionPair sample",
-                        command="synth", settings="generator settings")
+MOTIONPAIR = FormatSpec(
+    "scail2-motionpair",
+    version=1,
+    supported=(1,),
+    description="a scail2 MotionPair sample",
+    command="synth",
+    settings="generator settings",
+)
 FORMAT, FORMAT_VERSION, SUPPORTED_VERSIONS = MOTIONPAIR.name, MOTIONPAIR.version, MOTIONPAIR.supported
 STREAMS = ("reference", "driving", "target")
 DEFAULT_SHARD_SIZE = 256
@@ -107,8 +113,15 @@ def encode_sample(sample: PairSample) -> dict[str, bytes]:
         palette = _palette(MASK_BACKGROUNDS[sample.mode][stream])
         record[f"{stream}_mask.png"] = encode_png(ids.reshape(rows, width), palette)
         record[f"{stream}_detail.png"] = encode_png(detail.reshape(rows, width), DETAIL_PALETTE)
-    header = MOTIONPAIR.header(key=sample.key, task=sample.task, mode=sample.mode, frames=frames, height=height,
-                               width=width, metadata=sample.metadata)
+    header = MOTIONPAIR.header(
+        key=sample.key,
+        task=sample.task,
+        mode=sample.mode,
+        frames=frames,
+        height=height,
+        width=width,
+        metadata=sample.metadata,
+    )
     record["json"] = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return record
 
@@ -121,8 +134,10 @@ def decode_png(data: bytes, mode: str, shape: tuple[int, ...], source: str) -> n
         raise Scail2Error(f"{source} is not a readable PNG ({error}); the shard is corrupt: regenerate it") from None
     array = np.asarray(image)
     if image.mode != mode or array.shape != shape:
-        raise Scail2Error(f"{source} holds a {image.mode} image of shape {list(array.shape)}, expected {mode} "
-                          f"{list(shape)}; the shard is corrupt or foreign: regenerate it")
+        raise Scail2Error(
+            f"{source} holds a {image.mode} image of shape {list(array.shape)}, expected {mode} "
+            f"{list(shape)}; the shard is corrupt or foreign: regenerate it"
+        )
     return array
 
 
@@ -131,8 +146,10 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
     key = record.get("__key__", "?")
     where = f"{source} (sample {key})"
     if "json" not in record:
-        raise Scail2Error(f"{where} has no json member: not a scail2 MotionPair shard; point the reader at a "
-                          f"directory written by `scail2 synth`")
+        raise Scail2Error(
+            f"{where} has no json member: not a scail2 MotionPair shard; point the reader at a "
+            f"directory written by `scail2 synth`"
+        )
     try:
         header = json.loads(record["json"])
     except (ValueError, UnicodeDecodeError):
@@ -176,18 +193,26 @@ def resolve_sharding(shard_index: int | None, num_shards: int | None, environ=os
     elif shard_index is None or num_shards is None:
         raise Scail2Error("give both --shard-index and --num-shards (or neither, to use RANK and WORLD_SIZE)")
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise Scail2Error(f"shard index {shard_index} is not in 0..{num_shards - 1}: fix --shard-index/--num-shards "
-                          f"or RANK/WORLD_SIZE")
+        raise Scail2Error(
+            f"shard index {shard_index} is not in 0..{num_shards - 1}: fix --shard-index/--num-shards "
+            f"or RANK/WORLD_SIZE"
+        )
     return shard_index, num_shards
 
 
 def dataset_meta(generator: PairGenerator, num_pairs: int, shard_size: int) -> dict:
     return MOTIONPAIR.header(
-        num_pairs=num_pairs, shard_size=shard_size, num_shards=-(-num_pairs // shard_size),
+        num_pairs=num_pairs,
+        shard_size=shard_size,
+        num_shards=-(-num_pairs // shard_size),
         generator=generator.describe(),
-        members={"json": "header and metadata", "<stream>.png": "RGB, frames stacked vertically",
-                 "<stream>_mask.png": "palette PNG: index = identity, palette = upstream colours",
-                 "<stream>_detail.png": "palette PNG: index 1 limb ends, 2 face/head", "streams": list(STREAMS)},
+        members={
+            "json": "header and metadata",
+            "<stream>.png": "RGB, frames stacked vertically",
+            "<stream>_mask.png": "palette PNG: index = identity, palette = upstream colours",
+            "<stream>_detail.png": "palette PNG: index 1 limb ends, 2 face/head",
+            "streams": list(STREAMS),
+        },
     )
 
 
@@ -231,8 +256,17 @@ def write_shard(path: Path, records: Iterable[dict], on_sample: Callable[[], Non
         os.fsync(stream.fileno())
 
 
-def write_shards(out: Path, spec: FormatSpec, meta: dict, records: Callable[[list[int]], Iterator[dict]], *,
-                 shard_index: int, num_shards: int, progress: bool, desc: str) -> WriteReport:
+def write_shards(
+    out: Path,
+    spec: FormatSpec,
+    meta: dict,
+    records: Callable[[list[int]], Iterator[dict]],
+    *,
+    shard_index: int,
+    num_shards: int,
+    progress: bool,
+    desc: str,
+) -> WriteReport:
     """Write meta.json (or check it, resuming), this process's missing shards and, once all exist, the manifest.
 
     `meta` gives num_pairs, shard_size and num_shards; `records(indices)` yields the tar records of those pair
@@ -246,8 +280,10 @@ def write_shards(out: Path, spec: FormatSpec, meta: dict, records: Callable[[lis
     ranges = {s: shard_pairs(meta, s) for s in mine}
     indices = [i for s in pending for i in ranges[s]]
     done = sum(len(ranges[s]) for s in mine) - len(indices)
-    with (tqdm(total=done + len(indices), initial=done, unit="pair", disable=not progress, desc=desc) as bar,
-          closing(records(indices)) as stream):
+    with (
+        tqdm(total=done + len(indices), initial=done, unit="pair", disable=not progress, desc=desc) as bar,
+        closing(records(indices)) as stream,
+    ):
         for shard in pending:
             write_shard(out / shard_name(shard), (next(stream) for _ in ranges[shard]), lambda: bar.update(1))
     complete = finish_manifest(out, meta, spec)
@@ -260,9 +296,17 @@ def shard_pairs(meta: dict, shard: int) -> range:
     return range(first, min(first + meta["shard_size"], meta["num_pairs"]))
 
 
-def write_dataset(generator: PairGenerator, out_dir: str | Path, num_pairs: int, *,
-                  shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
-                  progress: bool = True) -> WriteReport:
+def write_dataset(
+    generator: PairGenerator,
+    out_dir: str | Path,
+    num_pairs: int,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    progress: bool = True,
+) -> WriteReport:
     """Write pairs 0..num_pairs-1 of `generator` as shards under `out_dir`, resuming what exists.
 
     With `num_shards` > 1 this process writes only the shards s with s % num_shards == shard_index.
@@ -271,9 +315,16 @@ def write_dataset(generator: PairGenerator, out_dir: str | Path, num_pairs: int,
         raise Scail2Error(f"need positive --num, shard size and --workers (got {num_pairs}, {shard_size}, {workers})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_shards(out, MOTIONPAIR, dataset_meta(generator, num_pairs, shard_size),
-                        lambda indices: _encoded_samples(generator, indices, workers), shard_index=shard_index,
-                        num_shards=num_shards, progress=progress, desc="synth")
+    return write_shards(
+        out,
+        MOTIONPAIR,
+        dataset_meta(generator, num_pairs, shard_size),
+        lambda indices: _encoded_samples(generator, indices, workers),
+        shard_index=shard_index,
+        num_shards=num_shards,
+        progress=progress,
+        desc="synth",
+    )
 
 
 def finish_manifest(out: Path, meta: dict, spec: FormatSpec = MOTIONPAIR) -> bool:
@@ -281,8 +332,10 @@ def finish_manifest(out: Path, meta: dict, spec: FormatSpec = MOTIONPAIR) -> boo
     paths = [out / shard_name(s) for s in range(meta["num_shards"])]
     if not all(p.exists() for p in paths):
         return False
-    shards = [shard_record(path, first_index=shard_pairs(meta, s).start, count=len(shard_pairs(meta, s)))
-              for s, path in enumerate(paths)]
+    shards = [
+        shard_record(path, first_index=shard_pairs(meta, s).start, count=len(shard_pairs(meta, s)))
+        for s, path in enumerate(paths)
+    ]
     spec.write_manifest(out, shards, num_pairs=meta["num_pairs"])
     return True
 
@@ -312,11 +365,14 @@ def read_shard(path: str | Path, expected_count: int | None = None, decode=None)
             yield decode(record, str(path))
             count += 1
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise Scail2Error(f"{path} is not a readable tar shard ({error}); it is corrupt or foreign: regenerate "
-                          f"it") from None
+        raise Scail2Error(
+            f"{path} is not a readable tar shard ({error}); it is corrupt or foreign: regenerate it"
+        ) from None
     if expected_count is not None and count != expected_count:
-        raise Scail2Error(f"{path} holds {count} samples, the manifest says {expected_count}; the shard is "
-                          f"truncated or corrupt: delete it and re-run `scail2 synth` to regenerate it")
+        raise Scail2Error(
+            f"{path} holds {count} samples, the manifest says {expected_count}; the shard is "
+            f"truncated or corrupt: delete it and re-run `scail2 synth` to regenerate it"
+        )
 
 
 class MotionPairDataset:
@@ -369,8 +425,9 @@ def _member_offsets(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
                 key, _, suffix = member.name.partition(".")
                 found.setdefault(key, {})[suffix] = (member.offset_data, member.size)
     except (tarfile.TarError, OSError) as error:
-        raise Scail2Error(f"{path} is not a readable tar shard ({error}); it is corrupt or foreign: regenerate "
-                          f"it") from None
+        raise Scail2Error(
+            f"{path} is not a readable tar shard ({error}); it is corrupt or foreign: regenerate it"
+        ) from None
     return found
 
 
@@ -388,8 +445,10 @@ class PairVideos:
         for entry, path in zip(dataset.manifest["shards"], dataset.shard_paths):
             found = _member_offsets(path)
             if len(found) != entry["count"]:
-                raise Scail2Error(f"{path} holds {len(found)} samples, the manifest says {entry['count']}; delete it "
-                                  f"and re-run `scail2 synth` to regenerate it")
+                raise Scail2Error(
+                    f"{path} holds {len(found)} samples, the manifest says {entry['count']}; delete it "
+                    f"and re-run `scail2 synth` to regenerate it"
+                )
             self.members.extend((path, found[key]) for key in sorted(found))
         self.frames, self.height, self.width = self._size(0)
 
@@ -412,8 +471,9 @@ class PairVideos:
         try:
             header = json.loads(self._read(index, "json"))
         except (ValueError, UnicodeDecodeError):
-            raise Scail2Error(f"{self._source(index)} has an unreadable json member; the shard is corrupt: "
-                              f"regenerate it") from None
+            raise Scail2Error(
+                f"{self._source(index)} has an unreadable json member; the shard is corrupt: regenerate it"
+            ) from None
         MOTIONPAIR.check_header(header, self._source(index))
         return int(header["frames"]), int(header["height"]), int(header["width"])
 

@@ -36,6 +36,11 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
+def predict_x0(x_sigma: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The data estimate a velocity implies (the inverse of `add_noise` given v); samplers' x0 parametrisation."""
+    return x_sigma - _per_sample(sigma, x_sigma) * velocity
+
+
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One Euler step of dx/dsigma = v from sigma to sigma_next."""
     return x + _per_sample(sigma_next - sigma, x) * velocity
@@ -57,8 +62,9 @@ def resolution_shift(latent_height: int, latent_width: int) -> float:
     return math.exp(mu)
 
 
-def sample_training_sigmas(batch: int, shift: float, generator: torch.Generator | None = None,
-                           device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_training_sigmas(
+    batch: int, shift: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """sigma = sigmoid(z), z ~ N(0, 1), then shifted: [B] fp32 in (0, 1)."""
     z = torch.randn(batch, generator=generator, device=device)
     return shift_sigmas(torch.sigmoid(z), shift)

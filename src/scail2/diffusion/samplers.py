@@ -54,8 +54,13 @@ def _unipc(num_steps: int, shift: float):
     from diffusers import UniPCMultistepScheduler
 
     scheduler = UniPCMultistepScheduler(
-        num_train_timesteps=flow_matching.NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
-        use_flow_sigmas=True, flow_shift=shift, solver_order=2, solver_type="bh2", predict_x0=True,
+        num_train_timesteps=flow_matching.NUM_TRAIN_TIMESTEPS,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        solver_order=2,
+        solver_type="bh2",
+        predict_x0=True,
         lower_order_final=True,
     )
     scheduler.set_timesteps(sigmas=flow_matching.unipc_sigma_grid(num_steps))
@@ -67,8 +72,12 @@ def _dpm_plus_plus(num_steps: int, shift: float):
     from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler(
-        num_train_timesteps=flow_matching.NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
-        use_flow_sigmas=True, flow_shift=shift, algorithm_type="dpmsolver++", solver_order=2,
+        num_train_timesteps=flow_matching.NUM_TRAIN_TIMESTEPS,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
         lower_order_final=True,
     )
     scheduler.set_timesteps(num_steps)  # resets the solver state; the grid is replaced below
@@ -89,8 +98,15 @@ def classifier_free_guidance(velocity: torch.Tensor, scale: float) -> torch.Tens
     return unconditional + scale * (conditional - unconditional)
 
 
-def sample(velocity_fn, latent: torch.Tensor, sampler: FlowSampler, *, guidance_scale: float | None = None,
-           clean_prefix: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+def sample(
+    velocity_fn,
+    latent: torch.Tensor,
+    sampler: FlowSampler,
+    *,
+    guidance_scale: float | None = None,
+    clean_prefix: torch.Tensor | None = None,
+    callback=None,
+) -> torch.Tensor:
     """Integrate the flow from `latent` (noise at the sampler's first sigma) to data; returns a new tensor.
 
     velocity_fn(latent, timestep) -> velocity: `latent` [B, C, T, H, W] as the loop holds it, `timestep` a 0-d

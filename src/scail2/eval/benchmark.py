@@ -16,22 +16,24 @@ averaged per task (animate, replace, multi) and per body plan of the animated ch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
+from scail2.conditioning import AnimationInputs, encode_video, model_video_to_frames
 from scail2.data.pairs import PairSample, ProceduralPairGenerator, SynthConfig, driving_condition, target_plate
 from scail2.data.world import PLAN_NAMES
 from scail2.errors import Scail2Error
 from scail2.eval import metrics
-from scail2.conditioning import AnimationInputs, encode_video, model_video_to_frames
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 
 # Held-out splits: seeds no training run uses (the demo model trained on seed 1000).
-SPLITS = {"test": SynthConfig(height=128, width=128, frames=17, seed=2000),
-          "val": SynthConfig(height=128, width=128, frames=17, seed=3000)}
+SPLITS = {
+    "test": SynthConfig(height=128, width=128, frames=17, seed=2000),
+    "val": SynthConfig(height=128, width=128, frames=17, seed=3000),
+}
 SPLIT_SIZE = 64
 METRICS = ("psnr", "ssim", "iou", "colour_error", "flicker")
 # Averaged like the metrics, not ranked: the part of the flicker on the target's characters (the rest is scenery).
@@ -93,12 +95,16 @@ def pair_metrics(output: np.ndarray, sample: PairSample, plate: np.ndarray | Non
     plate = target_plate(sample.metadata) if plate is None else plate
     character = sample.target_ids > 0
     silhouette = metrics.foreground_from_plate(output, plate, SILHOUETTE_THRESHOLD)
-    return {"psnr": metrics.psnr(output, sample.target), "ssim": metrics.ssim(output, sample.target),
-            "iou": metrics.silhouette_iou(silhouette, character),
-            "colour_error": metrics.masked_colour_error(output, sample.target, np.broadcast_to(
-                character[..., None], output.shape)),
-            "flicker": metrics.temporal_flicker(output, sample.target),
-            "flicker_character": metrics.temporal_flicker(output, sample.target, character)}
+    return {
+        "psnr": metrics.psnr(output, sample.target),
+        "ssim": metrics.ssim(output, sample.target),
+        "iou": metrics.silhouette_iou(silhouette, character),
+        "colour_error": metrics.masked_colour_error(
+            output, sample.target, np.broadcast_to(character[..., None], output.shape)
+        ),
+        "flicker": metrics.temporal_flicker(output, sample.target),
+        "flicker_character": metrics.temporal_flicker(output, sample.target, character),
+    }
 
 
 def pair_groups(sample: PairSample) -> list[str]:
@@ -107,8 +113,12 @@ def pair_groups(sample: PairSample) -> list[str]:
     return ["all", f"task:{sample.task}", *(f"plan:{plan}" for plan in plans)]
 
 
-def evaluate(methods: dict[str, Method], samples: list[PairSample], progress: bool = True,
-             on_output: Callable[[str, PairSample, np.ndarray], None] | None = None) -> list[dict]:
+def evaluate(
+    methods: dict[str, Method],
+    samples: list[PairSample],
+    progress: bool = True,
+    on_output: Callable[[str, PairSample, np.ndarray], None] | None = None,
+) -> list[dict]:
     """Every method on every pair: one row per (method, pair) with its scores, groups and seconds."""
     import time
 
@@ -124,8 +134,16 @@ def evaluate(methods: dict[str, Method], samples: list[PairSample], progress: bo
                 seconds = time.perf_counter() - start
                 if on_output is not None:
                     on_output(name, sample, output)
-                rows.append({"method": name, "key": sample.key, "task": sample.task, "groups": pair_groups(sample),
-                             "seconds": seconds, **pair_metrics(output, sample, plate)})
+                rows.append(
+                    {
+                        "method": name,
+                        "key": sample.key,
+                        "task": sample.task,
+                        "groups": pair_groups(sample),
+                        "seconds": seconds,
+                        **pair_metrics(output, sample, plate),
+                    }
+                )
                 bar.update(1)
     return rows
 
@@ -140,8 +158,10 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         for group in order:
             members = [row for row in mine if group in row["groups"]]
             if members:
-                groups[group] = {"pairs": len(members),
-                                 **{m: _mean([row[m] for row in members]) for m in METRICS + DIAGNOSTICS}}
+                groups[group] = {
+                    "pairs": len(members),
+                    **{m: _mean([row[m] for row in members]) for m in METRICS + DIAGNOSTICS},
+                }
         summary[method] = groups
     return summary
 

@@ -40,6 +40,7 @@ def ssim(prediction: np.ndarray, target: np.ndarray) -> float:
     """Mean structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid
     region only), per channel and frame, averaged. The window is applied as two 1-D passes in float32 on [0, 1]
     values (the 2-D float64 convolution was ~50x slower for a 17-frame clip and agrees to 1e-5)."""
+
     def planes(video: np.ndarray) -> torch.Tensor:
         video = torch.from_numpy(np.asarray(video, dtype=np.float32) / 255.0)
         return video.permute(0, 3, 1, 2).reshape(-1, 1, *video.shape[1:3])

@@ -10,8 +10,8 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,15 +20,25 @@ from scail2.data.format import atomic_path, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.eval import benchmark
 
-LABELS = {"copy_reference": "copy reference", "skeleton": "skeleton-driven", "scail2": "SCAIL-2 (ours)",
-          "vae_round_trip": "VAE round trip (ceiling)"}
-METRIC_HEADERS = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "iou": "IoU ↑", "colour_error": "colour err ↓",
-                  "flicker": "flicker ↓"}
+LABELS = {
+    "copy_reference": "copy reference",
+    "skeleton": "skeleton-driven",
+    "scail2": "SCAIL-2 (ours)",
+    "vae_round_trip": "VAE round trip (ceiling)",
+}
+METRIC_HEADERS = {
+    "psnr": "PSNR dB ↑",
+    "ssim": "SSIM ↑",
+    "iou": "IoU ↑",
+    "colour_error": "colour err ↓",
+    "flicker": "flicker ↓",
+}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 PLOT_COLOURS = [(150, 150, 150), (230, 140, 40), (40, 110, 220), (90, 180, 90), (170, 80, 170)]
 
 
 # 1. Files, written under a temporary name and renamed when complete ----------------------------------------
+
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` fills a temporary file that becomes `path` once written (folders are created as needed)."""
@@ -65,19 +75,29 @@ def write_gif(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
     from PIL import Image
 
     images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    return write_atomically(path, lambda tmp: images[0].save(
-        tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0))
+    return write_atomically(
+        path,
+        lambda tmp: images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+        ),
+    )
 
 
 # 2. Tables and plot ------------------------------------------------------------------------------------------
+
 
 def format_score(value: float, metric: str) -> str:
     if math.isnan(value):
         return "n/a"
     if math.isinf(value):
         return "inf"
-    return f"{value:.1f}" if metric in ("psnr", "colour_error") else f"{value:.2f}" if metric == "flicker" \
+    return (
+        f"{value:.1f}"
+        if metric in ("psnr", "colour_error")
+        else f"{value:.2f}"
+        if metric == "flicker"
         else f"{value:.3f}"
+    )
 
 
 def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
@@ -87,27 +107,42 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
     methods = list(summary)
     if not methods:
         raise Scail2Error("no scores to report: the benchmark ran on no pairs")
-    lines = ["| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
-             "|---|---:|" + "---:|" * len(benchmark.METRICS)]
+    lines = [
+        "| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
+        "|---|---:|" + "---:|" * len(benchmark.METRICS),
+    ]
     tasks = [g for g in ("all", "task:animate", "task:replace", "task:multi") if g in summary[methods[0]]]
     for group in tasks:
         for method in methods:
             scores = summary[method].get(group)
             if scores:
                 name = labels.get(method, method) + ("" if group == "all" else f" ({group[5:]})")
-                lines.append(f"| {name} | {scores['pairs']} | " +
-                             " | ".join(format_score(scores[m], m) for m in benchmark.METRICS) + " |")
+                lines.append(
+                    f"| {name} | {scores['pairs']} | "
+                    + " | ".join(format_score(scores[m], m) for m in benchmark.METRICS)
+                    + " |"
+                )
     plans = [g for g in summary[methods[0]] if g.startswith("plan:")]
-    lines += ["", "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} IoU / PSNR" for m in methods) + " |",
-              "|---|" + "---:|" * len(methods)]
+    lines += [
+        "",
+        "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} IoU / PSNR" for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
     for group in plans:
-        cells = [f"{format_score(summary[m][group]['iou'], 'iou')} / {format_score(summary[m][group]['psnr'], 'psnr')}"
-                 for m in methods]
+        cells = [
+            f"{format_score(summary[m][group]['iou'], 'iou')} / {format_score(summary[m][group]['psnr'], 'psnr')}"
+            for m in methods
+        ]
         lines.append(f"| {group[5:]} ({summary[methods[0]][group]['pairs']}) | " + " | ".join(cells) + " |")
-    lines += ["", "| flicker, all pairs | " + " | ".join(labels.get(m, m) for m in methods) + " |",
-              "|---|" + "---:|" * len(methods)]
-    for name, part in (("on the characters", lambda s: s["flicker_character"]),
-                       ("elsewhere", lambda s: s["flicker"] - s["flicker_character"])):
+    lines += [
+        "",
+        "| flicker, all pairs | " + " | ".join(labels.get(m, m) for m in methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
+    for name, part in (
+        ("on the characters", lambda s: s["flicker_character"]),
+        ("elsewhere", lambda s: s["flicker"] - s["flicker_character"]),
+    ):
         cells = [format_score(part(summary[m]["all"]), "flicker") for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -116,12 +151,14 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
 def wins(summary: dict, method: str, baseline: str, group: str = "all") -> dict[str, bool]:
     """Per metric: does `method` beat `baseline` on `group`?"""
     ours, theirs = summary[method][group], summary[baseline][group]
-    return {m: (ours[m] > theirs[m]) == benchmark.HIGHER_IS_BETTER[m] and ours[m] != theirs[m]
-            for m in benchmark.METRICS}
+    return {
+        m: (ours[m] > theirs[m]) == benchmark.HIGHER_IS_BETTER[m] and ours[m] != theirs[m] for m in benchmark.METRICS
+    }
 
 
-def plot_summary(summary: dict, labels: dict[str, str] | None = None,
-                 panels: tuple[str, ...] = ("iou", "psnr")) -> np.ndarray:
+def plot_summary(
+    summary: dict, labels: dict[str, str] | None = None, panels: tuple[str, ...] = ("iou", "psnr")
+) -> np.ndarray:
     """A grouped bar chart [H, W, 3] uint8: one panel per metric, bars per method over all pairs and each body
     plan. Drawn with PIL, so the report needs no plotting library."""
     from PIL import Image, ImageDraw
@@ -152,8 +189,10 @@ def plot_summary(summary: dict, labels: dict[str, str] | None = None,
                 if math.isnan(value):
                     continue
                 h = panel_h * min(value, scale_max) / scale_max
-                draw.rectangle([x0 + mi * bar, y0 + panel_h - h, x0 + (mi + 1) * bar - 2, y0 + panel_h],
-                               fill=PLOT_COLOURS[mi % len(PLOT_COLOURS)])
+                draw.rectangle(
+                    [x0 + mi * bar, y0 + panel_h - h, x0 + (mi + 1) * bar - 2, y0 + panel_h],
+                    fill=PLOT_COLOURS[mi % len(PLOT_COLOURS)],
+                )
             draw.text((x0, y0 + panel_h + 4), group.removeprefix("plan:")[:9], fill=(0, 0, 0))
     legend_y = top + len(panels) * (panel_h + 60) - 20
     for mi, method in enumerate(methods):
@@ -166,10 +205,19 @@ def plot_summary(summary: dict, labels: dict[str, str] | None = None,
 # 3. README blocks: headline and verdict in the project README, every table in the report folder's ------------
 
 # How the verdict lines name methods and metrics.
-VERDICT_NAMES = {"copy_reference": "copy-reference", "skeleton": "the skeleton-driven model", "scail2": "SCAIL-2",
-                 "vae_round_trip": "the VAE round trip"}
-METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "iou": "silhouette IoU", "colour_error": "colour error",
-                "flicker": "flicker"}
+VERDICT_NAMES = {
+    "copy_reference": "copy-reference",
+    "skeleton": "the skeleton-driven model",
+    "scail2": "SCAIL-2",
+    "vae_round_trip": "the VAE round trip",
+}
+METRIC_NAMES = {
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "iou": "silhouette IoU",
+    "colour_error": "colour error",
+    "flicker": "flicker",
+}
 
 
 def headline_table(summary: dict, labels: dict[str, str] | None = None) -> str:
@@ -177,12 +225,17 @@ def headline_table(summary: dict, labels: dict[str, str] | None = None) -> str:
     labels = labels or LABELS
     if not summary:
         raise Scail2Error("no scores to report: the benchmark ran on no pairs")
-    lines = ["| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
-             "|---|---:|" + "---:|" * len(benchmark.METRICS)]
+    lines = [
+        "| method | pairs | " + " | ".join(METRIC_HEADERS[m] for m in benchmark.METRICS) + " |",
+        "|---|---:|" + "---:|" * len(benchmark.METRICS),
+    ]
     for method, groups in summary.items():
         scores = groups["all"]
-        lines.append(f"| {labels.get(method, method)} | {scores['pairs']} | " +
-                     " | ".join(format_score(scores[m], m) for m in benchmark.METRICS) + " |")
+        lines.append(
+            f"| {labels.get(method, method)} | {scores['pairs']} | "
+            + " | ".join(format_score(scores[m], m) for m in benchmark.METRICS)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -212,15 +265,23 @@ def comparison(summary: dict, method: str, baseline: str) -> str:
 
 def verdict_lines(summary: dict) -> list[str]:
     """Up to three lines: SCAIL-2 against copy-reference and against the skeleton-driven model, and the ceiling."""
-    lines = [comparison(summary, "scail2", baseline) for baseline in ("copy_reference", "skeleton")
-             if "scail2" in summary and baseline in summary]
+    lines = [
+        comparison(summary, "scail2", baseline)
+        for baseline in ("copy_reference", "skeleton")
+        if "scail2" in summary and baseline in summary
+    ]
     if "vae_round_trip" in summary:
         ceiling = summary["vae_round_trip"]["all"]
-        line = (f"The VAE round trip of the ground truth, the ceiling of any model decoded by this VAE, reaches "
-                f"{format_score(ceiling['psnr'], 'psnr')} dB, SSIM {format_score(ceiling['ssim'], 'ssim')} and "
-                f"IoU {format_score(ceiling['iou'], 'iou')}")
-        behind = [m for m, better in wins(summary, "copy_reference", "vae_round_trip").items() if better] \
-            if "copy_reference" in summary else []
+        line = (
+            f"The VAE round trip of the ground truth, the ceiling of any model decoded by this VAE, reaches "
+            f"{format_score(ceiling['psnr'], 'psnr')} dB, SSIM {format_score(ceiling['ssim'], 'ssim')} and "
+            f"IoU {format_score(ceiling['iou'], 'iou')}"
+        )
+        behind = (
+            [m for m, better in wins(summary, "copy_reference", "vae_round_trip").items() if better]
+            if "copy_reference" in summary
+            else []
+        )
         lines.append(line + (f"; even it loses to copy-reference on {_metric_list(behind)}." if behind else "."))
     return lines
 
@@ -229,8 +290,10 @@ def readme_section(summary: dict, details_link: str | None = None) -> str:
     """The project README's benchmark block: the all-pairs table, the verdict and where the other tables are."""
     text = headline_table(summary) + "\n" + "".join(f"- {line}\n" for line in verdict_lines(summary))
     if details_link:
-        text += (f"\nPer-task and per-body-plan tables, where the flicker is, the plot and what the numbers say: "
-                 f"[{details_link}]({details_link}).\n")
+        text += (
+            f"\nPer-task and per-body-plan tables, where the flicker is, the plot and what the numbers say: "
+            f"[{details_link}]({details_link}).\n"
+        )
     return text
 
 
@@ -240,8 +303,9 @@ def details_readme(report_dir: str | Path | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def write_benchmark_readmes(summary: dict, protocol: str, tables: str, readme: str | Path | None = None,
-                            report_dir: str | Path | None = None) -> None:
+def write_benchmark_readmes(
+    summary: dict, protocol: str, tables: str, readme: str | Path | None = None, report_dir: str | Path | None = None
+) -> None:
     """Rewrite the benchmark blocks: the headline and verdict in `readme`; the protocol, every table and the plot
     in `report_dir`/README.md when that file exists. Same scores in, same files out."""
     details = details_readme(report_dir)
@@ -258,8 +322,10 @@ def write_benchmark_readmes(summary: dict, protocol: str, tables: str, readme: s
 def update_readme(readme: Path, section: str) -> None:
     """Replace the text between the benchmark markers of `readme` with `section`."""
     text = _readme_text(readme)
-    write_atomically(readme, lambda tmp: tmp.write_text(_readme_pattern().sub(
-        lambda _: f"{README_START}\n{section}{README_END}", text)))
+    write_atomically(
+        readme,
+        lambda tmp: tmp.write_text(_readme_pattern().sub(lambda _: f"{README_START}\n{section}{README_END}", text)),
+    )
 
 
 def _readme_pattern() -> re.Pattern:
@@ -271,12 +337,12 @@ def _readme_text(readme: Path) -> str:
         raise Scail2Error(f"{readme}: no such file; pass the README to update with --readme")
     text = readme.read_text()
     if not _readme_pattern().search(text):
-        raise Scail2Error(f"{readme} has no '{README_START}' ... '{README_END}' markers; add them where the table "
-                          "goes")
+        raise Scail2Error(f"{readme} has no '{README_START}' ... '{README_END}' markers; add them where the table goes")
     return text
 
 
 # 4. `scail2 eval` --------------------------------------------------------------------------------------------
+
 
 def skeleton_pipeline(folder: str | Path, vae) -> object:
     """The skeleton baseline: a full model folder, or a transformer (folder with transformer/, or the
@@ -290,8 +356,10 @@ def skeleton_pipeline(folder: str | Path, vae) -> object:
         return load_pipeline(folder, torch.device("cpu"))
     weights = folder / "transformer" if (folder / "transformer").is_dir() else folder
     if not (weights / "config.json").is_file():
-        raise Scail2Error(f"{weights}: no transformer config.json; pass the skeleton run's export/model folder with "
-                          "--skeleton-model, or --skeleton-model none to leave the baseline out")
+        raise Scail2Error(
+            f"{weights}: no transformer config.json; pass the skeleton run's export/model folder with "
+            "--skeleton-model, or --skeleton-model none to leave the baseline out"
+        )
     transformer = SCAIL2Transformer3DModel.from_pretrained(weights, torch_dtype=torch.float32)
     return SCAIL2Pipeline(transformer=transformer.eval(), vae=vae)
 
@@ -315,9 +383,16 @@ def build_methods(args) -> tuple[dict, object]:
 def command_line(args) -> str:
     """The `scail2 eval` call that regenerates this report."""
     parts = ["scail2 eval", f"--split {args.split}"]
-    for flag, value in (("--model", args.model), ("--skeleton-model", args.skeleton_model), ("--pairs", args.pairs),
-                        ("--steps", args.steps), ("--shift", args.shift), ("--json", args.json),
-                        ("--report-dir", args.report_dir), ("--readme", args.readme)):
+    for flag, value in (
+        ("--model", args.model),
+        ("--skeleton-model", args.skeleton_model),
+        ("--pairs", args.pairs),
+        ("--steps", args.steps),
+        ("--shift", args.shift),
+        ("--json", args.json),
+        ("--report-dir", args.report_dir),
+        ("--readme", args.readme),
+    ):
         if value is not None:
             parts.append(f"{flag} {value}")
     if args.seed:
@@ -337,14 +412,17 @@ def run_benchmark(args) -> dict:
     tables = markdown_tables(summary)
     split = benchmark.SPLITS[args.split]
     beaten = wins(summary, "scail2", "copy_reference")
-    protocol = (f"{len(samples)} held-out pairs of the `{args.split}` split ({split.width}x{split.height}, "
-                f"{split.frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
-                f"{args.seed}. SCAIL-2 beats copy-reference on {sum(beaten.values())} of {len(beaten)} metrics. "
-                f"Regenerate with `{command_line(args)}`.")
+    protocol = (
+        f"{len(samples)} held-out pairs of the `{args.split}` split ({split.width}x{split.height}, "
+        f"{split.frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
+        f"{args.seed}. SCAIL-2 beats copy-reference on {sum(beaten.values())} of {len(beaten)} metrics. "
+        f"Regenerate with `{command_line(args)}`."
+    )
     print(protocol + "\n\n" + tables)
     if args.json:
-        write_json(args.json, {"split": args.split, "settings": dataclasses.asdict(settings), "summary": summary,
-                               "rows": rows})
+        write_json(
+            args.json, {"split": args.split, "settings": dataclasses.asdict(settings), "summary": summary, "rows": rows}
+        )
     if args.report_dir:
         folder = Path(args.report_dir)
         write_atomically(folder / "table.md", lambda tmp: tmp.write_text(protocol + "\n\n" + tables))

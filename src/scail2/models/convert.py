@@ -45,19 +45,25 @@ SAT_TO_WAN: list[tuple[str, str | list[str]]] = [
     (r"mixins\.adaln_layer\.cross_query_layernorm_list\.(\d+)\.weight", r"blocks.\1.cross_attn.norm_q.weight"),
     (r"mixins\.adaln_layer\.cross_key_layernorm_list\.(\d+)\.weight", r"blocks.\1.cross_attn.norm_k.weight"),
     (r"mixins\.adaln_layer\.clip_feature_key_layernorm_list\.(\d+)\.weight", r"blocks.\1.cross_attn.norm_k_img.weight"),
-    (r"mixins\.adaln_layer\.clip_feature_key_value_list\.(\d+)\.(weight|bias)",
-     [r"blocks.\1.cross_attn.k_img.\2", r"blocks.\1.cross_attn.v_img.\2"]),
+    (
+        r"mixins\.adaln_layer\.clip_feature_key_value_list\.(\d+)\.(weight|bias)",
+        [r"blocks.\1.cross_attn.k_img.\2", r"blocks.\1.cross_attn.v_img.\2"],
+    ),
     (r"mixins\.final_layer\.adaLN_modulation", "head.modulation"),
     (r"mixins\.final_layer\.linear\.(weight|bias)", r"head.head.\1"),
     (r"mixins\.patch_embed\.proj\.(weight|bias)", r"patch_embedding.\1"),
     (r"mixins\.patch_embed\.proj_pose\.(weight|bias)", r"patch_embedding_pose.\1"),
     (r"mixins\.patch_embed\.proj_mask\.(weight|bias)", r"patch_embedding_mask.\1"),
-    (r"transformer\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)",
-     [r"blocks.\1.self_attn.q.\2", r"blocks.\1.self_attn.k.\2", r"blocks.\1.self_attn.v.\2"]),
+    (
+        r"transformer\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)",
+        [r"blocks.\1.self_attn.q.\2", r"blocks.\1.self_attn.k.\2", r"blocks.\1.self_attn.v.\2"],
+    ),
     (r"transformer\.layers\.(\d+)\.attention\.dense\.(weight|bias)", r"blocks.\1.self_attn.o.\2"),
     (r"transformer\.layers\.(\d+)\.cross_attention\.query\.(weight|bias)", r"blocks.\1.cross_attn.q.\2"),
-    (r"transformer\.layers\.(\d+)\.cross_attention\.key_value\.(weight|bias)",
-     [r"blocks.\1.cross_attn.k.\2", r"blocks.\1.cross_attn.v.\2"]),
+    (
+        r"transformer\.layers\.(\d+)\.cross_attention\.key_value\.(weight|bias)",
+        [r"blocks.\1.cross_attn.k.\2", r"blocks.\1.cross_attn.v.\2"],
+    ),
     (r"transformer\.layers\.(\d+)\.cross_attention\.dense\.(weight|bias)", r"blocks.\1.cross_attn.o.\2"),
     (r"transformer\.layers\.(\d+)\.post_cross_attention_layernorm\.(weight|bias)", r"blocks.\1.norm3.\2"),
     (r"transformer\.layers\.(\d+)\.mlp\.dense_h_to_4h\.(weight|bias)", r"blocks.\1.ffn.0.\2"),
@@ -85,8 +91,10 @@ def _find_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
         for key in ("module", "state_dict", "model"):
             if key in obj:
                 return _find_state_dict(obj[key], path)
-    raise Scail2Error(f"{path}: no tensor state dict found (looked at the top level and under module/state_dict/"
-                      "model); pass a SCAIL-2 transformer checkpoint")
+    raise Scail2Error(
+        f"{path}: no tensor state dict found (looked at the top level and under module/state_dict/"
+        "model); pass a SCAIL-2 transformer checkpoint"
+    )
 
 
 class LazyCheckpoint:
@@ -135,7 +143,7 @@ def detect_format(keys: list[str], shapes: dict[str, tuple[int, ...]] | None = N
 def _strip_wan_prefix(key: str) -> str:
     for prefix in WAN_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -162,7 +170,7 @@ def _channels_first(tensor: torch.Tensor) -> torch.Tensor:
 def plan_sat(keys: list[str]) -> tuple[Plan, list[str]]:
     plan, unknown = {}, []
     for key in keys:
-        name = key[len(SAT_PREFIX):] if key.startswith(SAT_PREFIX) else key
+        name = key[len(SAT_PREFIX) :] if key.startswith(SAT_PREFIX) else key
         for pattern, target in _SAT_RULES:
             match = pattern.match(name)
             if match:
@@ -190,15 +198,20 @@ def plan_mlx(keys: list[str]) -> tuple[Plan, list[str]]:
 PLANNERS = {"sat": plan_sat, "wan": plan_wan, "mlx": plan_mlx}
 
 
-def check_plan(plan: Plan, unknown: list[str], checkpoint: LazyCheckpoint,
-               expected: dict[str, tuple[int, ...]]) -> None:
+def check_plan(
+    plan: Plan, unknown: list[str], checkpoint: LazyCheckpoint, expected: dict[str, tuple[int, ...]]
+) -> None:
     """Strict loading, before any tensor is read: every model key exactly once with the right shape."""
     produced = {name: torch.empty(checkpoint.shape(name), device="meta") for name in unknown}
     for source, targets in plan.items():
         for target, op in targets:
             produced[target] = op(torch.empty(checkpoint.shape(source), device="meta"))
-    check_state_dict(produced, expected, source=checkpoint.path,
-                     what="SCAIL-2 transformer (check --config: a preset or the upstream config JSON)")
+    check_state_dict(
+        produced,
+        expected,
+        source=checkpoint.path,
+        what="SCAIL-2 transformer (check --config: a preset or the upstream config JSON)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -206,8 +219,21 @@ def check_plan(plan: Plan, unknown: list[str], checkpoint: LazyCheckpoint,
 # ------------------------------------------------------------------------------------------------------------
 
 UPSTREAM_CONFIG_FIELDS = {
-    "model_type", "patch_size", "text_len", "in_dim", "mask_dim", "dim", "ffn_dim", "freq_dim", "text_dim",
-    "out_dim", "num_heads", "num_layers", "qk_norm", "cross_attn_norm", "eps",
+    "model_type",
+    "patch_size",
+    "text_len",
+    "in_dim",
+    "mask_dim",
+    "dim",
+    "ffn_dim",
+    "freq_dim",
+    "text_dim",
+    "out_dim",
+    "num_heads",
+    "num_layers",
+    "qk_norm",
+    "cross_attn_norm",
+    "eps",
 }
 # This implementation's own architecture fields, accepted beside upstream's (upstream hard-codes them).
 EXTENSION_CONFIG_FIELDS = {"image_dim", "rope_theta", "rope_offset"}
@@ -232,8 +258,10 @@ def resolve_config(config: str) -> dict:
     known = UPSTREAM_CONFIG_FIELDS | EXTENSION_CONFIG_FIELDS
     unknown = sorted(set(raw) - known - IGNORED_UPSTREAM_FIELDS)
     if unknown:
-        raise Scail2Error(f"{path}: unknown config field(s) {', '.join(unknown)}; expected upstream's "
-                          f"constructor keywords ({', '.join(sorted(UPSTREAM_CONFIG_FIELDS))})")
+        raise Scail2Error(
+            f"{path}: unknown config field(s) {', '.join(unknown)}; expected upstream's "
+            f"constructor keywords ({', '.join(sorted(UPSTREAM_CONFIG_FIELDS))})"
+        )
     return {k: (tuple(v) if k == "patch_size" else v) for k, v in raw.items() if k in known}
 
 
@@ -275,9 +303,15 @@ def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max
     (folder / f"{WEIGHTS_NAME}.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
 
 
-def convert_transformer(input_path: str | os.PathLike, config: str, out_dir: str | os.PathLike,
-                        dtype: str = "bf16", max_shard_size_gb: float = 5.0, overwrite: bool = False,
-                        progress: bool = True) -> Path:
+def convert_transformer(
+    input_path: str | os.PathLike,
+    config: str,
+    out_dir: str | os.PathLike,
+    dtype: str = "bf16",
+    max_shard_size_gb: float = 5.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Convert one transformer checkpoint into a folder that `SCAIL2Transformer3DModel.from_pretrained` loads."""
     from tqdm import tqdm
 

@@ -1,4 +1,6 @@
-"""Convert the official frozen components into the standard library classes (docs/architecture.md, "Checkpoint layouts").
+"""Convert the official frozen components into the standard library classes.
+
+See docs/architecture.md, "Checkpoint layouts".
 
 | official file                                                       | becomes                               |
 |---------------------------------------------------------------------|---------------------------------------|
@@ -97,7 +99,8 @@ def save_converted_model(
 # 2. Wan2.1 VAE -> diffusers AutoencoderKLWan
 # ---------------------------------------------------------------------------------------------------
 
-# Per-channel latent statistics of the Wan2.1 VAE (docs/architecture.md, "Latent normalisation"); the latent codec normalises with them.
+# Per-channel latent statistics of the Wan2.1 VAE; the latent codec normalises with them (docs/architecture.md,
+# "Latent normalisation").
 WAN21_LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,

@@ -58,8 +58,10 @@ def release_files(official_dir: str | Path) -> dict[str, Path]:
     }
     missing = [str(path.relative_to(root)) for path in files.values() if not path.exists()]
     if missing:
-        raise Scail2Error(f"{root}: the release is incomplete, missing {', '.join(missing)}; download the whole "
-                          "zai-org/SCAIL-2 repository")
+        raise Scail2Error(
+            f"{root}: the release is incomplete, missing {', '.join(missing)}; download the whole "
+            "zai-org/SCAIL-2 repository"
+        )
     return files
 
 
@@ -81,8 +83,15 @@ def write_model_index(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def convert_release(official_dir: str | Path, out_dir: str | Path, config: str = "14b", dtype: str = "bf16",
-                    overwrite: bool = False, progress: bool = True, clip_heads: int = 16) -> Path:
+def convert_release(
+    official_dir: str | Path,
+    out_dir: str | Path,
+    config: str = "14b",
+    dtype: str = "bf16",
+    overwrite: bool = False,
+    progress: bool = True,
+    clip_heads: int = 16,
+) -> Path:
     """Convert every component; `clip_heads` is not stored in the CLIP file (16 for the released ViT-H/14)."""
     files = release_files(official_dir)
     out = Path(out_dir)
@@ -91,8 +100,9 @@ def convert_release(official_dir: str | Path, out_dir: str | Path, config: str =
     staging = out.with_name(f".{out.name}.staging")
     staging.mkdir(parents=True, exist_ok=True)
     steps = {
-        "transformer": lambda dest: convert_transformer(files["transformer"], config, dest, dtype=dtype,
-                                                        progress=progress),
+        "transformer": lambda dest: convert_transformer(
+            files["transformer"], config, dest, dtype=dtype, progress=progress
+        ),
         "vae": lambda dest: convert_vae(files["vae"], dest),
         "text_encoder": lambda dest: convert_umt5(files["text_encoder"], dest),
         "tokenizer": lambda dest: convert_tokenizer(files["tokenizer"], dest),

@@ -69,9 +69,7 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def tokenize_prompts(
-    tokenizer, prompts: Sequence[str], text_len: int = TEXT_LEN
-) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_prompts(tokenizer, prompts: Sequence[str], text_len: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """Cleaned prompts -> (input_ids, attention_mask), each [B, text_len]; the EOS token is appended."""
     encoded = tokenizer(
         [clean_prompt(prompt) for prompt in prompts],

@@ -44,10 +44,9 @@ SCAIL2_PRESETS: dict[str, dict] = {
         model_type="t2v", dim=256, ffn_dim=704, num_heads=4, num_layers=8, freq_dim=64, text_dim=16, text_len=1
     ),
     # For tests: unequal sizes everywhere so a swapped axis fails. head_dim 16 -> RoPE pairs t/h/w = 4/2/2.
-    "tiny": dict(
-        dim=32, ffn_dim=56, num_heads=2, num_layers=2, freq_dim=18, text_dim=20, text_len=7, image_dim=24
-    ),
+    "tiny": dict(dim=32, ffn_dim=56, num_heads=2, num_layers=2, freq_dim=18, text_dim=20, text_len=7, image_dim=24),
 }
+
 
 def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
     """Complex pairs per head given to the time, height and width axes (22/21/21 for head_dim 128)."""
@@ -70,7 +69,9 @@ class RopeShift:
 
 
 def scail2_rope_shifts(num_extra_refs: int, replace: bool, offset: int) -> dict[str, RopeShift]:
-    """The RoPE shift table (docs/architecture.md, "RoPE shifts") for each segment: extra refs, reference, video, driving stream.
+    """The RoPE shift table for each segment: extra refs, reference, video, driving stream.
+
+    See docs/architecture.md, "RoPE shifts".
 
     Animation separates the reference in time (video starts one frame after it); replacement separates it in
     height by `offset`. The driving stream is always shifted by `offset` in width.
@@ -293,8 +294,16 @@ def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> 
 class SCAIL2TransformerBlock(nn.Module):
     """Self-attention and FFN under adaLN modulation from the timestep; ungated cross-attention between them."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float,
-                 image_tokens: bool):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        qk_norm: bool,
+        cross_attn_norm: bool,
+        eps: float,
+        image_tokens: bool,
+    ):
         super().__init__()
         self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, num_heads, qk_norm, eps)
@@ -304,8 +313,14 @@ class SCAIL2TransformerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, time_modulation: torch.Tensor, context: torch.Tensor, rope: torch.Tensor,
-                num_image_tokens: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_modulation: torch.Tensor,
+        context: torch.Tensor,
+        rope: torch.Tensor,
+        num_image_tokens: int,
+    ) -> torch.Tensor:
         # time_modulation [B, 6, dim] fp32 -> six [B, 1, dim] vectors; the residual stream stays fp32.
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_modulation).chunk(
             6, dim=1
@@ -430,7 +445,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         nn.init.zeros_(self.head.head.weight)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "SCAIL2Transformer3DModel":
+    def from_preset(cls, name: str, **overrides) -> SCAIL2Transformer3DModel:
         """Build a named architecture (`14b`, `1.3b`, `tiny`) with random weights."""
         if name not in SCAIL2_PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(SCAIL2_PRESETS)}")
@@ -444,8 +459,20 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     # Input checks
     # -------------------------------------------------------------------------------------------------------
 
-    def check_inputs(self, hidden_states, timestep, encoder_hidden_states, image_embeds, ref_latents, ref_masks,
-                     pose_latents, driving_masks, history_mask, extra_ref_latents, extra_ref_masks) -> None:
+    def check_inputs(
+        self,
+        hidden_states,
+        timestep,
+        encoder_hidden_states,
+        image_embeds,
+        ref_latents,
+        ref_masks,
+        pose_latents,
+        driving_masks,
+        history_mask,
+        extra_ref_latents,
+        extra_ref_masks,
+    ) -> None:
         """Raise a ValueError naming the tensor, the shape it got and the shape it needs."""
         cfg = self.config
         if hidden_states.ndim != 5:
@@ -468,8 +495,12 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             "driving_masks": (b, c_mask, t, h // 2, w // 2),
         }
         given = {
-            "hidden_states": hidden_states, "timestep": timestep, "ref_latents": ref_latents,
-            "ref_masks": ref_masks, "pose_latents": pose_latents, "driving_masks": driving_masks,
+            "hidden_states": hidden_states,
+            "timestep": timestep,
+            "ref_latents": ref_latents,
+            "ref_masks": ref_masks,
+            "pose_latents": pose_latents,
+            "driving_masks": driving_masks,
         }
         if history_mask is not None:
             expected["history_mask"] = (b, HISTORY_MASK_CHANNELS, t, h, w)
@@ -492,7 +523,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text = tuple(encoder_hidden_states.shape)
         if len(text) != 3 or text[0] != batch or text[2] != cfg.text_dim or text[1] > cfg.text_len:
             raise ValueError(
-                f"encoder_hidden_states has shape {text} but needs ({batch}, L, {cfg.text_dim}) with L <= {cfg.text_len}"
+                f"encoder_hidden_states has shape {text} but needs ({batch}, L, {cfg.text_dim}) "
+                f"with L <= {cfg.text_len}"
             )
         if cfg.model_type == "i2v":
             if image_embeds is None:
@@ -507,8 +539,17 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     # Forward pieces
     # -------------------------------------------------------------------------------------------------------
 
-    def embed_tokens(self, hidden_states, ref_latents, ref_masks, pose_latents, driving_masks, history_mask,
-                     extra_ref_latents, extra_ref_masks) -> torch.Tensor:
+    def embed_tokens(
+        self,
+        hidden_states,
+        ref_latents,
+        ref_masks,
+        pose_latents,
+        driving_masks,
+        history_mask,
+        extra_ref_latents,
+        extra_ref_masks,
+    ) -> torch.Tensor:
         """Patch-embed every stream and concatenate [extra refs | reference | video | driving] -> [B, S, dim]."""
         dtype = self.patch_embedding.weight.dtype
         b, _, t, h, w = hidden_states.shape
@@ -535,8 +576,15 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         # Each [B, dim, t, h, w] -> [B, t*h*w, dim] in (t, h, w) row-major order.
         return torch.cat([s.flatten(2).transpose(1, 2) for s in streams], dim=1)
 
-    def rope_table(self, frames: int, height: int, width: int, num_extra_refs: int, replace: bool | torch.Tensor,
-                   device: torch.device) -> torch.Tensor:
+    def rope_table(
+        self,
+        frames: int,
+        height: int,
+        width: int,
+        num_extra_refs: int,
+        replace: bool | torch.Tensor,
+        device: torch.device,
+    ) -> torch.Tensor:
         """Rotations [S, head_dim/2, 2] (fp32 real, imag) for a patch grid, cached per shape and mode.
 
         A per-sample `replace` [B] (mixed-mode training batches) gives [B, S, head_dim/2, 2].
@@ -547,8 +595,16 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         key = (frames, height, width, num_extra_refs, bool(replace), str(device))
         if key not in self._rope_cache:
             cfg = self.config
-            table = scail2_rope_table(frames, height, width, num_extra_refs, replace, cfg.dim // cfg.num_heads,
-                                      cfg.rope_theta, cfg.rope_offset)
+            table = scail2_rope_table(
+                frames,
+                height,
+                width,
+                num_extra_refs,
+                replace,
+                cfg.dim // cfg.num_heads,
+                cfg.rope_theta,
+                cfg.rope_offset,
+            )
             self._rope_cache[key] = torch.view_as_real(table).float().to(device)
         return self._rope_cache[key]
 
@@ -619,16 +675,35 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             `SCAIL2TransformerOutput` with `sample` [B, out_dim, T, H, W] (fp32), or a 1-tuple.
         """
         # 0. Check shapes.
-        self.check_inputs(hidden_states, timestep, encoder_hidden_states, image_embeds, ref_latents, ref_masks,
-                          pose_latents, driving_masks, history_mask, extra_ref_latents, extra_ref_masks)
+        self.check_inputs(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            image_embeds,
+            ref_latents,
+            ref_masks,
+            pose_latents,
+            driving_masks,
+            history_mask,
+            extra_ref_latents,
+            extra_ref_masks,
+        )
         _, _, frames, height, width = hidden_states.shape
         _, p_h, p_w = self.config.patch_size
         grid_h, grid_w = height // p_h, width // p_w
         num_extra = 0 if extra_ref_latents is None else extra_ref_latents.shape[2]
 
         # 1. Tokens of every stream, and their rotary positions.
-        x = self.embed_tokens(hidden_states, ref_latents, ref_masks, pose_latents, driving_masks, history_mask,
-                              extra_ref_latents, extra_ref_masks)
+        x = self.embed_tokens(
+            hidden_states,
+            ref_latents,
+            ref_masks,
+            pose_latents,
+            driving_masks,
+            history_mask,
+            extra_ref_latents,
+            extra_ref_masks,
+        )
         rope = self.rope_table(frames, grid_h, grid_w, num_extra, replace, x.device)
 
         # 2. Timestep and context embeddings.

@@ -69,7 +69,8 @@ class SamplingSettings:
             raise Scail2Error(f"--shift must be positive, got {self.shift}")
 
 
-# Named sampler presets (docs/architecture.md, "Sampler grids"): upstream's defaults, and the fast DPM++ preset of the MLX port.
+# Named sampler presets: upstream's defaults, and the fast DPM++ preset of the MLX port (docs/architecture.md,
+# "Sampler grids").
 SAMPLING_PRESETS: dict[str, SamplingSettings] = {
     "quality": SamplingSettings(sampler="unipc", steps=40, shift=5.0, guidance_scale=5.0),
     "fast": SamplingSettings(sampler="dpm++", steps=16, shift=5.0, guidance_scale=5.0),
@@ -83,9 +84,16 @@ class AnimationResult:
     timings: dict[str, float]
 
 
-def transformer_velocity(transformer, device: torch.device, reference: EncodedReference,
-                         conditions: SegmentConditions, text: torch.Tensor, replace: bool, history_frames: int = 0,
-                         autocast_dtype: torch.dtype | None = None):
+def transformer_velocity(
+    transformer,
+    device: torch.device,
+    reference: EncodedReference,
+    conditions: SegmentConditions,
+    text: torch.Tensor,
+    replace: bool,
+    history_frames: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+):
     """The transformer over one segment's conditions as `velocity(latent, timestep)` for `samplers.sample`.
 
     `text` is [1, L, D], or [2, L, D] = [negative, prompt] for guidance: both passes then run as one batched
@@ -97,18 +105,24 @@ def transformer_velocity(transformer, device: torch.device, reference: EncodedRe
     repeat = lambda t: None if t is None else t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
     zeros = reference.mask.new_zeros(1, reference.mask.shape[1], frames, height, width)
     kwargs = dict(
-        encoder_hidden_states=text.to(device), ref_latents=repeat(reference.latent),
-        ref_masks=repeat(torch.cat([reference.mask, zeros], 2)), pose_latents=repeat(conditions.pose_latents),
-        driving_masks=repeat(conditions.driving_masks), image_embeds=repeat(reference.image_embeds), replace=replace,
-        extra_ref_latents=repeat(reference.extra_latents), extra_ref_masks=repeat(reference.extra_masks),
+        encoder_hidden_states=text.to(device),
+        ref_latents=repeat(reference.latent),
+        ref_masks=repeat(torch.cat([reference.mask, zeros], 2)),
+        pose_latents=repeat(conditions.pose_latents),
+        driving_masks=repeat(conditions.driving_masks),
+        image_embeds=repeat(reference.image_embeds),
+        replace=replace,
+        extra_ref_latents=repeat(reference.extra_latents),
+        extra_ref_masks=repeat(reference.extra_masks),
     )
     if history_frames:
         kwargs["history_mask"] = repeat(history_mask(frames, history_frames, height, width, device=device)[None])
 
     def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            return transformer(latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch),
-                               **kwargs).sample.float()
+            return transformer(
+                latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch), **kwargs
+            ).sample.float()
 
     return velocity
 
@@ -126,11 +140,17 @@ class SCAIL2Pipeline(DiffusionPipeline):
     _optional_components = ["text_encoder", "tokenizer", "image_encoder"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, transformer: SCAIL2Transformer3DModel, vae, text_encoder=None, tokenizer=None,
-                 image_encoder=None):
+    def __init__(
+        self, transformer: SCAIL2Transformer3DModel, vae, text_encoder=None, tokenizer=None, image_encoder=None
+    ):
         super().__init__()
-        self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              image_encoder=image_encoder)
+        self.register_modules(
+            transformer=transformer,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            image_encoder=image_encoder,
+        )
 
     @property
     def codec(self) -> VideoLatentCodec:
@@ -152,20 +172,31 @@ class SCAIL2Pipeline(DiffusionPipeline):
                 raise Scail2Error(f"{name} has shape {tuple(getattr(inputs, name).shape)} but needs {need}")
         frames = inputs.driving.shape[0]
         if inputs.driving.ndim != 4 or tuple(inputs.driving.shape[1:]) != (height, width, 3) or frames < 1:
-            raise Scail2Error(f"driving must be [T, {height}, {width}, 3] with T >= 1, got {tuple(inputs.driving.shape)}")
+            raise Scail2Error(
+                f"driving must be [T, {height}, {width}, 3] with T >= 1, got {tuple(inputs.driving.shape)}"
+            )
         if tuple(inputs.driving_masks.shape[1:]) != (height, width, 3):
-            raise Scail2Error(f"driving_masks must be [T, {height}, {width}, 3], got {tuple(inputs.driving_masks.shape)}")
+            raise Scail2Error(
+                f"driving_masks must be [T, {height}, {width}, 3], got {tuple(inputs.driving_masks.shape)}"
+            )
         if inputs.driving_masks.shape[0] != frames:
-            raise Scail2Error(f"driving_masks has {inputs.driving_masks.shape[0]} frames but the driving video has "
-                              f"{frames}; give one mask frame per driving frame")
+            raise Scail2Error(
+                f"driving_masks has {inputs.driving_masks.shape[0]} frames but the driving video has "
+                f"{frames}; give one mask frame per driving frame"
+            )
         for image, mask in inputs.extra_references:
             if tuple(image.shape) != (3, height, width) or tuple(mask.shape) != (3, height, width):
                 raise Scail2Error(f"extra references must be [3, {height}, {width}] image and mask pairs")
         if self.image_encoder is None and image_embeds is None and self.transformer.config.model_type == "i2v":
             raise Scail2Error("this i2v transformer needs an image encoder; the model folder has none")
 
-    def check_call_arguments(self, output_type: str, prompt_embeds: torch.Tensor | None,
-                             negative_prompt_embeds: torch.Tensor | None, image_embeds: torch.Tensor | None) -> None:
+    def check_call_arguments(
+        self,
+        output_type: str,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        image_embeds: torch.Tensor | None,
+    ) -> None:
         """Raise Scail2Error on a bad output type or precomputed embeddings of the wrong width."""
         if output_type not in OUTPUT_TYPES:
             raise Scail2Error(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
@@ -173,18 +204,28 @@ class SCAIL2Pipeline(DiffusionPipeline):
         if image_embeds is not None and cfg.model_type != "i2v":
             raise Scail2Error("image_embeds were given but this t2v transformer takes no CLIP tokens; leave them out")
         widths = {"prompt_embeds": cfg.text_dim, "negative_prompt_embeds": cfg.text_dim, "image_embeds": cfg.image_dim}
-        values = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
-                  "image_embeds": image_embeds}
+        values = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "image_embeds": image_embeds,
+        }
         for name, value in values.items():
-            if value is not None and (value.ndim not in (2, 3) or value.ndim == 3 and value.shape[0] != 1
-                                      or value.shape[-1] != widths[name]):
-                raise Scail2Error(f"{name} must be [1, N, {widths[name]}] (one prompt or image), "
-                                  f"got {tuple(value.shape)}")
+            if value is not None and (
+                value.ndim not in (2, 3) or value.ndim == 3 and value.shape[0] != 1 or value.shape[-1] != widths[name]
+            ):
+                raise Scail2Error(
+                    f"{name} must be [1, N, {widths[name]}] (one prompt or image), got {tuple(value.shape)}"
+                )
 
     # 2. -----------------------------------------------------------------------------------------------------
-    def encode_prompts(self, prompt: str, negative_prompt: str, guidance_scale: float,
-                       prompt_embeds: torch.Tensor | None = None,
-                       negative_prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_prompts(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        guidance_scale: float,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Text features [B, L, text_dim]: [negative, prompt] when guided (B = 2), else [prompt] (B = 1).
 
         Given embeddings ([1, L, text_dim] or [L, text_dim]) stand in for their prompt's umT5 features. Both rows
@@ -195,13 +236,17 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return torch.zeros(1, 1, cfg.text_dim, device=self.device)
         guided = guidance_scale > 1
         given = [negative_prompt_embeds, prompt_embeds] if guided else [prompt_embeds]
-        missing = [text for text, embeds in zip([negative_prompt, prompt] if guided else [prompt], given)
-                   if embeds is None]
+        missing = [
+            text for text, embeds in zip([negative_prompt, prompt] if guided else [prompt], given) if embeds is None
+        ]
         if missing and self.text_encoder is None:
-            raise Scail2Error("negative_prompt_embeds are needed for guidance_scale > 1: this model has no text "
-                              "encoder to encode the negative prompt")
-        encoded = iter(encode_prompts(self.text_encoder, self.tokenizer, missing, text_len=cfg.text_len)
-                       if missing else [])
+            raise Scail2Error(
+                "negative_prompt_embeds are needed for guidance_scale > 1: this model has no text "
+                "encoder to encode the negative prompt"
+            )
+        encoded = iter(
+            encode_prompts(self.text_encoder, self.tokenizer, missing, text_len=cfg.text_len) if missing else []
+        )
         features = [next(encoded) if embeds is None else embeds.reshape(-1, cfg.text_dim) for embeds in given]
         longest = max(f.shape[0] for f in features)
         padded = [torch.nn.functional.pad(f.float(), (0, 0, 0, longest - f.shape[0])) for f in features]
@@ -239,8 +284,13 @@ class SCAIL2Pipeline(DiffusionPipeline):
     def plan_segments(num_frames: int, settings: SamplingSettings) -> list[Segment]:
         return plan_segments(num_frames, settings.segment_length, settings.overlap)
 
-    def prepare_latents(self, inputs: AnimationInputs, segments: list[Segment], generator: torch.Generator,
-                        latents: torch.Tensor | list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def prepare_latents(
+        self,
+        inputs: AnimationInputs,
+        segments: list[Segment],
+        generator: torch.Generator,
+        latents: torch.Tensor | list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
         """Initial noise of every segment, [1, z, T_lat, h, w] fp32 each (T_lat of the segment's length).
 
         Drawn from `generator` (on its device) segment after segment, or `latents` checked and used: a list with
@@ -252,8 +302,10 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return [torch.randn(shape, generator=generator, device=generator.device) for shape in shapes]
         latents = [latents] if torch.is_tensor(latents) else list(latents)
         if len(latents) != len(segments):
-            raise Scail2Error(f"latents holds {len(latents)} tensor(s) but the video runs as {len(segments)} "
-                              f"segment(s); pass a list with one [1, z, T_lat, h, w] tensor per segment")
+            raise Scail2Error(
+                f"latents holds {len(latents)} tensor(s) but the video runs as {len(segments)} "
+                f"segment(s); pass a list with one [1, z, T_lat, h, w] tensor per segment"
+            )
         for index, (latent, shape) in enumerate(zip(latents, shapes)):
             if tuple(latent.shape) != shape:
                 raise Scail2Error(f"latents[{index}] has shape {tuple(latent.shape)} but segment {index} needs {shape}")
@@ -268,16 +320,33 @@ class SCAIL2Pipeline(DiffusionPipeline):
         return SegmentConditions(pose_latents=pose_latents, driving_masks=driving_masks.to(pose_latents.device))
 
     # 6. -----------------------------------------------------------------------------------------------------
-    def build_velocity_fn(self, reference: EncodedReference, conditions: SegmentConditions, text: torch.Tensor,
-                          replace: bool, history_frames: int = 0, autocast_dtype: torch.dtype | None = None):
+    def build_velocity_fn(
+        self,
+        reference: EncodedReference,
+        conditions: SegmentConditions,
+        text: torch.Tensor,
+        replace: bool,
+        history_frames: int = 0,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         """This pipeline's transformer over one segment's conditions; see `transformer_velocity`."""
-        return transformer_velocity(self.transformer, self.device, reference, conditions, text, replace,
-                                    history_frames, autocast_dtype)
+        return transformer_velocity(
+            self.transformer, self.device, reference, conditions, text, replace, history_frames, autocast_dtype
+        )
 
-    def denoise_segment(self, reference: EncodedReference, conditions: SegmentConditions, text: torch.Tensor,
-                        noise: torch.Tensor, history: torch.Tensor | None, settings: SamplingSettings,
-                        replace: bool, autocast_dtype: torch.dtype | None = None, progress=None,
-                        callback=None) -> torch.Tensor:
+    def denoise_segment(
+        self,
+        reference: EncodedReference,
+        conditions: SegmentConditions,
+        text: torch.Tensor,
+        noise: torch.Tensor,
+        history: torch.Tensor | None,
+        settings: SamplingSettings,
+        replace: bool,
+        autocast_dtype: torch.dtype | None = None,
+        progress=None,
+        callback=None,
+    ) -> torch.Tensor:
         """Run the sampler on one segment from `noise` [1, z, T_lat, h, w]. `history` [1, z, t_h, h, w] is
         re-imposed before and after every step; guidance applies when `text` holds [negative, prompt].
         `callback(step_index, timestep, latent) -> latent or None` runs after every step (see `samplers.sample`)."""
@@ -290,9 +359,14 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return None if callback is None else callback(index, timestep, latent)
 
         sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
-        return sample(velocity, noise.to(self.device), sampler,
-                      guidance_scale=settings.guidance_scale if text.shape[0] == 2 else None,
-                      clean_prefix=None if history is None else history.to(self.device), callback=on_step_end)
+        return sample(
+            velocity,
+            noise.to(self.device),
+            sampler,
+            guidance_scale=settings.guidance_scale if text.shape[0] == 2 else None,
+            clean_prefix=None if history is None else history.to(self.device),
+            callback=on_step_end,
+        )
 
     def step_end_callback(self, callback_on_step_end, tensor_inputs: list[str] | None = None):
         """Adapt a diffusers-style `callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict` to
@@ -302,8 +376,10 @@ class SCAIL2Pipeline(DiffusionPipeline):
         tensor_inputs = ["latents"] if tensor_inputs is None else list(tensor_inputs)
         unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
         if unknown:
-            raise Scail2Error(f"callback_on_step_end_tensor_inputs {unknown} cannot be handed to a callback; "
-                              f"choose from {self._callback_tensor_inputs}")
+            raise Scail2Error(
+                f"callback_on_step_end_tensor_inputs {unknown} cannot be handed to a callback; "
+                f"choose from {self._callback_tensor_inputs}"
+            )
         if callback_on_step_end is None:
             return None
 
@@ -319,8 +395,10 @@ class SCAIL2Pipeline(DiffusionPipeline):
         """[1, z, T_lat, h, w] -> [3, T, H, W] in [-1, 1]; a NaN anywhere is an error, not a black video."""
         video = self.codec.decode(latent)[0]
         if not torch.isfinite(video).all():
-            raise Scail2Error("the generated video contains NaN or infinite values; try --dtype fp32 or fewer "
-                              "LoRAs / a lower LoRA scale")
+            raise Scail2Error(
+                "the generated video contains NaN or infinite values; try --dtype fp32 or fewer "
+                "LoRAs / a lower LoRA scale"
+            )
         return video
 
     # 8. -----------------------------------------------------------------------------------------------------
@@ -351,12 +429,23 @@ class SCAIL2Pipeline(DiffusionPipeline):
         return self.codec.encode(previous[None, :, -segment.history_frames :])
 
     @torch.no_grad()
-    def __call__(self, inputs: AnimationInputs, settings: SamplingSettings = SamplingSettings(), seed: int = 0,
-                 autocast_dtype: torch.dtype | None = None, progress: bool = True, *,
-                 generator: torch.Generator | None = None, latents: torch.Tensor | list[torch.Tensor] | None = None,
-                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 image_embeds: torch.Tensor | None = None, output_type: str = "uint8", callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs: list[str] | None = None) -> AnimationResult:
+    def __call__(
+        self,
+        inputs: AnimationInputs,
+        settings: SamplingSettings = SamplingSettings(),
+        seed: int = 0,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = True,
+        *,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | list[torch.Tensor] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        output_type: str = "uint8",
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> AnimationResult:
         r"""Animate `inputs.reference` with the motion of `inputs.driving`.
 
         Args:
@@ -393,8 +482,9 @@ class SCAIL2Pipeline(DiffusionPipeline):
         self.check_call_arguments(output_type, prompt_embeds, negative_prompt_embeds, image_embeds)
         step_end = self.step_end_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         # 2-3. encode the prompts and the reference
-        text = self.encode_prompts(inputs.prompt, inputs.negative_prompt, settings.guidance_scale, prompt_embeds,
-                                   negative_prompt_embeds)
+        text = self.encode_prompts(
+            inputs.prompt, inputs.negative_prompt, settings.guidance_scale, prompt_embeds, negative_prompt_embeds
+        )
         reference = self.encode_reference(inputs, image_embeds)
         # 4. plan segments and their initial noise
         segments = self.plan_segments(inputs.driving.shape[0], settings)
@@ -410,9 +500,20 @@ class SCAIL2Pipeline(DiffusionPipeline):
                 conditions = self.prepare_segment(inputs, segment)
                 history = self.history_latent(decoded[-1], segment) if decoded else None
                 tic = time.perf_counter()
-                final_latents.append(self.denoise_segment(
-                    reference, conditions, text, segment_noise, history, settings, replace=inputs.mode == "replace",
-                    autocast_dtype=autocast_dtype, progress=bar, callback=step_end))
+                final_latents.append(
+                    self.denoise_segment(
+                        reference,
+                        conditions,
+                        text,
+                        segment_noise,
+                        history,
+                        settings,
+                        replace=inputs.mode == "replace",
+                        autocast_dtype=autocast_dtype,
+                        progress=bar,
+                        callback=step_end,
+                    )
+                )
                 timings[f"segment_{segment.index}_denoise_s"] = time.perf_counter() - tic
                 if output_type != "latent" or segment is not segments[-1]:
                     decoded.append(self.decode_segment(final_latents[-1]))

@@ -8,8 +8,8 @@
 
 Pixel values are identity indices (0 background, k = k-th colour of `IDENTITY_COLORS`); the PNG
 palette shows them in the upstream colours on black, so any image viewer or editor shows the masks as
-the model sees them in animation mode. The background colour of a mode (white or black; docs/architecture.md, "Modes") is
-applied when the folder is read, so one folder serves both modes. A frame edited and saved as RGB is
+the model sees them in animation mode. The background colour of a mode (white or black; docs/architecture.md,
+"Modes") is applied when the folder is read, so one folder serves both modes. A frame edited and saved as RGB is
 read back by snapping every pixel to the nearest palette colour (black and white are background).
 
 `meta.json` carries `format_version`; readers refuse versions they do not know. The folder is written
@@ -98,14 +98,19 @@ def load_identity_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode == "P" and list(image.getpalette()[: 3 * len(PNG_PALETTE)]) == _palette_bytes()[: 3 * len(PNG_PALETTE)]:
+            if (
+                image.mode == "P"
+                and list(image.getpalette()[: 3 * len(PNG_PALETTE)]) == _palette_bytes()[: 3 * len(PNG_PALETTE)]
+            ):
                 ids = np.asarray(image, dtype=np.uint8)
                 if int(ids.max(initial=0)) <= MAX_IDENTITIES:
                     return ids.copy()
             return _snap_rgb_to_ids(np.asarray(image.convert("RGB")))
     except (OSError, SyntaxError, ValueError) as error:
-        raise Scail2Error(f"{path}: cannot be read as a mask image ({error.__class__.__name__}); re-run "
-                          "`scail2 masks` or save the frame as PNG") from None
+        raise Scail2Error(
+            f"{path}: cannot be read as a mask image ({error.__class__.__name__}); re-run "
+            "`scail2 masks` or save the frame as PNG"
+        ) from None
 
 
 def identities_to_palette(ids: torch.Tensor | np.ndarray, mode: str, side: str) -> torch.Tensor:
@@ -160,8 +165,13 @@ class MaskFolderWriter:
         return self.tmp / PREVIEW_FILE
 
     def commit(self, meta: dict) -> Path:
-        payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "scail2_version": __version__,
-                   **meta, "frames": self.frames}
+        payload = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "scail2_version": __version__,
+            **meta,
+            "frames": self.frames,
+        }
         (self.tmp / META_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
         return replace_folder(self.tmp, self.path)
 
@@ -204,8 +214,14 @@ class MaskFolder:
         for index in range(min(self.num_frames, max_frames or self.num_frames)):
             yield self.frame_ids(index)
 
-    def palette_frames(self, mode: str, side: str = "driving", *, max_frames: int | None = None,
-                       frame_transform: Callable[[np.ndarray], Any] | None = None) -> torch.Tensor:
+    def palette_frames(
+        self,
+        mode: str,
+        side: str = "driving",
+        *,
+        max_frames: int | None = None,
+        frame_transform: Callable[[np.ndarray], Any] | None = None,
+    ) -> torch.Tensor:
         """The masks as palette colours with `mode`'s background: uint8 [T, H, W, 3] (or transformed frames)."""
         transform = frame_transform or (lambda frame: frame)
         frames = [transform(identities_to_palette(ids, mode, side).numpy()) for ids in self.iter_ids(max_frames)]
@@ -222,12 +238,16 @@ class MaskFolder:
 
 def _check_meta(path: Path, meta: Any) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise Scail2Error(f"{path / META_FILE}: not a scail2 mask folder (format is not {FORMAT_NAME!r}); "
-                          "make one with `scail2 masks`")
+        raise Scail2Error(
+            f"{path / META_FILE}: not a scail2 mask folder (format is not {FORMAT_NAME!r}); "
+            "make one with `scail2 masks`"
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise Scail2Error(f"{path / META_FILE}: mask folder format version {version!r} is not supported (this "
-                          f"scail2 reads version {FORMAT_VERSION}); upgrade scail2 or re-run `scail2 masks`")
+        raise Scail2Error(
+            f"{path / META_FILE}: mask folder format version {version!r} is not supported (this "
+            f"scail2 reads version {FORMAT_VERSION}); upgrade scail2 or re-run `scail2 masks`"
+        )
     for key in ("frames", "height", "width", "fps"):
         if key not in meta:
             raise Scail2Error(f"{path / META_FILE}: missing {key!r}; re-run `scail2 masks`")
@@ -239,8 +259,9 @@ def open_mask_folder(path: str | Path) -> MaskFolder:
     path = Path(path)
     if not is_mask_folder(path):
         raise Scail2Error(f"{path}: no {META_FILE}; pass a folder written by `scail2 masks`")
-    meta = _check_meta(path, read_json(path / META_FILE, missing_hint="re-run `scail2 masks`",
-                                       corrupt_hint="re-run `scail2 masks`"))
+    meta = _check_meta(
+        path, read_json(path / META_FILE, missing_hint="re-run `scail2 masks`", corrupt_hint="re-run `scail2 masks`")
+    )
     missing = [frame_name(i) for i in range(int(meta["frames"])) if not (path / frame_name(i)).is_file()]
     if missing:
         raise Scail2Error(f"{path}: {len(missing)} mask frames are missing (first {missing[0]}); re-run `scail2 masks`")

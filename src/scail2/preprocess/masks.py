@@ -81,7 +81,7 @@ def _frame_chunks(frames: torch.Tensor) -> list[torch.Tensor]:
 
 
 def detect_mask_kind(frames: torch.Tensor | np.ndarray) -> Literal["binary", "palette"]:
-    """"palette" when any pixel is clearly coloured (channel spread > 128), else "binary" (greyscale)."""
+    """ "palette" when any pixel is clearly coloured (channel spread > 128), else "binary" (greyscale)."""
     for chunk in _frame_chunks(_as_uint8_rgb(frames)):
         spread = chunk.amax(dim=-1).to(torch.int16) - chunk.amin(dim=-1).to(torch.int16)
         if bool((spread > COLOUR_SPREAD_THRESHOLD).any()):
@@ -89,9 +89,7 @@ def detect_mask_kind(frames: torch.Tensor | np.ndarray) -> Literal["binary", "pa
     return "binary"
 
 
-def binary_to_palette(
-    frames: torch.Tensor | np.ndarray, mode: Mode, side: Side, *, identity: int = 0
-) -> torch.Tensor:
+def binary_to_palette(frames: torch.Tensor | np.ndarray, mode: Mode, side: Side, *, identity: int = 0) -> torch.Tensor:
     """A binary mask (bright = the character) -> identity colour on the character, the mode's background elsewhere."""
     frames = _as_uint8_rgb(frames)
     grey = frames.to(torch.float32).mean(dim=-1, keepdim=True)

@@ -1,4 +1,6 @@
-"""The identity colour palette and the seven colour planes of the 28-channel mask (docs/architecture.md, "Mask channels", "Colour palette").
+"""The identity colour palette and the seven colour planes of the 28-channel mask.
+
+See docs/architecture.md, "Mask channels" and "Colour palette".
 
 Upstream's model was trained on these exact colours: identity k (in left-to-right order) is drawn in
 `IDENTITY_COLORS[k]`. The mask compression turns each pixel into seven binary planes in

@@ -1,6 +1,6 @@
 """Typed training configuration: YAML in, dotted overrides on top, validated on creation.
 
-    config = load_config("configs/tiny.yaml", ["optim.lr=3e-4", "train.batch_size=8"])
+config = load_config("configs/tiny.yaml", ["optim.lr=3e-4", "train.batch_size=8"])
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from scail2.errors import Scail2Error
-from scail2.train.schedule import OptimConfig
 from scail2.optional import require
+from scail2.train.schedule import OptimConfig
 
 
 @dataclass
@@ -27,7 +27,9 @@ class ModelConfig:
 
 @dataclass
 class FlowConfig:
-    shift: float | str = "auto"  # "auto": the resolution-dependent e^mu (docs/architecture.md, "Flow matching"); or a number
+    shift: float | str = (
+        "auto"  # "auto": the resolution-dependent e^mu (docs/architecture.md, "Flow matching"); or a number
+    )
     history_probability: float = 0.15  # chance that a sample's first latent frames are clean history
     history_latent_frames: int = 2  # 5 pixel frames
     text_dropout: float = 0.1  # chance of the empty prompt (classifier-free guidance training)
@@ -81,14 +83,16 @@ class TrainConfig:
         if self.model.pretrained is None and self.model.preset is None:
             raise Scail2Error("give model.preset (train from scratch) or model.pretrained (fine-tune)")
         if self.train.export_dtype not in ("float32", "float16", "bfloat16"):
-            raise Scail2Error(f"train.export_dtype must be float32, float16 or bfloat16, got {self.train.export_dtype!r}")
+            raise Scail2Error(
+                f"train.export_dtype must be float32, float16 or bfloat16, got {self.train.export_dtype!r}"
+            )
         if self.train.mixed_precision not in ("auto", "bf16", "fp32"):
             raise Scail2Error(f"train.mixed_precision must be auto, bf16 or fp32, got {self.train.mixed_precision!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """The settings a stage really uses. The DPO stage takes its LoRA rank/alpha, step count and learning rate
         from the `dpo:` section (LoRA on a frozen base is the point of the stage) and turns text dropout and
         driving augmentation off, so winner and loser see identical conditions."""
@@ -114,8 +118,10 @@ def _build(cls, values: dict, where: str, defaults=None):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise Scail2Error(f"unknown config key(s) {', '.join(f'{where}.{k}' if where else k for k in unknown)}; "
-                          f"known: {', '.join(fields)}")
+        raise Scail2Error(
+            f"unknown config key(s) {', '.join(f'{where}.{k}' if where else k for k in unknown)}; "
+            f"known: {', '.join(fields)}"
+        )
     kwargs = {}
     for name, value in values.items():
         factory = fields[name].default_factory
@@ -155,8 +161,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), cls=TrainConfig,
-                example: str = "configs/tiny.yaml"):
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), cls=TrainConfig, example: str = "configs/tiny.yaml"
+):
     """YAML (optional) plus dotted overrides, built into the config dataclass `cls` and validated."""
     yaml = require("yaml", purpose="reading training configs")
 

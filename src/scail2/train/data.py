@@ -26,8 +26,10 @@ class BatchPlan:
         self.batch_size, self.seed = batch_size, seed
         self.batches_per_epoch = sum(len(b) // batch_size for b in self.buckets)
         if self.batches_per_epoch == 0:
-            raise Scail2Error(f"the cache holds no {batch_size} samples of one latent shape; lower train.batch_size "
-                              f"(largest bucket: {max(len(b) for b in self.buckets)} samples)")
+            raise Scail2Error(
+                f"the cache holds no {batch_size} samples of one latent shape; lower train.batch_size "
+                f"(largest bucket: {max(len(b) for b in self.buckets)} samples)"
+            )
         self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
 
     def _epoch(self, epoch: int) -> list[np.ndarray]:

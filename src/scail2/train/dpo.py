@@ -1,4 +1,6 @@
-"""Bias-Aware DPO on flow-matching errors (docs/architecture.md, "DPO"): a Diffusion-DPO objective against a frozen reference.
+"""Bias-Aware DPO on flow-matching errors: a Diffusion-DPO objective against a frozen reference.
+
+See docs/architecture.md, "DPO".
 
 For a preference pair (winner w, loser l) under the same conditioning c, both are noised with the SAME noise
 eps and sigma, and each model's per-sample velocity error is measured:
@@ -27,9 +29,10 @@ copy of the backbone in memory).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,29 +65,38 @@ class DPOConfig:
     def __post_init__(self):
         checks = (
             (math.isfinite(self.beta) and self.beta > 0, f"dpo.beta must be a positive number, got {self.beta}"),
-            (self.limb_weight >= 0 and self.face_weight >= 0,
-             f"dpo.limb_weight and dpo.face_weight must be >= 0, got {self.limb_weight} and {self.face_weight}"),
-            (isinstance(self.lora_rank, int) and self.lora_rank >= 1,
-             f"dpo.lora_rank must be a positive integer, got {self.lora_rank!r}"),
+            (
+                self.limb_weight >= 0 and self.face_weight >= 0,
+                f"dpo.limb_weight and dpo.face_weight must be >= 0, got {self.limb_weight} and {self.face_weight}",
+            ),
+            (
+                isinstance(self.lora_rank, int) and self.lora_rank >= 1,
+                f"dpo.lora_rank must be a positive integer, got {self.lora_rank!r}",
+            ),
             (self.lora_alpha is None or self.lora_alpha > 0, f"dpo.lora_alpha must be positive, got {self.lora_alpha}"),
-            (isinstance(self.steps, int) and self.steps >= 1,
-             f"dpo.steps must be a positive integer, got {self.steps!r}"),
-            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             f"dpo.learning_rate must be a positive number, got {self.learning_rate}"),
+            (
+                isinstance(self.steps, int) and self.steps >= 1,
+                f"dpo.steps must be a positive integer, got {self.steps!r}",
+            ),
+            (
+                math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                f"dpo.learning_rate must be a positive number, got {self.learning_rate}",
+            ),
         )
         for ok, message in checks:
             if not ok:
                 raise Scail2Error(message)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "DPOConfig":
+    def from_dict(cls, values: dict[str, Any] | None) -> DPOConfig:
         """From the `dpo:` mapping of a training config; unknown keys are errors."""
         values = dict(values or {})
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise Scail2Error(f"unknown config key(s) {', '.join('dpo.' + k for k in unknown)}; "
-                              f"known: {', '.join(known)}")
+            raise Scail2Error(
+                f"unknown config key(s) {', '.join('dpo.' + k for k in unknown)}; known: {', '.join(known)}"
+            )
         return cls(**values)
 
     @property
@@ -109,8 +121,12 @@ def region_weights_from_detail(detail_masks: torch.Tensor, limb_weight: float, f
     return 1.0 + limb_weight * limbs + face_weight * faces
 
 
-def flow_matching_errors(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor | None = None,
-                         region_weights: torch.Tensor | None = None) -> torch.Tensor:
+def flow_matching_errors(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
+    region_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample weighted mean squared error [B] between predicted and target velocities [B, C, T, H, W].
 
     `loss_mask` (e.g. [B, 1, T, 1, 1], 0 on clean history frames) and `region_weights` ([B, 1, T, H, W]) broadcast
@@ -119,8 +135,10 @@ def flow_matching_errors(prediction: torch.Tensor, target: torch.Tensor, loss_ma
     scale (beta keeps its meaning whatever the share of detail pixels). A sample with no kept element gives 0.
     """
     if prediction.shape != target.shape or prediction.ndim != 5:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must be the same "
-                         "[B, C, T, H, W] shape")
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must be the same "
+            "[B, C, T, H, W] shape"
+        )
     squared = (prediction.float() - target.float()).square()
     weight = torch.ones((), dtype=squared.dtype, device=squared.device)
     for extra in (loss_mask, region_weights):
@@ -132,8 +150,13 @@ def flow_matching_errors(prediction: torch.Tensor, target: torch.Tensor, loss_ma
     return total / weight.sum(dim=dims).clamp_min(torch.finfo(squared.dtype).tiny)
 
 
-def diffusion_dpo_loss(policy_winner: torch.Tensor, policy_loser: torch.Tensor, reference_winner: torch.Tensor,
-                       reference_loser: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def diffusion_dpo_loss(
+    policy_winner: torch.Tensor,
+    policy_loser: torch.Tensor,
+    reference_winner: torch.Tensor,
+    reference_loser: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Diffusion-DPO on per-sample errors [B]: mean of -log sigmoid(-(beta/2) * ((e_w - e_w_ref) - (e_l - e_l_ref))).
 
     The reference errors carry no gradient. Metrics (detached scalars): `implicit_accuracy` (share of pairs whose
@@ -172,9 +195,11 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
-        raise Scail2Error("reference=None means 'the policy with its LoRA disabled', but the policy has no peft "
-                          "LoRA layers; add LoRA to the policy (dpo trains LoRA on a frozen base) or pass a frozen "
-                          "reference model")
+        raise Scail2Error(
+            "reference=None means 'the policy with its LoRA disabled', but the policy has no peft "
+            "LoRA layers; add LoRA to the policy (dpo trains LoRA on a frozen base) or pass a frozen "
+            "reference model"
+        )
     # peft toggles requires_grad when it disables/enables adapters; put every flag back exactly as it was.
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_disabled = [layer.disable_adapters for layer in layers]
@@ -202,9 +227,17 @@ def _velocity(model: nn.Module, noisy: torch.Tensor, sigma: torch.Tensor, condit
     return model(noisy, sigma_to_timestep(sigma).to(noisy.device), **conditioning).sample
 
 
-def preference_loss(policy: nn.Module, reference: nn.Module | None, winner: torch.Tensor, loser: torch.Tensor,
-                    conditioning: dict[str, Any], noise: torch.Tensor, sigma: torch.Tensor, config: DPOConfig,
-                    detail_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def preference_loss(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    winner: torch.Tensor,
+    loser: torch.Tensor,
+    conditioning: dict[str, Any],
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    config: DPOConfig,
+    detail_masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DPO loss of a batch of preference pairs through the transformer.
 
     winner, loser, noise: [B, C, T, H, W] clean latents (target_latents, loser_latents) and ONE noise for both;
@@ -216,8 +249,10 @@ def preference_loss(policy: nn.Module, reference: nn.Module | None, winner: torc
     trainer's autocast; the errors are computed in fp32. Returns (loss, metrics of diffusion_dpo_loss).
     """
     if not winner.shape == loser.shape == noise.shape:
-        raise ValueError(f"winner {tuple(winner.shape)}, loser {tuple(loser.shape)} and noise {tuple(noise.shape)} "
-                         "must have the same shape")
+        raise ValueError(
+            f"winner {tuple(winner.shape)}, loser {tuple(loser.shape)} and noise {tuple(noise.shape)} "
+            "must have the same shape"
+        )
     history = _history_frames(conditioning, winner)
     noisy = [add_noise(winner, noise, sigma), add_noise(loser, noise, sigma)]
     targets = [velocity_target(winner, noise), velocity_target(loser, noise)]
@@ -249,5 +284,10 @@ def dpo_lora_config(config: DPOConfig, target_modules: list[str] | None = None):
     LoraConfig = require("peft", purpose="DPO with LoRA").LoraConfig
 
     targets = target_modules or ["q", "k", "v", "o", "ffn.0", "ffn.2"]
-    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_scale_alpha, target_modules=targets,
-                      lora_dropout=0.0, init_lora_weights=True)
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_scale_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        init_lora_weights=True,
+    )

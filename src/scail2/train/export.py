@@ -54,9 +54,18 @@ def export_run(trainer) -> Path | None:
         tmp.mkdir()
         lora = trainer.config.lora
         save_file(_lora_weights(weights), str(tmp / "adapter_model.safetensors"))
-        (tmp / "adapter_config.json").write_text(json.dumps({
-            "peft_type": "LORA", "r": lora.rank, "lora_alpha": lora.alpha or lora.rank,
-            "target_modules": list(lora.target_modules), "step": trainer.step}, indent=1))
+        (tmp / "adapter_config.json").write_text(
+            json.dumps(
+                {
+                    "peft_type": "LORA",
+                    "r": lora.rank,
+                    "lora_alpha": lora.alpha or lora.rank,
+                    "target_modules": list(lora.target_modules),
+                    "step": trainer.step,
+                },
+                indent=1,
+            )
+        )
     else:
         target = export_root / "model"
         tmp = export_root / ".model.partial"

@@ -59,23 +59,36 @@ class OptimConfig:
                 raise Scail2Error(message)
 
     def _checks(self):
-        betas_ok = isinstance(self.betas, tuple) and len(self.betas) == 2 and \
-            all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        betas_ok = (
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        )
         warmup_ok = isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
         return (
             (_is_number(self.lr) and self.lr > 0, f"optim.lr must be a positive number, got {self.lr!r}"),
             (betas_ok, f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}"),
             (_is_number(self.eps) and self.eps > 0, f"optim.eps must be a positive number, got {self.eps!r}"),
-            (_is_number(self.weight_decay) and self.weight_decay >= 0,
-             f"optim.weight_decay must be a number >= 0, got {self.weight_decay!r}"),
-            (warmup_ok and self.warmup_steps >= 0, f"optim.warmup_steps must be an integer >= 0, got "
-                                                   f"{self.warmup_steps!r}"),
-            (_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
-             f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}"),
-            (_is_number(self.grad_clip) and self.grad_clip > 0,
-             f"optim.grad_clip must be a positive number, got {self.grad_clip!r}"),
-            (self.ema_decay is None or (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1),
-             f"optim.ema_decay must lie in [0, 1) (or be null: no EMA), got {self.ema_decay!r}"),
+            (
+                _is_number(self.weight_decay) and self.weight_decay >= 0,
+                f"optim.weight_decay must be a number >= 0, got {self.weight_decay!r}",
+            ),
+            (
+                warmup_ok and self.warmup_steps >= 0,
+                f"optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}",
+            ),
+            (
+                _is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+                f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}",
+            ),
+            (
+                _is_number(self.grad_clip) and self.grad_clip > 0,
+                f"optim.grad_clip must be a positive number, got {self.grad_clip!r}",
+            ),
+            (
+                self.ema_decay is None or (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1),
+                f"optim.ema_decay must lie in [0, 1) (or be null: no EMA), got {self.ema_decay!r}",
+            ),
             (isinstance(self.ema_warmup, bool), f"optim.ema_warmup must be true or false, got {self.ema_warmup!r}"),
         )
 
@@ -109,13 +122,19 @@ class TrainingSchedule:
     """AdamW over the `trainable` parameters at the scheduled rate, with gradient clipping, and the EMA of the
     `tracked` ones (default: the trainable ones; a frozen tracked parameter's EMA stays its value)."""
 
-    def __init__(self, optim: OptimConfig, max_steps: int, trainable: dict[str, torch.Tensor],
-                 tracked: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        optim: OptimConfig,
+        max_steps: int,
+        trainable: dict[str, torch.Tensor],
+        tracked: dict[str, torch.Tensor] | None = None,
+    ):
         self.optim, self.max_steps = optim, max_steps
         self.trainable = trainable
         self.tracked = trainable if tracked is None else tracked
-        self.optimizer = torch.optim.AdamW(trainable.values(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            trainable.values(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+        )
         self.ema = {} if optim.ema_decay is None else {n: p.detach().clone() for n, p in self.tracked.items()}
 
     def learning_rate(self, step: int) -> float:
@@ -184,7 +203,7 @@ class CheckpointFolders:
         return found[-1] if found else None
 
     def prune(self) -> None:
-        for old in sorted(self.root.glob(f"{CHECKPOINT_PREFIX}*"))[:-self.keep]:
+        for old in sorted(self.root.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.keep]:
             shutil.rmtree(old)
 
     def resume(self) -> tuple[Path, dict]:

@@ -29,8 +29,13 @@ from scail2.train.config import TrainConfig
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
 from scail2.train.schedule import CheckpointFolders, RunLog, TrainingSchedule
 
-CONSOLE = (("loss", "loss {:.5f}"), ("lr", "lr {:.2e}"), ("grad_norm", "grad {:.3f}"),
-           ("samples_per_s", "{:.2f} samples/s"), ("tokens_per_s", "{:.0f} tokens/s"))
+CONSOLE = (
+    ("loss", "loss {:.5f}"),
+    ("lr", "lr {:.2e}"),
+    ("grad_norm", "grad {:.3f}"),
+    ("samples_per_s", "{:.2f} samples/s"),
+    ("tokens_per_s", "{:.0f} tokens/s"),
+)
 # torch.distributed.checkpoint warns on every single-process save/load; one process is a supported set-up here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -112,8 +117,8 @@ def init_processes() -> ProcessGroup:
 class Trainer:
     def __init__(self, config: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False):
         self.config, self.out = config.resolved(), Path(out_dir)
-        self.group = init_processes()                       # 1. processes
-        self.cache = LatentCache(data_dir)                   # 2. data
+        self.group = init_processes()  # 1. processes
+        self.cache = LatentCache(data_dir)  # 2. data
         self.dpo = None
         if self.config.train.stage == "dpo":
             from scail2.data.preference import check_preference_cache
@@ -122,16 +127,19 @@ class Trainer:
             check_preference_cache(self.cache)
             self.dpo = DPOConfig.from_dict(self.config.dpo)
         self.plan = BatchPlan(self.cache.shapes, self.config.train.batch_size, self.config.train.seed)
-        self.model = self.build_model()                      # 3. model
+        self.model = self.build_model()  # 3. model
         self.check_model_matches_cache()
         self.lora = self.config.lora.rank > 0
         self.shard_model()
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        self.schedule = TrainingSchedule(self.config.optim, self.config.train.max_steps,  # 4. optimiser and EMA
-                                         self.trainable)
+        self.schedule = TrainingSchedule(
+            self.config.optim,
+            self.config.train.max_steps,  # 4. optimiser and EMA
+            self.trainable,
+        )
         self.checkpoints = CheckpointFolders(self.out, self.config.train.keep_checkpoints)
         self.step = 0
-        if resume:                                           # 5. resume
+        if resume:  # 5. resume
             self.load_latest_checkpoint()
         self.autocast = self._autocast_dtype()
         self.run_log = RunLog(self.out, CONSOLE, tensorboard=True)
@@ -167,9 +175,15 @@ class Trainer:
         lora = self.config.lora
         model.requires_grad_(False)
         torch.manual_seed(self.config.train.seed + 1)
-        model.add_adapter(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha or lora.rank,
-                                         target_modules=list(lora.target_modules), lora_dropout=lora.dropout,
-                                         init_lora_weights=True))
+        model.add_adapter(
+            PeftLoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha or lora.rank,
+                target_modules=list(lora.target_modules),
+                lora_dropout=lora.dropout,
+                init_lora_weights=True,
+            )
+        )
         for name, param in model.named_parameters():
             param.requires_grad_(".lora_" in name)
 
@@ -178,16 +192,22 @@ class Trainer:
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:
-            raise Scail2Error(f"the cache has {latent} latent channels, the model {self.model.latent_channels}; set "
-                              f"model.overrides.in_dim={latent + 4} and model.overrides.out_dim={latent} (the VAE's "
-                              f"z_dim) or re-cache with the model's VAE")
+            raise Scail2Error(
+                f"the cache has {latent} latent channels, the model {self.model.latent_channels}; set "
+                f"model.overrides.in_dim={latent + 4} and model.overrides.out_dim={latent} (the VAE's "
+                f"z_dim) or re-cache with the model's VAE"
+            )
         if "text_embeds" in sample and sample["text_embeds"].shape[-1] != cfg.text_dim:
-            raise Scail2Error(f"the cache's text features are {sample['text_embeds'].shape[-1]} wide, the model's "
-                              f"text_dim is {cfg.text_dim}; set model.overrides.text_dim")
+            raise Scail2Error(
+                f"the cache's text features are {sample['text_embeds'].shape[-1]} wide, the model's "
+                f"text_dim is {cfg.text_dim}; set model.overrides.text_dim"
+            )
         has_image = "image_embeds" in sample
         if (cfg.model_type == "i2v") != has_image:
-            raise Scail2Error(f"the model is {cfg.model_type} but the cache {'has' if has_image else 'has no'} CLIP "
-                              "features; set model.overrides.model_type to match the cache's encoders")
+            raise Scail2Error(
+                f"the model is {cfg.model_type} but the cache {'has' if has_image else 'has no'} CLIP "
+                "features; set model.overrides.model_type to match the cache's encoders"
+            )
 
     def shard_model(self) -> None:
         """FSDP2: `fully_shard` every block, then the root; bf16 parameters on GPU when mixed precision is on."""
@@ -195,8 +215,11 @@ class Trainer:
             return
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if self._autocast_dtype() is not None else MixedPrecisionPolicy()
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self._autocast_dtype() is not None
+            else MixedPrecisionPolicy()
+        )
         for block in self.model.blocks:
             fully_shard(block, mp_policy=policy)
         fully_shard(self.model, mp_policy=policy)
@@ -230,15 +253,29 @@ class Trainer:
         text = self._text(t, drop_text)
         loss_mask = (1 - clean_frames[:1]) * self._foreground_weights(t)
         ref_masks = torch.cat([t["ref_masks"].float(), torch.zeros(t["ref_masks"].shape[0], frames, height, width)], 1)
-        inputs = dict(hidden_states=noisy, timestep=flow_matching.sigma_to_timestep(sigma), encoder_hidden_states=text,
-                      ref_latents=t["ref_latents"].float(), ref_masks=ref_masks, pose_latents=pose,
-                      driving_masks=masks, history_mask=clean_frames, target=flow_matching.velocity_target(x0, noise),
-                      loss_mask=loss_mask, replace=torch.tensor(sample.replace))
+        inputs = dict(
+            hidden_states=noisy,
+            timestep=flow_matching.sigma_to_timestep(sigma),
+            encoder_hidden_states=text,
+            ref_latents=t["ref_latents"].float(),
+            ref_masks=ref_masks,
+            pose_latents=pose,
+            driving_masks=masks,
+            history_mask=clean_frames,
+            target=flow_matching.velocity_target(x0, noise),
+            loss_mask=loss_mask,
+            replace=torch.tensor(sample.replace),
+        )
         if "image_embeds" in t:
             inputs["image_embeds"] = t["image_embeds"].float()
         if self.dpo is not None:  # the preference pair under one noise and sigma
-            inputs.update(winner=x0, loser=t["loser_latents"].float(), noise=noise, sigma=sigma,
-                          detail_masks=t["detail_masks"].float())
+            inputs.update(
+                winner=x0,
+                loser=t["loser_latents"].float(),
+                noise=noise,
+                sigma=sigma,
+                detail_masks=t["detail_masks"].float(),
+            )
         return inputs
 
     def _foreground_weights(self, tensors: dict) -> torch.Tensor | float:
@@ -248,37 +285,63 @@ class Trainer:
         if not weight:
             return 1.0
         if "target_masks" not in tensors:
-            raise Scail2Error("flow.foreground_weight needs target_masks in the cache; rebuild it with `scail2 cache` "
-                              "(caches before 2026-11-21 lack them) or set flow.foreground_weight=0")
+            raise Scail2Error(
+                "flow.foreground_weight needs target_masks in the cache; rebuild it with `scail2 cache` "
+                "(caches before 2026-11-21 lack them) or set flow.foreground_weight=0"
+            )
         return 1 + weight * tensors["target_masks"].float()
 
     def _text(self, tensors: dict, drop: bool) -> torch.Tensor:
         if "text_embeds" not in tensors:  # a model without a text encoder: one zero token, as in generation
             return torch.zeros(1, self.model.config.text_dim)
-        null = self.cache.null_text if self.cache.null_text is not None else torch.zeros(1, tensors["text_embeds"].shape[-1])
+        null = (
+            self.cache.null_text
+            if self.cache.null_text is not None
+            else torch.zeros(1, tensors["text_embeds"].shape[-1])
+        )
         return (null if drop else tensors["text_embeds"]).float()
 
     def local_batch(self, step: int) -> dict[str, torch.Tensor]:
         indices = self.plan.local_batch(step, self.group.rank, self.group.world_size)
         samples = [self.sample_inputs(self.cache[i], step, i) for i in indices]
-        batch = {key: (pad_and_stack if key == "encoder_hidden_states" else torch.stack)([s[key] for s in samples])
-                 for key in samples[0]}
+        batch = {
+            key: (pad_and_stack if key == "encoder_hidden_states" else torch.stack)([s[key] for s in samples])
+            for key in samples[0]
+        }
         return {k: v.to(self.group.device) for k, v in batch.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pre-training: the mean over this process's samples of the masked flow-matching error (history frames
         excluded). DPO: the Diffusion-DPO loss against the same model with its LoRA switched off."""
-        autocast = torch.autocast(self.group.device.type, dtype=self.autocast or torch.float32,
-                                  enabled=self.autocast is not None)
+        autocast = torch.autocast(
+            self.group.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        )
         if self.dpo is not None:
             from scail2.train.dpo import preference_loss
 
-            names = ("encoder_hidden_states", "ref_latents", "ref_masks", "pose_latents", "driving_masks",
-                     "history_mask", "replace", "image_embeds")
+            names = (
+                "encoder_hidden_states",
+                "ref_latents",
+                "ref_masks",
+                "pose_latents",
+                "driving_masks",
+                "history_mask",
+                "replace",
+                "image_embeds",
+            )
             conditioning = {k: batch[k] for k in names if k in batch}
             with autocast:
-                loss, _ = preference_loss(self.model, None, batch["winner"], batch["loser"], conditioning,
-                                          batch["noise"], batch["sigma"], self.dpo, batch["detail_masks"])
+                loss, _ = preference_loss(
+                    self.model,
+                    None,
+                    batch["winner"],
+                    batch["loser"],
+                    conditioning,
+                    batch["noise"],
+                    batch["sigma"],
+                    self.dpo,
+                    batch["detail_masks"],
+                )
             return loss
         inputs = {k: v for k, v in batch.items() if k not in ("target", "loss_mask")}
         with autocast:
@@ -297,8 +360,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
         tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (h // 4) * (w // 4)) * self.group.world_size
-        return {"loss": float(loss_value), "lr": lr, "grad_norm": grad_norm,
-                "samples_per_s": self.config.train.batch_size / seconds, "tokens_per_s": tokens / seconds}
+        return {
+            "loss": float(loss_value),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "samples_per_s": self.config.train.batch_size / seconds,
+            "tokens_per_s": tokens / seconds,
+        }
 
     # Checkpoints ----------------------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -328,9 +396,13 @@ class Trainer:
         latest, trainer_state = self.checkpoints.resume()
         state = self._state()
         dcp.load(state, checkpoint_id=str(latest))
-        set_state_dict(self.model, self.schedule.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"],
-                       options=StateDictOptions(ignore_frozen_params=self.lora, strict=not self.lora))
+        set_state_dict(
+            self.model,
+            self.schedule.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=StateDictOptions(ignore_frozen_params=self.lora, strict=not self.lora),
+        )
         self.step = trainer_state["step"]
 
     # The loop -------------------------------------------------------------------------------------------------

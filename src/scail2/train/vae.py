@@ -1,10 +1,10 @@
 """Training a small video VAE (diffusers `AutoencoderKLWan`) on the RGB videos of a MotionPair dataset.
 
-The latent layout stays Wan's (docs/architecture.md, "Latent geometry"): 8x spatial and 4x temporal compression with a causal first frame, so
-the pipeline and the latent cache use the result unchanged. The widths shrink; the latent channels (`z_dim`, 16
-in Wan2.1) may change, and the transformer's in_dim/out_dim then follow (z_dim + 4, z_dim). Sections: 1. config,
-2. clips from the shards, 3. the model and the losses, 4. the trainer (a step, checkpoints, previews), 5. release:
-latent statistics, export, reconstruction PSNR.
+The latent layout stays Wan's (docs/architecture.md, "Latent geometry"): 8x spatial and 4x temporal compression
+with a causal first frame, so the pipeline and the latent cache use the result unchanged. The widths shrink; the
+latent channels (`z_dim`, 16 in Wan2.1) may change, and the transformer's in_dim/out_dim then follow (z_dim + 4,
+z_dim). Sections: 1. config, 2. clips from the shards, 3. the model and the losses, 4. the trainer (a step,
+checkpoints, previews), 5. release: latent statistics, export, reconstruction PSNR.
 
 Determinism: the pairs of step s come from a per-epoch permutation seeded by (seed, epoch), and every other draw
 (stream, frame window, crop, flip, posterior noise) from generators seeded by (seed, step, slot); checkpoints
@@ -32,9 +32,16 @@ from scail2.errors import Scail2Error
 from scail2.train.config import load_config
 from scail2.train.schedule import CHECKPOINT_PREFIX, CheckpointFolders, OptimConfig, RunLog, TrainingSchedule
 
-CONSOLE = (("loss", "loss {:.5f}"), ("l1", "l1 {:.5f}"), ("kl", "kl {:.3f}"), ("lr", "lr {:.2e}"),
-           ("grad_norm", "grad {:.3f}"), ("seconds", "{:.2f} s/step"), ("psnr_target", "psnr_target {:.2f}"),
-           ("psnr_driving_half", "psnr_driving_half {:.2f}"))
+CONSOLE = (
+    ("loss", "loss {:.5f}"),
+    ("l1", "l1 {:.5f}"),
+    ("kl", "kl {:.3f}"),
+    ("lr", "lr {:.2e}"),
+    ("grad_norm", "grad {:.3f}"),
+    ("seconds", "{:.2f} s/step"),
+    ("psnr_target", "psnr_target {:.2f}"),
+    ("psnr_driving_half", "psnr_driving_half {:.2f}"),
+)
 TEMPORAL_DOWNSAMPLES = 2  # the last two downsamples also halve time: 4x with a causal first frame (Wan2.1)
 ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what train.freeze_encoder keeps: the latents
 
@@ -85,8 +92,9 @@ class VaeLossConfig:
 
 def vae_optim_defaults() -> OptimConfig:
     """A small VAE from scratch: a higher rate, and an EMA that warms up so it forgets the random init fast."""
-    return OptimConfig(lr=1.0e-3, betas=(0.9, 0.99), warmup_steps=50, min_lr_ratio=0.05, ema_decay=0.995,
-                       ema_warmup=True)
+    return OptimConfig(
+        lr=1.0e-3, betas=(0.9, 0.99), warmup_steps=50, min_lr_ratio=0.05, ema_decay=0.995, ema_warmup=True
+    )
 
 
 @dataclass
@@ -125,15 +133,21 @@ class VaeTrainConfig:
         model, data = self.model, self.data
         stride = (model.patch_size or 1) * 2 ** (len(model.dim_mult) - 1)
         if stride != SPATIAL_STRIDE or len(model.dim_mult) <= TEMPORAL_DOWNSAMPLES:
-            raise Scail2Error(f"model.patch_size {model.patch_size} with {len(model.dim_mult)} levels in "
-                              f"model.dim_mult compresses space {stride}x; Wan's layout needs {SPATIAL_STRIDE}x: use 4 "
-                              f"levels without patching or 3 levels with patch_size 2")
+            raise Scail2Error(
+                f"model.patch_size {model.patch_size} with {len(model.dim_mult)} levels in "
+                f"model.dim_mult compresses space {stride}x; Wan's layout needs {SPATIAL_STRIDE}x: use 4 "
+                f"levels without patching or 3 levels with patch_size 2"
+            )
         if min(model.dim_mult) < 1 or model.base_dim < 1 or model.z_dim < 1:
-            raise Scail2Error(f"model.base_dim, model.z_dim and model.dim_mult must be positive, got "
-                              f"{model.base_dim}, {model.z_dim}, {model.dim_mult}")
+            raise Scail2Error(
+                f"model.base_dim, model.z_dim and model.dim_mult must be positive, got "
+                f"{model.base_dim}, {model.z_dim}, {model.dim_mult}"
+            )
         if model.is_residual and model.dim_mult[-1] != model.dim_mult[-2]:
-            raise Scail2Error(f"model.is_residual needs the last two model.dim_mult widths equal (the last level's "
-                              f"parameter-free shortcut cannot widen), got {model.dim_mult}; e.g. [1, 2, 2]")
+            raise Scail2Error(
+                f"model.is_residual needs the last two model.dim_mult widths equal (the last level's "
+                f"parameter-free shortcut cannot widen), got {model.dim_mult}; e.g. [1, 2, 2]"
+            )
         if model.num_res_blocks < 1:
             raise Scail2Error(f"model.num_res_blocks must be at least 1, got {model.num_res_blocks}")
         if data.clip_frames < 1 or (data.clip_frames - 1) % 4:
@@ -146,15 +160,18 @@ class VaeTrainConfig:
         if not 0 <= data.half_resolution_probability <= 1:
             raise Scail2Error("data.half_resolution_probability must lie in [0, 1]")
         if self.loss.foreground_weight < 0 or self.loss.first_frame_weight <= 0:
-            raise Scail2Error(f"loss.foreground_weight must be >= 0 and loss.first_frame_weight > 0, got "
-                              f"{self.loss.foreground_weight} and {self.loss.first_frame_weight}")
+            raise Scail2Error(
+                f"loss.foreground_weight must be >= 0 and loss.first_frame_weight > 0, got "
+                f"{self.loss.foreground_weight} and {self.loss.first_frame_weight}"
+            )
         if self.export.dtype not in ("float32", "float16"):
             raise Scail2Error(f"export.dtype must be float32 or float16, got {self.export.dtype!r}")
         if self.train.batch_size < 1 or self.train.max_steps < 0 or self.train.keep_checkpoints < 1:
             raise Scail2Error("train.batch_size and train.keep_checkpoints must be >= 1, train.max_steps >= 0")
         if self.optim.ema_decay is None:
-            raise Scail2Error("optim.ema_decay must be a number for the VAE (its export writes the EMA weights), "
-                              "got null")
+            raise Scail2Error(
+                "optim.ema_decay must be a number for the VAE (its export writes the EMA weights), got null"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,19 +198,22 @@ def crop_side(config: VaeDataConfig, height: int, width: int) -> int:
     scale = 2 if config.half_resolution_probability > 0 else 1
     largest = min(height, width) // scale // 8 * 8
     if largest < 8:
-        raise Scail2Error(f"frames of {height}x{width} are too small for 8x8 crops"
-                          f"{' at half resolution' if scale == 2 else ''}; synthesise larger frames")
+        raise Scail2Error(
+            f"frames of {height}x{width} are too small for 8x8 crops"
+            f"{' at half resolution' if scale == 2 else ''}; synthesise larger frames"
+        )
     return min(config.crop, largest) if config.crop else largest
 
 
 class ClipPlan:
     """Which clip fills slot b of step s: pair from a per-epoch permutation, the rest from (seed, step, slot)."""
 
-    def __init__(self, videos: PairVideos, config: VaeDataConfig, batch_size: int, seed: int,
-                 with_masks: bool = False):
+    def __init__(self, videos: PairVideos, config: VaeDataConfig, batch_size: int, seed: int, with_masks: bool = False):
         if config.clip_frames > videos.frames:
-            raise Scail2Error(f"data.clip_frames is {config.clip_frames} but the dataset's videos have "
-                              f"{videos.frames} frames; lower data.clip_frames")
+            raise Scail2Error(
+                f"data.clip_frames is {config.clip_frames} but the dataset's videos have "
+                f"{videos.frames} frames; lower data.clip_frames"
+            )
         self.videos, self.config, self.batch_size, self.seed = videos, config, batch_size, seed
         self.with_masks = with_masks
         self.crop = crop_side(config, videos.height, videos.width)
@@ -242,13 +262,22 @@ def build_vae(config: VaeArchConfig, seed: int = 0):
     channels = 3 * (config.patch_size or 1) ** 2
     torch.manual_seed(seed)
     try:
-        return AutoencoderKLWan(base_dim=config.base_dim, decoder_base_dim=config.decoder_base_dim,
-                                z_dim=config.z_dim, dim_mult=list(config.dim_mult),
-                                num_res_blocks=config.num_res_blocks, temperal_downsample=config.temporal_downsample(),
-                                is_residual=config.is_residual, patch_size=config.patch_size, in_channels=channels,
-                                out_channels=channels, latents_mean=[0.0] * config.z_dim,
-                                latents_std=[1.0] * config.z_dim, scale_factor_temporal=4,
-                                scale_factor_spatial=SPATIAL_STRIDE)
+        return AutoencoderKLWan(
+            base_dim=config.base_dim,
+            decoder_base_dim=config.decoder_base_dim,
+            z_dim=config.z_dim,
+            dim_mult=list(config.dim_mult),
+            num_res_blocks=config.num_res_blocks,
+            temperal_downsample=config.temporal_downsample(),
+            is_residual=config.is_residual,
+            patch_size=config.patch_size,
+            in_channels=channels,
+            out_channels=channels,
+            latents_mean=[0.0] * config.z_dim,
+            latents_std=[1.0] * config.z_dim,
+            scale_factor_temporal=4,
+            scale_factor_spatial=SPATIAL_STRIDE,
+        )
     except ValueError as error:  # diffusers' own width checks (the residual shortcuts')
         raise Scail2Error(f"the model section cannot build an AutoencoderKLWan: {error}") from None
 
@@ -263,8 +292,9 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
     x = vae.post_quant_conv(z)
     cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-    frames = [vae.decoder(x[:, :, t : t + 1], feat_cache=cache, feat_idx=[0], first_chunk=t == 0)
-              for t in range(x.shape[2])]
+    frames = [
+        vae.decoder(x[:, :, t : t + 1], feat_cache=cache, feat_idx=[0], first_chunk=t == 0) for t in range(x.shape[2])
+    ]
     video = torch.cat(frames, dim=2)
     patch = vae.config.patch_size
     return unpatchify(video, patch_size=patch) if patch else video
@@ -301,8 +331,14 @@ def pixel_weights(clips: torch.Tensor, config: VaeLossConfig, masks: torch.Tenso
     return weight * frame_scale[:, None, None]
 
 
-def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch.Generator,
-               masks: torch.Tensor | None = None, train_encoder: bool = True) -> dict:
+def vae_losses(
+    vae,
+    clips: torch.Tensor,
+    config: VaeLossConfig,
+    generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+    train_encoder: bool = True,
+) -> dict:
     """The weighted total ("loss") and its terms for a batch of clips [B, 3, T, H, W] in [-1, 1]; `masks`
     [B, 1, T, H, W] (character coverage) up-weight character pixels by loss.foreground_weight. Without
     `train_encoder` the encoder runs without a graph (a decoder-only sitting)."""
@@ -311,9 +347,13 @@ def vae_losses(vae, clips: torch.Tensor, config: VaeLossConfig, generator: torch
     z = posterior.sample(generator=generator) if config.sample_posterior else posterior.mode()
     recon = decode_unclamped(vae, z)
     weight = pixel_weights(clips, config, masks)
-    terms = {"l1": weighted_mean((recon - clips).abs(), weight), "mse": weighted_mean((recon - clips).pow(2), weight),
-             "gradient": edge_l1(recon, clips), "temporal": temporal_l1(recon, clips),
-             "kl": 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()}
+    terms = {
+        "l1": weighted_mean((recon - clips).abs(), weight),
+        "mse": weighted_mean((recon - clips).pow(2), weight),
+        "gradient": edge_l1(recon, clips),
+        "temporal": temporal_l1(recon, clips),
+        "kl": 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean(),
+    }
     terms["loss"] = sum(getattr(config, name) * value for name, value in terms.items())
     return terms
 
@@ -340,15 +380,22 @@ class VaeTrainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.videos = PairVideos(data_dir)
-        self.plan = ClipPlan(self.videos, config.data, config.train.batch_size, config.train.seed,
-                             with_masks=config.loss.foreground_weight > 0)
+        self.plan = ClipPlan(
+            self.videos,
+            config.data,
+            config.train.batch_size,
+            config.train.seed,
+            with_masks=config.loss.foreground_weight > 0,
+        )
         self.vae = build_vae(config.model, config.train.seed).train()
         if config.train.init_from:
             self._load_initial_weights(Path(config.train.init_from))
         if config.train.freeze_encoder:
             if not config.train.init_from:
-                raise Scail2Error("train.freeze_encoder keeps an encoder as it is: give the VAE to keep with "
-                                  "train.init_from=RUN/export/vae")
+                raise Scail2Error(
+                    "train.freeze_encoder keeps an encoder as it is: give the VAE to keep with "
+                    "train.init_from=RUN/export/vae"
+                )
             for name, param in self.vae.named_parameters():
                 param.requires_grad_(not name.startswith(ENCODER_PREFIXES))
         parameters = dict(self.vae.named_parameters())  # all tracked by the EMA: the export is the EMA model
@@ -381,15 +428,23 @@ class VaeTrainer:
             print(f"train.init_from {folder}: encoder loaded; the decoder differs and starts from scratch")
         else:
             kept = "encoder" if self.config.train.freeze_encoder else "VAE"
-            raise Scail2Error(f"train.init_from {folder} holds a {kept} of another architecture than this config's "
-                              f"model section; copy the model section of its training.json")
+            raise Scail2Error(
+                f"train.init_from {folder} holds a {kept} of another architecture than this config's "
+                f"model section; copy the model section of its training.json"
+            )
 
     # A step ---------------------------------------------------------------------------------------------------
     def training_step(self, step: int) -> dict[str, float]:
         start = time.perf_counter()
         clips, masks = self.plan.batch(step)
-        terms = vae_losses(self.vae, clips, self.config.loss, step_generator(self.config.train.seed, step), masks,
-                           train_encoder=not self.config.train.freeze_encoder)
+        terms = vae_losses(
+            self.vae,
+            clips,
+            self.config.loss,
+            step_generator(self.config.train.seed, step),
+            masks,
+            train_encoder=not self.config.train.freeze_encoder,
+        )
         lr, grad_norm = self.schedule.apply(terms["loss"], step)
         metrics = {name: float(value.detach()) for name, value in terms.items()}
         return {**metrics, "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - start}
@@ -414,8 +469,10 @@ class VaeTrainer:
     def load_latest_checkpoint(self) -> None:
         latest, state = self.checkpoints.resume()
         if state["config"]["model"] != self.config.to_dict()["model"]:
-            raise Scail2Error(f"{latest} holds a VAE of another architecture ({state['config']['model']}); resume "
-                              f"with the run's own config or choose another --out")
+            raise Scail2Error(
+                f"{latest} holds a VAE of another architecture ({state['config']['model']}); resume "
+                f"with the run's own config or choose another --out"
+            )
         self.vae.load_state_dict(load_file(str(latest / "model.safetensors")))
         self.schedule.ema.update(load_file(str(latest / "ema.safetensors")))
         self.schedule.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
@@ -481,9 +538,11 @@ def _save_png(image: np.ndarray, path: Path) -> None:
 
 def pipeline_inputs(videos: PairVideos, index: int) -> dict[str, torch.Tensor]:
     """What `scail2 cache` encodes of a pair: target at full size, driving at half size, the reference frame."""
-    return {"target": model_video(videos.video(index, "target"))[None],
-            "driving_half": model_video(videos.video(index, "driving"), half=True)[None],
-            "reference": model_video(videos.video(index, "reference"))[None]}
+    return {
+        "target": model_video(videos.video(index, "target"))[None],
+        "driving_half": model_video(videos.video(index, "driving"), half=True)[None],
+        "reference": model_video(videos.video(index, "reference"))[None],
+    }
 
 
 @torch.no_grad()
@@ -522,9 +581,17 @@ def export_vae(trainer: VaeTrainer) -> Path:
     tmp = final.with_name(".vae.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp)
-    (tmp / "training.json").write_text(json.dumps({"step": trainer.step, "config": trainer.config.to_dict(),
-                                                   "data": str(trainer.videos.directory.resolve()),
-                                                   "stats_pairs": trainer.config.export.stats_pairs}, indent=1))
+    (tmp / "training.json").write_text(
+        json.dumps(
+            {
+                "step": trainer.step,
+                "config": trainer.config.to_dict(),
+                "data": str(trainer.videos.directory.resolve()),
+                "stats_pairs": trainer.config.export.stats_pairs,
+            },
+            indent=1,
+        )
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final

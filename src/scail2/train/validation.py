@@ -37,10 +37,18 @@ def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
     conditions = SegmentConditions(pose_latents=t["pose_latents"], driving_masks=t["driving_masks"])
     text = t.get("text_embeds", torch.zeros(1, 1, trainer.model.config.text_dim))
     noise = torch.randn(t["target_latents"].shape, generator=torch.Generator().manual_seed(trainer.config.train.seed))
-    settings = SamplingSettings(sampler="euler", steps=trainer.config.train.validation_steps, shift=3.0,
-                                guidance_scale=1.0)
-    velocity = transformer_velocity(trainer.model, trainer.group.device, reference, conditions, text,
-                                    replace=sample.replace, autocast_dtype=trainer.autocast)
+    settings = SamplingSettings(
+        sampler="euler", steps=trainer.config.train.validation_steps, shift=3.0, guidance_scale=1.0
+    )
+    velocity = transformer_velocity(
+        trainer.model,
+        trainer.group.device,
+        reference,
+        conditions,
+        text,
+        replace=sample.replace,
+        autocast_dtype=trainer.autocast,
+    )
     sampler = samplers.FlowSampler(settings.sampler, settings.steps, settings.shift)
     trainer.model.eval()
     latent = samplers.sample(velocity, noise.to(trainer.group.device), sampler)

@@ -27,9 +27,15 @@ def pinned_inputs(num_frames: int, mode: str) -> AnimationInputs:
     masks[:, 8:24, 12:40] = torch.tensor((0, 0, 255), dtype=torch.uint8)
     ref_mask = torch.full((3, H, W), -1.0)
     ref_mask[:, 4:28, 16:48] = torch.tensor([-1.0, -1.0, 1.0])[:, None, None]
-    return AnimationInputs(reference=torch.rand(3, H, W, generator=g) * 2 - 1, reference_mask=ref_mask,
-                           driving=torch.randint(0, 256, (num_frames, H, W, 3), generator=g, dtype=torch.uint8),
-                           driving_masks=masks, mode=mode, prompt="a robot walks", negative_prompt="blurry")
+    return AnimationInputs(
+        reference=torch.rand(3, H, W, generator=g) * 2 - 1,
+        reference_mask=ref_mask,
+        driving=torch.randint(0, 256, (num_frames, H, W, 3), generator=g, dtype=torch.uint8),
+        driving_masks=masks,
+        mode=mode,
+        prompt="a robot walks",
+        negative_prompt="blurry",
+    )
 
 
 def pinned_values(pipeline=None) -> dict:
@@ -37,15 +43,18 @@ def pinned_values(pipeline=None) -> dict:
     pipeline = pipeline or tiny_pipeline(seed=1)
     values = {}
     for sampler in ("unipc", "dpm++", "euler"):
-        settings = SamplingSettings(sampler=sampler, steps=3, shift=5.0, guidance_scale=2.5, segment_length=9,
-                                    overlap=5)
+        settings = SamplingSettings(
+            sampler=sampler, steps=3, shift=5.0, guidance_scale=2.5, segment_length=9, overlap=5
+        )
         inputs = pinned_inputs(5, "animate")
         text = pipeline.encode_prompts(inputs.prompt, inputs.negative_prompt, settings.guidance_scale)
         reference = pipeline.encode_reference(inputs)
         conditions = pipeline.prepare_segment(inputs, plan_segments(5, 5, 1)[0])
         g = torch.Generator().manual_seed(4)
-        noise, history = torch.randn(1, 16, 2, H // 8, W // 8, generator=g), torch.randn(1, 16, 1, H // 8, W // 8,
-                                                                                          generator=g)
+        noise, history = (
+            torch.randn(1, 16, 2, H // 8, W // 8, generator=g),
+            torch.randn(1, 16, 1, H // 8, W // 8, generator=g),
+        )
         latent = pipeline.denoise_segment(reference, conditions, text, noise, history, settings, replace=False)
         frames = pipeline(pinned_inputs(13, "replace"), settings, seed=7, progress=False).frames
         values[sampler] = {

@@ -29,14 +29,36 @@ PINNED = Path(__file__).with_name("step.json")
 SEED = 3
 TRANSFORMER_CONFIG = ROOT / "configs" / "tiny.yaml"
 VAE_CONFIG = ROOT / "configs" / "demo_vae.yaml"
-VAE_OVERRIDES = ["model.base_dim=4", "model.dim_mult=[1,2,2]", "train.batch_size=2", "train.threads=0",
-                 "data.clip_frames=5", "data.crop=16", "loss.foreground_weight=2", f"train.seed={SEED}"]
-TRANSFORMER_PARAMETERS = ("patch_embedding.weight", "patch_embedding_mask.weight", "text_embedding.0.weight",
-                          "img_emb.proj.1.weight", "blocks.0.modulation", "blocks.0.self_attn.q.weight",
-                          "blocks.1.cross_attn.k_img.weight", "blocks.1.ffn.2.weight", "head.head.weight")
-VAE_PARAMETERS = ("encoder.conv_in.weight", "encoder.down_blocks.2.conv1.weight",
-                  "encoder.mid_block.attentions.0.to_qkv.weight", "quant_conv.weight", "post_quant_conv.weight",
-                  "decoder.conv_in.weight", "decoder.conv_out.weight")
+VAE_OVERRIDES = [
+    "model.base_dim=4",
+    "model.dim_mult=[1,2,2]",
+    "train.batch_size=2",
+    "train.threads=0",
+    "data.clip_frames=5",
+    "data.crop=16",
+    "loss.foreground_weight=2",
+    f"train.seed={SEED}",
+]
+TRANSFORMER_PARAMETERS = (
+    "patch_embedding.weight",
+    "patch_embedding_mask.weight",
+    "text_embedding.0.weight",
+    "img_emb.proj.1.weight",
+    "blocks.0.modulation",
+    "blocks.0.self_attn.q.weight",
+    "blocks.1.cross_attn.k_img.weight",
+    "blocks.1.ffn.2.weight",
+    "head.head.weight",
+)
+VAE_PARAMETERS = (
+    "encoder.conv_in.weight",
+    "encoder.down_blocks.2.conv1.weight",
+    "encoder.mid_block.attentions.0.to_qkv.weight",
+    "quant_conv.weight",
+    "post_quant_conv.weight",
+    "decoder.conv_in.weight",
+    "decoder.conv_out.weight",
+)
 LATENT_SHAPE = (16, 3, 8, 12)  # C, T, H, W: unequal sizes so a swapped axis fails
 HEAD = 4  # first gradient elements pinned per parameter
 
@@ -87,15 +109,17 @@ class MemoryCache:
         c, t, h, w = LATENT_SHAPE
         self.samples = []
         for index, mode in enumerate(("animation", "replacement")):
-            tensors = {"target_latents": torch.randn(c, t, h, w, generator=g),
-                       "ref_latents": torch.randn(c, 1, h, w, generator=g),
-                       "ref_masks": torch.rand(28, 1, h, w, generator=g),
-                       "pose_latents": torch.randn(c, t, h // 2, w // 2, generator=g),
-                       "driving_masks": torch.rand(28, t, h // 2, w // 2, generator=g),
-                       "detail_masks": torch.rand(2, t, h, w, generator=g),
-                       "target_masks": torch.rand(1, t, h, w, generator=g),
-                       "text_embeds": torch.randn(5 + index, text_dim, generator=g),
-                       "image_embeds": torch.randn(257, image_dim, generator=g)}
+            tensors = {
+                "target_latents": torch.randn(c, t, h, w, generator=g),
+                "ref_latents": torch.randn(c, 1, h, w, generator=g),
+                "ref_masks": torch.rand(28, 1, h, w, generator=g),
+                "pose_latents": torch.randn(c, t, h // 2, w // 2, generator=g),
+                "driving_masks": torch.rand(28, t, h // 2, w // 2, generator=g),
+                "detail_masks": torch.rand(2, t, h, w, generator=g),
+                "target_masks": torch.rand(1, t, h, w, generator=g),
+                "text_embeds": torch.randn(5 + index, text_dim, generator=g),
+                "image_embeds": torch.randn(257, image_dim, generator=g),
+            }
             self.samples.append((f"{index:09d}", mode, tensors))
         self.shapes = [tuple(s[2]["target_latents"].shape) for s in self.samples]
         self.null_text = torch.randn(2, text_dim, generator=g)
@@ -110,15 +134,23 @@ class MemoryCache:
         return CachedSample(key=key, task="pinned", mode=mode, tensors=dict(tensors))
 
 
-def _parameter_statistics(named: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
-                          ema: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict:
+def _parameter_statistics(
+    named: dict[str, torch.Tensor],
+    before: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+) -> dict:
     stats = {}
     for name in names:
         param, start = named[name].detach(), before[name]
         grad = named[name].grad.detach()
-        stats[name] = {"grad_norm": grad.norm().item(), "grad_mean": grad.mean().item(),
-                       "grad_head": grad.flatten()[:HEAD].tolist(), "update_norm": (param - start).norm().item(),
-                       "ema_shift_norm": (ema[name] - start).norm().item()}
+        stats[name] = {
+            "grad_norm": grad.norm().item(),
+            "grad_mean": grad.mean().item(),
+            "grad_head": grad.flatten()[:HEAD].tolist(),
+            "update_norm": (param - start).norm().item(),
+            "ema_shift_norm": (ema[name] - start).norm().item(),
+        }
     return stats
 
 
@@ -128,17 +160,30 @@ def transformer_step(workdir: Path) -> dict:
     from scail2.train.trainer import ProcessGroup, Trainer
 
     tiny_model(seed=SEED).save_pretrained(workdir / "model" / "transformer")
-    config = load_config(TRANSFORMER_CONFIG, [f"model.pretrained={workdir / 'model'}", "train.batch_size=2",
-                                              "train.mixed_precision=fp32", f"train.seed={SEED}"])
+    config = load_config(
+        TRANSFORMER_CONFIG,
+        [
+            f"model.pretrained={workdir / 'model'}",
+            "train.batch_size=2",
+            "train.mixed_precision=fp32",
+            f"train.seed={SEED}",
+        ],
+    )
     cpu = ProcessGroup(0, 1, torch.device("cpu"))
-    with (mock.patch("scail2.train.trainer.LatentCache", lambda directory: MemoryCache(SEED)),
-          mock.patch("scail2.train.trainer.init_processes", lambda: cpu)):
+    with (
+        mock.patch("scail2.train.trainer.LatentCache", lambda directory: MemoryCache(SEED)),
+        mock.patch("scail2.train.trainer.init_processes", lambda: cpu),
+    ):
         trainer = Trainer(config, workdir / "cache", workdir / "transformer-run")
     parameters = dict(trainer.model.named_parameters())
     before = {name: value.detach().clone() for name, value in parameters.items()}
     metrics = trainer.training_step(0)
-    return {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "lr": metrics["lr"],
-            "parameters": _parameter_statistics(parameters, before, trainer.ema, TRANSFORMER_PARAMETERS)}
+    return {
+        "loss": metrics["loss"],
+        "grad_norm": metrics["grad_norm"],
+        "lr": metrics["lr"],
+        "parameters": _parameter_statistics(parameters, before, trainer.ema, TRANSFORMER_PARAMETERS),
+    }
 
 
 def vae_step(workdir: Path) -> dict:
@@ -148,21 +193,34 @@ def vae_step(workdir: Path) -> dict:
     from scail2.train.vae import VaeTrainer, load_vae_config
 
     data = workdir / "pairs"
-    write_dataset(ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=9, seed=5)), data, 2,
-                  shard_size=1, progress=False)
+    write_dataset(
+        ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=9, seed=5)),
+        data,
+        2,
+        shard_size=1,
+        progress=False,
+    )
     trainer = VaeTrainer(load_vae_config(VAE_CONFIG, VAE_OVERRIDES), data, workdir / "vae-run")
     parameters = dict(trainer.vae.named_parameters())
     before = {name: value.detach().clone() for name, value in parameters.items()}
     metrics = trainer.training_step(0)
     terms = {name: metrics[name] for name in ("loss", "l1", "mse", "gradient", "temporal", "kl")}
-    return {**terms, "grad_norm": metrics["grad_norm"], "lr": metrics["lr"],
-            "parameters": _parameter_statistics(parameters, before, trainer.ema, VAE_PARAMETERS)}
+    return {
+        **terms,
+        "grad_norm": metrics["grad_norm"],
+        "lr": metrics["lr"],
+        "parameters": _parameter_statistics(parameters, before, trainer.ema, VAE_PARAMETERS),
+    }
 
 
 def pinned_values() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        return {"seed": SEED, "learning_rates": learning_rates(), "transformer": transformer_step(Path(tmp)),
-                "vae": vae_step(Path(tmp))}
+        return {
+            "seed": SEED,
+            "learning_rates": learning_rates(),
+            "transformer": transformer_step(Path(tmp)),
+            "vae": vae_step(Path(tmp)),
+        }
 
 
 def main() -> None:

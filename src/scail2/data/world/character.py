@@ -64,15 +64,24 @@ class Character:
         }
 
     @staticmethod
-    def from_json(data: dict) -> "Character":
+    def from_json(data: dict) -> Character:
         colours = {k: tuple(int(c) for c in v) for k, v in data["colours"].items()}
-        return Character(data["plan"], data["height"], dict(data["proportions"]), colours, data["pattern"],
-                         data["pattern_scale"], data["outline"], tuple(data["accessories"]))
+        return Character(
+            data["plan"],
+            data["height"],
+            dict(data["proportions"]),
+            colours,
+            data["pattern"],
+            data["pattern_scale"],
+            data["outline"],
+            tuple(data["accessories"]),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Appearance sampling
 # ---------------------------------------------------------------------------------------------------
+
 
 def hsv_colour(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(hue % 1.0, float(np.clip(saturation, 0, 1)), float(np.clip(value, 0, 1)))

@@ -71,7 +71,7 @@ class Motion:
         }
 
     @staticmethod
-    def from_json(data: dict) -> "Motion":
+    def from_json(data: dict) -> Motion:
         keys = tuple(Keyframe(k["time"], k["kind"], dict(k["params"])) for k in data["keyframes"])
         return Motion(data["kind"], data["direction"], dict(data["phase0"]), keys, data["fps"])
 
@@ -105,28 +105,94 @@ _REST = {name: 0.0 for name in PARAM_NAMES} | {"gait_hz": 1.0, "arms_hz": 1.0, "
 
 # (low, high) uniform ranges over the rest pose; parameters not listed keep their rest value.
 _KIND_RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "walk": {"speed": (0.12, 0.24), "gait_hz": (1.2, 1.8), "leg_amp": (0.35, 0.55), "arm_swing": (0.3, 0.55),
-             "bounce": (0.015, 0.03), "lean": (0.0, 0.08), "yaw": (0.15, 0.6), "tail_amp": (0.2, 0.4),
-             "tail_hz": (1.2, 1.8), "head_turn": (0.0, 0.2)},
-    "run": {"speed": (0.3, 0.5), "gait_hz": (2.2, 3.0), "leg_amp": (0.6, 0.85), "arm_swing": (0.6, 0.9),
-            "bounce": (0.03, 0.06), "lean": (0.15, 0.3), "yaw": (0.05, 0.35), "tail_amp": (0.3, 0.5),
-            "tail_hz": (2.2, 3.0)},
-    "jump": {"speed": (0.0, 0.12), "jump_height": (0.07, 0.16), "jump_hz": (1.0, 1.6), "leg_amp": (0.05, 0.15),
-             "raise_r": (0.3, 0.7), "raise_l": (0.3, 0.7), "crouch": (0.05, 0.2), "yaw": (0.4, 1.4),
-             "tail_amp": (0.2, 0.5), "tail_hz": (1.0, 2.0)},
-    "wave": {"raise_r": (0.8, 1.0), "wave_amp": (0.4, 0.8), "arms_hz": (1.5, 2.5), "yaw": (1.1, 1.57),
-             "head_turn": (0.1, 0.3), "head_hz": (0.3, 0.6), "tail_amp": (0.1, 0.3), "tail_hz": (1.0, 2.0)},
-    "dance": {"gait_hz": (1.4, 2.0), "leg_amp": (0.15, 0.3), "raise_r": (0.4, 0.9), "raise_l": (0.4, 0.9),
-              "wave_amp": (0.3, 0.6), "arms_hz": (1.0, 2.0), "bounce": (0.03, 0.06), "sway": (0.3, 0.6),
-              "yaw": (1.0, 1.57), "head_turn": (0.2, 0.4), "head_hz": (0.8, 1.5), "tail_amp": (0.3, 0.6),
-              "tail_hz": (1.0, 2.0)},
-    "spin": {"spin_hz": (0.5, 1.1), "raise_r": (0.3, 0.6), "raise_l": (0.3, 0.6), "leg_amp": (0.05, 0.15),
-             "gait_hz": (1.5, 2.0), "yaw": (0.0, 1.57), "tail_amp": (0.2, 0.4), "tail_hz": (1.0, 2.0)},
-    "crouch": {"crouch": (0.6, 0.9), "lean": (0.1, 0.3), "yaw": (0.3, 1.4), "head_turn": (0.0, 0.3),
-               "tail_amp": (0.1, 0.3)},
-    "idle": {"bounce": (0.005, 0.015), "gait_hz": (0.3, 0.6), "sway": (0.03, 0.1), "arms_hz": (0.2, 0.5),
-             "head_turn": (0.1, 0.4), "head_hz": (0.2, 0.5), "yaw": (0.2, 1.5), "tail_amp": (0.1, 0.3),
-             "tail_hz": (0.5, 1.0)},
+    "walk": {
+        "speed": (0.12, 0.24),
+        "gait_hz": (1.2, 1.8),
+        "leg_amp": (0.35, 0.55),
+        "arm_swing": (0.3, 0.55),
+        "bounce": (0.015, 0.03),
+        "lean": (0.0, 0.08),
+        "yaw": (0.15, 0.6),
+        "tail_amp": (0.2, 0.4),
+        "tail_hz": (1.2, 1.8),
+        "head_turn": (0.0, 0.2),
+    },
+    "run": {
+        "speed": (0.3, 0.5),
+        "gait_hz": (2.2, 3.0),
+        "leg_amp": (0.6, 0.85),
+        "arm_swing": (0.6, 0.9),
+        "bounce": (0.03, 0.06),
+        "lean": (0.15, 0.3),
+        "yaw": (0.05, 0.35),
+        "tail_amp": (0.3, 0.5),
+        "tail_hz": (2.2, 3.0),
+    },
+    "jump": {
+        "speed": (0.0, 0.12),
+        "jump_height": (0.07, 0.16),
+        "jump_hz": (1.0, 1.6),
+        "leg_amp": (0.05, 0.15),
+        "raise_r": (0.3, 0.7),
+        "raise_l": (0.3, 0.7),
+        "crouch": (0.05, 0.2),
+        "yaw": (0.4, 1.4),
+        "tail_amp": (0.2, 0.5),
+        "tail_hz": (1.0, 2.0),
+    },
+    "wave": {
+        "raise_r": (0.8, 1.0),
+        "wave_amp": (0.4, 0.8),
+        "arms_hz": (1.5, 2.5),
+        "yaw": (1.1, 1.57),
+        "head_turn": (0.1, 0.3),
+        "head_hz": (0.3, 0.6),
+        "tail_amp": (0.1, 0.3),
+        "tail_hz": (1.0, 2.0),
+    },
+    "dance": {
+        "gait_hz": (1.4, 2.0),
+        "leg_amp": (0.15, 0.3),
+        "raise_r": (0.4, 0.9),
+        "raise_l": (0.4, 0.9),
+        "wave_amp": (0.3, 0.6),
+        "arms_hz": (1.0, 2.0),
+        "bounce": (0.03, 0.06),
+        "sway": (0.3, 0.6),
+        "yaw": (1.0, 1.57),
+        "head_turn": (0.2, 0.4),
+        "head_hz": (0.8, 1.5),
+        "tail_amp": (0.3, 0.6),
+        "tail_hz": (1.0, 2.0),
+    },
+    "spin": {
+        "spin_hz": (0.5, 1.1),
+        "raise_r": (0.3, 0.6),
+        "raise_l": (0.3, 0.6),
+        "leg_amp": (0.05, 0.15),
+        "gait_hz": (1.5, 2.0),
+        "yaw": (0.0, 1.57),
+        "tail_amp": (0.2, 0.4),
+        "tail_hz": (1.0, 2.0),
+    },
+    "crouch": {
+        "crouch": (0.6, 0.9),
+        "lean": (0.1, 0.3),
+        "yaw": (0.3, 1.4),
+        "head_turn": (0.0, 0.3),
+        "tail_amp": (0.1, 0.3),
+    },
+    "idle": {
+        "bounce": (0.005, 0.015),
+        "gait_hz": (0.3, 0.6),
+        "sway": (0.03, 0.1),
+        "arms_hz": (0.2, 0.5),
+        "head_turn": (0.1, 0.4),
+        "head_hz": (0.2, 0.5),
+        "yaw": (0.2, 1.5),
+        "tail_amp": (0.1, 0.3),
+        "tail_hz": (0.5, 1.0),
+    },
 }
 
 
@@ -183,6 +249,7 @@ def _mixture_keyframes(rng: np.random.Generator, duration: float) -> tuple[Keyfr
 # Evaluation
 # ---------------------------------------------------------------------------------------------------
 
+
 def _blend_keyframes(motion: Motion, times: np.ndarray) -> dict[str, np.ndarray]:
     """Each parameter at `times`, smoothstep-blended between keyframes and held after the last."""
     key_times = np.array([k.time for k in motion.keyframes], dtype=np.float64)
@@ -210,8 +277,10 @@ def evaluate_motion(motion: Motion, num_frames: int) -> MotionState:
     fine_times = np.arange((num_frames - 1) * SUBSTEPS + 1, dtype=np.float64) * dt
     fine = _blend_keyframes(motion, fine_times)
     at_frames = slice(None, None, SUBSTEPS)
-    turns = {group: 2.0 * np.pi * _integral(fine[f"{group}_hz" if group != "legs" else "gait_hz"], dt)
-             for group in LIMB_GROUPS}
+    turns = {
+        group: 2.0 * np.pi * _integral(fine[f"{group}_hz" if group != "legs" else "gait_hz"], dt)
+        for group in LIMB_GROUPS
+    }
     phase = {group: (motion.phase0[group] + turns[group])[at_frames] for group in LIMB_GROUPS}
     jump_phase = 2.0 * np.pi * _integral(fine["jump_hz"], dt)[at_frames]
     signals = {name: values[at_frames] for name, values in fine.items()}

@@ -77,17 +77,41 @@ def _eye_parts(pairs: list[tuple[str, float]], eye: float, head: str) -> list[Pa
     """Eye whites and pupils for (side suffix, eye radius [body]) pairs, facing the camera from `head`."""
     parts = []
     for suffix, radius in pairs:
-        parts.append(PartSpec(f"eye{suffix}", f"eye{suffix}", radius, radius, "eye", TAG_FACE,
-                              outlined=True, depth_bias=0.002, facing=head))
-        parts.append(PartSpec(f"pupil{suffix}", f"pupil{suffix}", radius * eye, radius * eye, "pupil", TAG_FACE,
-                              outlined=False, depth_bias=0.004, facing=head))
+        parts.append(
+            PartSpec(
+                f"eye{suffix}",
+                f"eye{suffix}",
+                radius,
+                radius,
+                "eye",
+                TAG_FACE,
+                outlined=True,
+                depth_bias=0.002,
+                facing=head,
+            )
+        )
+        parts.append(
+            PartSpec(
+                f"pupil{suffix}",
+                f"pupil{suffix}",
+                radius * eye,
+                radius * eye,
+                "pupil",
+                TAG_FACE,
+                outlined=False,
+                depth_bias=0.004,
+                facing=head,
+            )
+        )
     return parts
 
 
 def _eye_features(spread: float, elevation: float, gaze: float = 0.08) -> dict:
     return {
-        "eye_r": (spread, elevation, 0.78), "eye_l": (-spread, elevation, 0.78),
-        "pupil_r": (spread - gaze, elevation - 0.03, 0.86), "pupil_l": (-spread + gaze, elevation - 0.03, 0.86),
+        "eye_r": (spread, elevation, 0.78),
+        "eye_l": (-spread, elevation, 0.78),
+        "pupil_r": (spread - gaze, elevation - 0.03, 0.86),
+        "pupil_l": (-spread + gaze, elevation - 0.03, 0.86),
     }
 
 
@@ -121,16 +145,13 @@ class BodyPlan(ABC):
     probes: dict[str, tuple[str, str, str, float]] = {}  # group -> (joint a, joint b, plane, phase offset)
 
     @abstractmethod
-    def proportions(self, rng: np.random.Generator) -> dict[str, float]:
-        ...
+    def proportions(self, rng: np.random.Generator) -> dict[str, float]: ...
 
     @abstractmethod
-    def parts(self, character: Character) -> list[PartSpec]:
-        ...
+    def parts(self, character: Character) -> list[PartSpec]: ...
 
     @abstractmethod
-    def pose(self, character: Character, state: MotionState) -> Joints:
-        ...
+    def pose(self, character: Character, state: MotionState) -> Joints: ...
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,38 +166,68 @@ class Humanoid(BodyPlan):
     probes = {"legs": ("hip_r", "knee_r", "xy", 0.0), "arms": ("elbow_r", "wrist_r", "zy", 0.0)}
 
     def proportions(self, rng):
-        p = _uniform(rng, {"leg": (0.36, 0.46), "torso": (0.22, 0.3), "head_r": (0.075, 0.105),
-                           "shoulder": (0.07, 0.1), "hip": (0.04, 0.06), "arm": (0.28, 0.36),
-                           "limb_r": (0.028, 0.042), "waist_r": (0.045, 0.075), "chest_r": (0.06, 0.095)})
+        p = _uniform(
+            rng,
+            {
+                "leg": (0.36, 0.46),
+                "torso": (0.22, 0.3),
+                "head_r": (0.075, 0.105),
+                "shoulder": (0.07, 0.1),
+                "hip": (0.04, 0.06),
+                "arm": (0.28, 0.36),
+                "limb_r": (0.028, 0.042),
+                "waist_r": (0.045, 0.075),
+                "chest_r": (0.06, 0.095),
+            },
+        )
         total = p["leg"] + 0.02 + p["torso"] + 0.03 + 2.0 * p["head_r"]
         return {k: v / total for k, v in p.items()} | {"neck": 0.03 / total, "foot_r": 0.02 / total}
 
     def parts(self, ch):
         p, acc = ch.proportions, ch.accessories
         r, head = p["limb_r"], p["head_r"]
-        parts = [PartSpec("pelvis", "chest", p["waist_r"], p["chest_r"], "body", patterned=True),
-                 PartSpec("chest", "neck_top", r * 1.1, r * 1.1, "skin", depth_bias=-0.01),
-                 PartSpec("head", "head", head, head, "skin", TAG_FACE, depth_bias=0.01)]
+        parts = [
+            PartSpec("pelvis", "chest", p["waist_r"], p["chest_r"], "body", patterned=True),
+            PartSpec("chest", "neck_top", r * 1.1, r * 1.1, "skin", depth_bias=-0.01),
+            PartSpec("head", "head", head, head, "skin", TAG_FACE, depth_bias=0.01),
+        ]
         for s in ("_r", "_l"):
-            parts += [PartSpec(f"hip{s}", f"knee{s}", r * 1.2, r * 1.05, "limb", depth_bias=-0.012),
-                      PartSpec(f"knee{s}", f"ankle{s}", r * 1.05, r * 0.9, "limb", depth_bias=-0.012),
-                      PartSpec(f"ankle{s}", f"toe{s}", r * 1.0, r * 0.9, "shoe", TAG_LIMB_END, depth_bias=-0.011),
-                      PartSpec(f"shoulder{s}", f"elbow{s}", r * 1.05, r * 0.9, "body"),
-                      PartSpec(f"elbow{s}", f"wrist{s}", r * 0.9, r * 0.8, "skin"),
-                      PartSpec(f"wrist{s}", f"hand{s}", r * 1.2, r * 1.1, "skin", TAG_LIMB_END)]
+            parts += [
+                PartSpec(f"hip{s}", f"knee{s}", r * 1.2, r * 1.05, "limb", depth_bias=-0.012),
+                PartSpec(f"knee{s}", f"ankle{s}", r * 1.05, r * 0.9, "limb", depth_bias=-0.012),
+                PartSpec(f"ankle{s}", f"toe{s}", r * 1.0, r * 0.9, "shoe", TAG_LIMB_END, depth_bias=-0.011),
+                PartSpec(f"shoulder{s}", f"elbow{s}", r * 1.05, r * 0.9, "body"),
+                PartSpec(f"elbow{s}", f"wrist{s}", r * 0.9, r * 0.8, "skin"),
+                PartSpec(f"wrist{s}", f"hand{s}", r * 1.2, r * 1.1, "skin", TAG_LIMB_END),
+            ]
         parts += _eye_parts([("_r", 0.22 * head), ("_l", 0.22 * head)], 0.5, "head")
-        parts.append(PartSpec("mouth_r", "mouth_l", 0.05 * head, 0.05 * head, "mouth", TAG_FACE, outlined=False,
-                              depth_bias=0.003, facing="head"))
+        parts.append(
+            PartSpec(
+                "mouth_r",
+                "mouth_l",
+                0.05 * head,
+                0.05 * head,
+                "mouth",
+                TAG_FACE,
+                outlined=False,
+                depth_bias=0.003,
+                facing="head",
+            )
+        )
         if "hair" in acc:
             parts.append(PartSpec("hair", "hair", head * 1.08, head * 1.08, "dark", TAG_FACE, depth_bias=-0.03))
         if "hat" in acc:
             parts.append(PartSpec("hat_base", "hat_tip", head * 0.8, head * 0.1, "accessory", depth_bias=0.02))
         if "ears" in acc:
-            parts += [PartSpec(f"ear{s}", f"ear_tip{s}", head * 0.3, head * 0.08, "skin", TAG_FACE, depth_bias=-0.005)
-                      for s in ("_r", "_l")]
+            parts += [
+                PartSpec(f"ear{s}", f"ear_tip{s}", head * 0.3, head * 0.08, "skin", TAG_FACE, depth_bias=-0.005)
+                for s in ("_r", "_l")
+            ]
         if "scarf" in acc:
-            parts += [PartSpec("chest", "chest", r * 2.0, r * 2.0, "accessory", depth_bias=0.005),
-                      PartSpec("chest", "scarf_end", r * 1.2, r * 1.0, "accessory", depth_bias=-0.02)]
+            parts += [
+                PartSpec("chest", "chest", r * 2.0, r * 2.0, "accessory", depth_bias=0.005),
+                PartSpec("chest", "scarf_end", r * 1.2, r * 1.0, "accessory", depth_bias=-0.02),
+            ]
         if "backpack" in acc:
             parts.append(PartSpec("pack_top", "pack_bottom", p["chest_r"] * 0.8, p["chest_r"] * 0.7, "accessory"))
         if "tail" in acc:
@@ -260,39 +311,63 @@ class Quadruped(BodyPlan):
     LEGS = (("_fr", 1.0, 1.0, 0.0), ("_bl", -1.0, -1.0, 0.0), ("_fl", 1.0, -1.0, np.pi), ("_br", -1.0, 1.0, np.pi))
 
     def proportions(self, rng):
-        p = _uniform(rng, {"leg": (0.3, 0.42), "body_len": (0.45, 0.7), "body_r": (0.1, 0.15), "neck": (0.14, 0.22),
-                           "head_r": (0.085, 0.11), "snout": (0.06, 0.12), "tail": (0.2, 0.35),
-                           "leg_r": (0.03, 0.045), "ear": (0.05, 0.12)})
+        p = _uniform(
+            rng,
+            {
+                "leg": (0.3, 0.42),
+                "body_len": (0.45, 0.7),
+                "body_r": (0.1, 0.15),
+                "neck": (0.14, 0.22),
+                "head_r": (0.085, 0.11),
+                "snout": (0.06, 0.12),
+                "tail": (0.2, 0.35),
+                "leg_r": (0.03, 0.045),
+                "ear": (0.05, 0.12),
+            },
+        )
         total = p["leg"] + p["body_r"] + 0.8 * p["neck"] + p["head_r"]
         return {k: v / total for k, v in p.items()}
 
     def parts(self, ch):
         p, acc = ch.proportions, ch.accessories
         r, head = p["leg_r"], p["head_r"]
-        parts = [PartSpec("rump", "withers", p["body_r"], p["body_r"] * 1.05, "body", patterned=True),
-                 PartSpec("withers", "head", p["body_r"] * 0.55, head * 0.7, "body", patterned=True, depth_bias=0.01),
-                 PartSpec("head", "head", head, head, "skin", TAG_FACE, depth_bias=0.02),
-                 PartSpec("snout_base", "snout_tip", head * 0.6, head * 0.42, "skin", TAG_FACE, depth_bias=0.025),
-                 PartSpec("nose", "nose", head * 0.2, head * 0.2, "dark", TAG_FACE, outlined=False, depth_bias=0.03,
-                          facing="head")]
+        parts = [
+            PartSpec("rump", "withers", p["body_r"], p["body_r"] * 1.05, "body", patterned=True),
+            PartSpec("withers", "head", p["body_r"] * 0.55, head * 0.7, "body", patterned=True, depth_bias=0.01),
+            PartSpec("head", "head", head, head, "skin", TAG_FACE, depth_bias=0.02),
+            PartSpec("snout_base", "snout_tip", head * 0.6, head * 0.42, "skin", TAG_FACE, depth_bias=0.025),
+            PartSpec(
+                "nose", "nose", head * 0.2, head * 0.2, "dark", TAG_FACE, outlined=False, depth_bias=0.03, facing="head"
+            ),
+        ]
         for s, *_ in self.LEGS:
-            parts += [PartSpec(f"hip{s}", f"knee{s}", r * 1.3, r * 1.0, "body", depth_bias=-0.01),
-                      PartSpec(f"knee{s}", f"ankle{s}", r * 1.0, r * 0.85, "body", depth_bias=-0.01),
-                      PartSpec(f"ankle{s}", f"ankle{s}", r * 1.15, r * 1.15, "dark", TAG_LIMB_END, depth_bias=-0.009)]
-        parts += [PartSpec(f"ear{s}", f"ear_tip{s}", head * 0.35, head * 0.06, "body", TAG_FACE, depth_bias=0.015)
-                  for s in ("_r", "_l")]
-        parts += [PartSpec(f"tail_{i}", f"tail_{i + 1}", r * (1.0 - 0.25 * i), r * (0.75 - 0.25 * i), "body")
-                  for i in range(3)]
+            parts += [
+                PartSpec(f"hip{s}", f"knee{s}", r * 1.3, r * 1.0, "body", depth_bias=-0.01),
+                PartSpec(f"knee{s}", f"ankle{s}", r * 1.0, r * 0.85, "body", depth_bias=-0.01),
+                PartSpec(f"ankle{s}", f"ankle{s}", r * 1.15, r * 1.15, "dark", TAG_LIMB_END, depth_bias=-0.009),
+            ]
+        parts += [
+            PartSpec(f"ear{s}", f"ear_tip{s}", head * 0.35, head * 0.06, "body", TAG_FACE, depth_bias=0.015)
+            for s in ("_r", "_l")
+        ]
+        parts += [
+            PartSpec(f"tail_{i}", f"tail_{i + 1}", r * (1.0 - 0.25 * i), r * (0.75 - 0.25 * i), "body")
+            for i in range(3)
+        ]
         parts += _eye_parts([("_r", 0.2 * head), ("_l", 0.2 * head)], 0.55, "head")
         if "collar" in acc:
-            parts.append(PartSpec("collar", "collar", p["body_r"] * 0.62, p["body_r"] * 0.62, "accessory",
-                                  depth_bias=0.012))
+            parts.append(
+                PartSpec("collar", "collar", p["body_r"] * 0.62, p["body_r"] * 0.62, "accessory", depth_bias=0.012)
+            )
         if "horns" in acc:
-            parts += [PartSpec(f"horn{s}", f"horn_tip{s}", head * 0.25, head * 0.05, "eye", TAG_FACE,
-                               depth_bias=0.01) for s in ("_r", "_l")]
+            parts += [
+                PartSpec(f"horn{s}", f"horn_tip{s}", head * 0.25, head * 0.05, "eye", TAG_FACE, depth_bias=0.01)
+                for s in ("_r", "_l")
+            ]
         if "saddle" in acc:
-            parts.append(PartSpec("saddle_a", "saddle_b", p["body_r"] * 0.5, p["body_r"] * 0.5, "accessory",
-                                  depth_bias=0.02))
+            parts.append(
+                PartSpec("saddle_a", "saddle_b", p["body_r"] * 0.5, p["body_r"] * 0.5, "accessory", depth_bias=0.02)
+            )
         if "mane" in acc:
             parts.append(PartSpec("withers", "mane_top", p["body_r"] * 0.5, head * 0.5, "dark", depth_bias=-0.02))
         return parts
@@ -368,33 +443,50 @@ class Bird(BodyPlan):
     probes = {"legs": ("hip_r", "knee_r", "xy", 0.0), "arms": ("shoulder_r", "elbow_r", "zy", 0.0)}
 
     def proportions(self, rng):
-        p = _uniform(rng, {"leg": (0.22, 0.32), "body_len": (0.3, 0.42), "body_r": (0.13, 0.17),
-                           "head_r": (0.09, 0.12), "neck": (0.06, 0.11), "beak": (0.08, 0.16), "wing": (0.32, 0.46),
-                           "tail": (0.15, 0.26), "leg_r": (0.014, 0.02)})
+        p = _uniform(
+            rng,
+            {
+                "leg": (0.22, 0.32),
+                "body_len": (0.3, 0.42),
+                "body_r": (0.13, 0.17),
+                "head_r": (0.09, 0.12),
+                "neck": (0.06, 0.11),
+                "beak": (0.08, 0.16),
+                "wing": (0.32, 0.46),
+                "tail": (0.15, 0.26),
+                "leg_r": (0.014, 0.02),
+            },
+        )
         total = p["leg"] + p["body_r"] + p["neck"] + 2.0 * p["head_r"]
         return {k: v / total for k, v in p.items()}
 
     def parts(self, ch):
         p, head, r = ch.proportions, ch.proportions["head_r"], ch.proportions["leg_r"]
-        parts = [PartSpec("rump", "breast", p["body_r"] * 0.8, p["body_r"], "body", patterned=True),
-                 PartSpec("breast", "head", p["body_r"] * 0.6, head * 0.7, "body", depth_bias=0.005),
-                 PartSpec("head", "head", head, head, "body", TAG_FACE, depth_bias=0.01),
-                 PartSpec("beak_base", "beak_tip", head * 0.45, head * 0.06, "beak", TAG_FACE, depth_bias=0.02)]
+        parts = [
+            PartSpec("rump", "breast", p["body_r"] * 0.8, p["body_r"], "body", patterned=True),
+            PartSpec("breast", "head", p["body_r"] * 0.6, head * 0.7, "body", depth_bias=0.005),
+            PartSpec("head", "head", head, head, "body", TAG_FACE, depth_bias=0.01),
+            PartSpec("beak_base", "beak_tip", head * 0.45, head * 0.06, "beak", TAG_FACE, depth_bias=0.02),
+        ]
         for s in ("_r", "_l"):
-            parts += [PartSpec(f"hip{s}", f"knee{s}", r * 1.6, r * 1.1, "beak", depth_bias=-0.02),
-                      PartSpec(f"knee{s}", f"ankle{s}", r * 1.1, r * 1.0, "beak", depth_bias=-0.02),
-                      PartSpec(f"ankle{s}", f"toe{s}", r * 1.0, r * 0.7, "beak", TAG_LIMB_END, depth_bias=-0.019),
-                      PartSpec(f"ankle{s}", f"heel{s}", r * 0.9, r * 0.6, "beak", TAG_LIMB_END, depth_bias=-0.019),
-                      PartSpec(f"shoulder{s}", f"elbow{s}", p["body_r"] * 0.45, p["body_r"] * 0.35, "limb",
-                               patterned=True),
-                      PartSpec(f"elbow{s}", f"wing_tip{s}", p["body_r"] * 0.35, p["body_r"] * 0.08, "limb",
-                               TAG_LIMB_END)]
-        parts += [PartSpec("rump", f"feather_{i}", p["body_r"] * 0.35, p["body_r"] * 0.15, "limb",
-                           depth_bias=-0.005) for i in range(3)]
+            parts += [
+                PartSpec(f"hip{s}", f"knee{s}", r * 1.6, r * 1.1, "beak", depth_bias=-0.02),
+                PartSpec(f"knee{s}", f"ankle{s}", r * 1.1, r * 1.0, "beak", depth_bias=-0.02),
+                PartSpec(f"ankle{s}", f"toe{s}", r * 1.0, r * 0.7, "beak", TAG_LIMB_END, depth_bias=-0.019),
+                PartSpec(f"ankle{s}", f"heel{s}", r * 0.9, r * 0.6, "beak", TAG_LIMB_END, depth_bias=-0.019),
+                PartSpec(f"shoulder{s}", f"elbow{s}", p["body_r"] * 0.45, p["body_r"] * 0.35, "limb", patterned=True),
+                PartSpec(f"elbow{s}", f"wing_tip{s}", p["body_r"] * 0.35, p["body_r"] * 0.08, "limb", TAG_LIMB_END),
+            ]
+        parts += [
+            PartSpec("rump", f"feather_{i}", p["body_r"] * 0.35, p["body_r"] * 0.15, "limb", depth_bias=-0.005)
+            for i in range(3)
+        ]
         parts += _eye_parts([("_r", 0.24 * head), ("_l", 0.24 * head)], 0.55, "head")
         if "crest" in ch.accessories:
-            parts += [PartSpec("head", f"crest_{i}", head * 0.3, head * 0.06, "accessory", TAG_FACE,
-                               depth_bias=-0.01) for i in range(3)]
+            parts += [
+                PartSpec("head", f"crest_{i}", head * 0.3, head * 0.06, "accessory", TAG_FACE, depth_bias=-0.01)
+                for i in range(3)
+            ]
         if "scarf" in ch.accessories:
             parts.append(PartSpec("neck_mid", "neck_mid", head * 0.85, head * 0.85, "accessory", depth_bias=0.008))
         return parts
@@ -447,8 +539,7 @@ class Bird(BodyPlan):
         flap = (1.1 * sig["wave_amp"] + 0.5 * sig["arm_swing"]) * np.sin(phase["arms"])
         for s, side in (("_r", 1.0), ("_l", -1.0)):
             opening = np.clip(sig[f"raise{s}"] + 1.5 * sig["wave_amp"] + 0.6 * sig["arm_swing"], 0.0, 1.0)[:, None]
-            shoulder = joints["breast"] + _xyz(-0.1 * p["body_r"], 0.3 * p["body_r"], side * 0.45 * p["body_r"],
-                                               frames)
+            shoulder = joints["breast"] + _xyz(-0.1 * p["body_r"], 0.3 * p["body_r"], side * 0.45 * p["body_r"], frames)
             folded = _unit(-axis + _xyz(0.0, -0.25, 0.3 * side, frames))
             elevation = 0.35 + flap
             spread = _unit(_xyz(-0.2, np.sin(elevation), side * np.cos(elevation), frames))
@@ -474,12 +565,23 @@ class Serpent(BodyPlan):
     accessories = ("tongue", "crown", "horns")
     SEGMENTS = 10
     WAVE_NUMBER = 0.9  # radians of wave phase per segment
-    probes = {"legs": ("spine_4", "spine_5", "xy", 0.5 * np.pi - 0.9 * 4.5),
-              "arms": ("spine_1", "spine_0", "xz", np.pi)}
+    probes = {
+        "legs": ("spine_4", "spine_5", "xy", 0.5 * np.pi - 0.9 * 4.5),
+        "arms": ("spine_1", "spine_0", "xz", np.pi),
+    }
 
     def proportions(self, rng):
-        return _uniform(rng, {"length": (0.9, 1.1), "radius": (0.055, 0.075), "head_r": (0.085, 0.11),
-                              "rise": (0.2, 0.35), "wave": (0.03, 0.06), "slither": (0.04, 0.08)})
+        return _uniform(
+            rng,
+            {
+                "length": (0.9, 1.1),
+                "radius": (0.055, 0.075),
+                "head_r": (0.085, 0.11),
+                "rise": (0.2, 0.35),
+                "wave": (0.03, 0.06),
+                "slither": (0.04, 0.08),
+            },
+        )
 
     def parts(self, ch):
         p, head = ch.proportions, ch.proportions["head_r"]
@@ -489,19 +591,36 @@ class Serpent(BodyPlan):
             taper = 1.0 - 0.8 * (i / (count - 1)) ** 1.5
             taper_next = 1.0 - 0.8 * ((i + 1) / (count - 1)) ** 1.5
             tag = TAG_LIMB_END if i == count - 2 else 0
-            parts.append(PartSpec(f"spine_{i}", f"spine_{i + 1}", p["radius"] * taper, p["radius"] * taper_next,
-                                  "body", tag, patterned=True, depth_bias=-0.001 * i))
+            parts.append(
+                PartSpec(
+                    f"spine_{i}",
+                    f"spine_{i + 1}",
+                    p["radius"] * taper,
+                    p["radius"] * taper_next,
+                    "body",
+                    tag,
+                    patterned=True,
+                    depth_bias=-0.001 * i,
+                )
+            )
         parts += [PartSpec("head", "jaw", head, head * 0.75, "body", TAG_FACE, patterned=True, depth_bias=0.01)]
         parts += _eye_parts([("_r", 0.25 * head), ("_l", 0.25 * head)], 0.5, "head")
         if "tongue" in ch.accessories:
-            parts.append(PartSpec("jaw", "tongue_tip", head * 0.12, head * 0.06, "mouth", TAG_FACE, outlined=False,
-                                  depth_bias=-0.005))
+            parts.append(
+                PartSpec(
+                    "jaw", "tongue_tip", head * 0.12, head * 0.06, "mouth", TAG_FACE, outlined=False, depth_bias=-0.005
+                )
+            )
         if "crown" in ch.accessories:
-            parts += [PartSpec("crown_base", f"crown_{i}", head * 0.25, head * 0.06, "beak", TAG_FACE,
-                               depth_bias=0.012) for i in range(3)]
+            parts += [
+                PartSpec("crown_base", f"crown_{i}", head * 0.25, head * 0.06, "beak", TAG_FACE, depth_bias=0.012)
+                for i in range(3)
+            ]
         if "horns" in ch.accessories:
-            parts += [PartSpec(f"horn{s}", f"horn_tip{s}", head * 0.25, head * 0.05, "eye", TAG_FACE,
-                               depth_bias=0.005) for s in ("_r", "_l")]
+            parts += [
+                PartSpec(f"horn{s}", f"horn_tip{s}", head * 0.25, head * 0.05, "eye", TAG_FACE, depth_bias=0.005)
+                for s in ("_r", "_l")
+            ]
         return parts
 
     def pose(self, ch, st):
@@ -517,8 +636,8 @@ class Serpent(BodyPlan):
             y = p["radius"] + p["wave"] * travel * 0.5 * (1.0 + np.sin(wave_phase))
             z = p["slither"] * travel * np.cos(wave_phase)
             neck = max(0.0, 1.0 - i / 3.0)
-            y = y + rise * neck ** 2 + st.body_bob * ch.height
-            z = z + p["length"] * 0.25 * sway * neck ** 2
+            y = y + rise * neck**2 + st.body_bob * ch.height
+            z = z + p["length"] * 0.25 * sway * neck**2
             joints[f"spine_{i}"] = _xyz(x, y, z, frames)
         yaw = st.head_yaw
         forward = _direction(yaw, -0.2 + 0.3 * sig["lean"])
@@ -532,8 +651,7 @@ class Serpent(BodyPlan):
             joints[f"crown_{i}"] = joints["crown_base"] + 0.9 * p["head_r"] * _direction(yaw + (i - 1) * 0.9, 1.3)
         for s, side in (("_r", 1.0), ("_l", -1.0)):
             joints[f"horn{s}"] = joints["head"] + 0.75 * p["head_r"] * _direction(yaw + side * 0.9, 0.9)
-            joints[f"horn_tip{s}"] = joints[f"horn{s}"] + 1.2 * p["head_r"] * _direction(yaw + side * 1.3 + np.pi,
-                                                                                          0.8)
+            joints[f"horn_tip{s}"] = joints[f"horn{s}"] + 1.2 * p["head_r"] * _direction(yaw + side * 1.3 + np.pi, 0.8)
         return joints
 
 
@@ -549,8 +667,17 @@ class Blob(BodyPlan):
     probes = {"legs": ("hip_r", "foot_r", "xy", 0.0), "arms": ("shoulder_r", "hand_r", "zy", 0.0)}
 
     def proportions(self, rng):
-        p = _uniform(rng, {"body_r": (0.3, 0.38), "body_len": (0.05, 0.25), "eye": (0.2, 0.27),
-                           "nub": (0.18, 0.28), "foot_r": (0.06, 0.09), "foot_len": (0.06, 0.1)})
+        p = _uniform(
+            rng,
+            {
+                "body_r": (0.3, 0.38),
+                "body_len": (0.05, 0.25),
+                "eye": (0.2, 0.27),
+                "nub": (0.18, 0.28),
+                "foot_r": (0.06, 0.09),
+                "foot_len": (0.06, 0.1),
+            },
+        )
         total = 2.0 * p["body_r"] + p["body_len"] + p["foot_len"] + p["foot_r"]
         return {k: v / total for k, v in p.items()}
 
@@ -559,21 +686,35 @@ class Blob(BodyPlan):
         body, eye = p["body_r"], p["eye"] * p["body_r"]
         parts = [PartSpec("bottom", "top", body, body * 0.95, "body", patterned=True, scale="_scale_body")]
         for s in ("_r", "_l"):
-            parts += [PartSpec(f"hip{s}", f"foot{s}", p["foot_r"] * 0.8, p["foot_r"], "dark", TAG_LIMB_END,
-                               depth_bias=-0.05),
-                      PartSpec(f"shoulder{s}", f"hand{s}", body * 0.2, body * 0.16, "skin", TAG_LIMB_END,
-                               depth_bias=-0.01)]
+            parts += [
+                PartSpec(f"hip{s}", f"foot{s}", p["foot_r"] * 0.8, p["foot_r"], "dark", TAG_LIMB_END, depth_bias=-0.05),
+                PartSpec(f"shoulder{s}", f"hand{s}", body * 0.2, body * 0.16, "skin", TAG_LIMB_END, depth_bias=-0.01),
+            ]
         parts += _eye_parts([("_r", eye), ("_l", eye)], 0.5, "face")
-        parts.append(PartSpec("mouth_r", "mouth_l", body * 0.05, body * 0.05, "mouth", TAG_FACE, outlined=False,
-                              depth_bias=0.003, facing="face"))
+        parts.append(
+            PartSpec(
+                "mouth_r",
+                "mouth_l",
+                body * 0.05,
+                body * 0.05,
+                "mouth",
+                TAG_FACE,
+                outlined=False,
+                depth_bias=0.003,
+                facing="face",
+            )
+        )
         if "antenna" in ch.accessories:
-            parts += [PartSpec("top_point", "antenna_tip", body * 0.05, body * 0.04, "dark", depth_bias=-0.02),
-                      PartSpec("antenna_tip", "antenna_tip", body * 0.12, body * 0.12, "accessory", depth_bias=-0.02)]
+            parts += [
+                PartSpec("top_point", "antenna_tip", body * 0.05, body * 0.04, "dark", depth_bias=-0.02),
+                PartSpec("antenna_tip", "antenna_tip", body * 0.12, body * 0.12, "accessory", depth_bias=-0.02),
+            ]
         if "hat" in ch.accessories:
             parts.append(PartSpec("top_point", "hat_tip", body * 0.55, body * 0.08, "accessory", depth_bias=0.02))
         if "bow" in ch.accessories:
-            parts += [PartSpec("bow", f"bow{s}", body * 0.08, body * 0.2, "accessory", depth_bias=0.02)
-                      for s in ("_r", "_l")]
+            parts += [
+                PartSpec("bow", f"bow{s}", body * 0.08, body * 0.2, "accessory", depth_bias=0.02) for s in ("_r", "_l")
+            ]
         return parts
 
     def pose(self, ch, st):
@@ -635,9 +776,18 @@ class ManyLimbed(BodyPlan):
     probes = {"legs": ("coxa_r0", "foot_r0", "xz", 0.0), "arms": ("claw_base_r", "claw_mid_r", "xy", 0.0)}
 
     def proportions(self, rng):
-        p = _uniform(rng, {"body_r": (0.14, 0.18), "head_r": (0.1, 0.13), "femur": (0.14, 0.2),
-                           "reach": (0.26, 0.34), "height": (0.18, 0.26), "leg_r": (0.022, 0.03),
-                           "claw": (0.16, 0.24)})
+        p = _uniform(
+            rng,
+            {
+                "body_r": (0.14, 0.18),
+                "head_r": (0.1, 0.13),
+                "femur": (0.14, 0.2),
+                "reach": (0.26, 0.34),
+                "height": (0.18, 0.26),
+                "leg_r": (0.022, 0.03),
+                "claw": (0.16, 0.24),
+            },
+        )
         p["legs"] = float(rng.choice([3, 4]))  # legs per side
         p["eyes"] = float(rng.choice([2, 4]))
         total = p["height"] + p["body_r"] * 1.2 + 0.2 * p["femur"]
@@ -656,25 +806,42 @@ class ManyLimbed(BodyPlan):
     def parts(self, ch):
         p = ch.proportions
         r, head = p["leg_r"], p["head_r"]
-        parts = [PartSpec("abdomen", "abdomen", p["body_r"], p["body_r"], "body", patterned=True),
-                 PartSpec("thorax", "thorax", head, head, "skin", TAG_FACE, depth_bias=0.01)]
+        parts = [
+            PartSpec("abdomen", "abdomen", p["body_r"], p["body_r"], "body", patterned=True),
+            PartSpec("thorax", "thorax", head, head, "skin", TAG_FACE, depth_bias=0.01),
+        ]
         for s, *_ in self._legs(ch):
-            parts += [PartSpec(f"coxa{s}", f"knee{s}", r * 1.3, r * 1.1, "limb", depth_bias=-0.02),
-                      PartSpec(f"knee{s}", f"foot{s}", r * 1.1, r * 0.7, "limb", TAG_LIMB_END, depth_bias=-0.02)]
+            parts += [
+                PartSpec(f"coxa{s}", f"knee{s}", r * 1.3, r * 1.1, "limb", depth_bias=-0.02),
+                PartSpec(f"knee{s}", f"foot{s}", r * 1.1, r * 0.7, "limb", TAG_LIMB_END, depth_bias=-0.02),
+            ]
         for s in ("_r", "_l"):
-            parts += [PartSpec(f"claw_base{s}", f"claw_mid{s}", r * 1.4, r * 1.3, "limb"),
-                      PartSpec(f"claw_mid{s}", f"claw_tip{s}", r * 1.3, r * 1.1, "limb"),
-                      PartSpec(f"claw_tip{s}", f"claw_pincer{s}", r * 1.8, r * 0.6, "dark", TAG_LIMB_END)]
+            parts += [
+                PartSpec(f"claw_base{s}", f"claw_mid{s}", r * 1.4, r * 1.3, "limb"),
+                PartSpec(f"claw_mid{s}", f"claw_tip{s}", r * 1.3, r * 1.1, "limb"),
+                PartSpec(f"claw_tip{s}", f"claw_pincer{s}", r * 1.8, r * 0.6, "dark", TAG_LIMB_END),
+            ]
         eyes = [("_r", 0.26 * head), ("_l", 0.26 * head)]
         if p["eyes"] > 2:
             eyes += [("_r2", 0.17 * head), ("_l2", 0.17 * head)]
         parts += _eye_parts(eyes, 0.55, "thorax")
         if "antennae" in ch.accessories:
-            parts += [PartSpec(f"antenna{s}", f"antenna_tip{s}", r * 0.8, r * 0.5, "dark", TAG_FACE,
-                               depth_bias=-0.005) for s in ("_r", "_l")]
+            parts += [
+                PartSpec(f"antenna{s}", f"antenna_tip{s}", r * 0.8, r * 0.5, "dark", TAG_FACE, depth_bias=-0.005)
+                for s in ("_r", "_l")
+            ]
         if "shell_spots" in ch.accessories:
-            parts.append(PartSpec("shell", "shell", p["body_r"] * 0.45, p["body_r"] * 0.45, "accessory",
-                                  depth_bias=0.003, facing="abdomen"))
+            parts.append(
+                PartSpec(
+                    "shell",
+                    "shell",
+                    p["body_r"] * 0.45,
+                    p["body_r"] * 0.45,
+                    "accessory",
+                    depth_bias=0.003,
+                    facing="abdomen",
+                )
+            )
         if "bow" in ch.accessories:
             parts.append(PartSpec("bow_r", "bow_l", head * 0.35, head * 0.35, "accessory", depth_bias=0.02))
         return parts
@@ -702,10 +869,14 @@ class ManyLimbed(BodyPlan):
 
     @staticmethod
     def _head(joints: Joints, p: dict, st: MotionState) -> None:
-        frames, sig, phase, yaw = len(st.times), st.signals, st.phase, st.head_yaw
+        sig, phase, yaw = st.signals, st.phase, st.head_yaw
         features = _eye_features(0.45, 0.35, gaze=-0.05)
-        features |= {"eye_r2": (0.85, 0.15, 0.8), "eye_l2": (-0.85, 0.15, 0.8),
-                     "pupil_r2": (0.8, 0.12, 0.87), "pupil_l2": (-0.8, 0.12, 0.87)}
+        features |= {
+            "eye_r2": (0.85, 0.15, 0.8),
+            "eye_l2": (-0.85, 0.15, 0.8),
+            "pupil_r2": (0.8, 0.12, 0.87),
+            "pupil_l2": (-0.8, 0.12, 0.87),
+        }
         _face(joints, "thorax", p["head_r"], yaw, features)
         for s, side, offset in (("_r", 1.0, 0.0), ("_l", -1.0, np.pi)):
             lift = sig[f"raise{s}"]
@@ -725,8 +896,9 @@ class ManyLimbed(BodyPlan):
 # Registry and sampling
 # ---------------------------------------------------------------------------------------------------
 
-BODY_PLANS: dict[str, BodyPlan] = {plan.name: plan for plan in
-                                   (Humanoid(), Quadruped(), Bird(), Serpent(), Blob(), ManyLimbed())}
+BODY_PLANS: dict[str, BodyPlan] = {
+    plan.name: plan for plan in (Humanoid(), Quadruped(), Bird(), Serpent(), Blob(), ManyLimbed())
+}
 PLAN_NAMES = tuple(BODY_PLANS)
 
 

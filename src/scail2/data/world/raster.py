@@ -46,12 +46,12 @@ class PartBatch:
     def __len__(self) -> int:
         return len(self.ax)
 
-    def take(self, indices: np.ndarray) -> "PartBatch":
+    def take(self, indices: np.ndarray) -> PartBatch:
         """The parts at `indices`, in that order."""
         return PartBatch(*(getattr(self, f.name)[indices] for f in fields(PartBatch)))
 
     @staticmethod
-    def concatenate(batches: list["PartBatch"]) -> "PartBatch":
+    def concatenate(batches: list[PartBatch]) -> PartBatch:
         """One batch drawing `batches` in order (the first is furthest back)."""
         return PartBatch(*(np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(PartBatch)))
 

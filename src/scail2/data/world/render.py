@@ -24,8 +24,8 @@ LANE_RISE = 0.1  # a lane-1 character stands this much higher [world units]
 LANE_SHRINK = 0.3  # and is this much smaller (fraction)
 # Parts per rasteriser call: a few frames at a time keeps the sample arrays in cache (measured best ~250).
 PARTS_PER_DRAW = 250
-# Stick-figure bones: a radius of 2% of the body height (4% across), never under 3 pixels across (they must survive the VAE
-# at half resolution, as pose renderers draw 4-pixel limbs at 512 px).
+# Stick-figure bones: a radius of 2% of the body height (4% across), never under 3 pixels across (they must
+# survive the VAE at half resolution, as pose renderers draw 4-pixel limbs at 512 px).
 SKELETON_BONE_RADIUS = 0.02
 SKELETON_MIN_PIXELS = 1.5
 
@@ -47,7 +47,7 @@ class Placement:
         return {"x": self.x, "lane": self.lane}
 
     @staticmethod
-    def from_json(data: dict) -> "Placement":
+    def from_json(data: dict) -> Placement:
         return Placement(data["x"], data["lane"])
 
 
@@ -160,49 +160,89 @@ class _PartStyle:
     period: float  # pattern period in body units
 
     @classmethod
-    def of(cls, character: Character, specs, identity: int) -> "_PartStyle":
+    def of(cls, character: Character, specs, identity: int) -> _PartStyle:
         colours, count = character.colours, len(specs)
-        return cls(fill=np.array([colours[s.colour] for s in specs], dtype=np.float32),
-                   pattern=np.array([colours["pattern"]] * count, dtype=np.float32),
-                   line=np.array([colours["outline"]] * count, dtype=np.float32),
-                   outlined=np.array([s.outlined for s in specs]), patterned=np.array([s.patterned for s in specs]),
-                   tag=np.array([s.tag for s in specs], dtype=np.uint8),
-                   identity=np.full(count, identity, dtype=np.uint8), outline=character.outline,
-                   kind=PATTERN_CODES[character.pattern], period=character.pattern_scale)
+        return cls(
+            fill=np.array([colours[s.colour] for s in specs], dtype=np.float32),
+            pattern=np.array([colours["pattern"]] * count, dtype=np.float32),
+            line=np.array([colours["outline"]] * count, dtype=np.float32),
+            outlined=np.array([s.outlined for s in specs]),
+            patterned=np.array([s.patterned for s in specs]),
+            tag=np.array([s.tag for s in specs], dtype=np.uint8),
+            identity=np.full(count, identity, dtype=np.uint8),
+            outline=character.outline,
+            kind=PATTERN_CODES[character.pattern],
+            period=character.pattern_scale,
+        )
 
     @classmethod
-    def bones(cls, specs, identity: int) -> "_PartStyle":
+    def bones(cls, specs, identity: int) -> _PartStyle:
         """Stick-figure style: flat bone colours, no outline or pattern, no detail tags."""
         fill, flags = np.array([bone_colour(s) for s in specs], dtype=np.float32), np.zeros(len(specs), dtype=bool)
-        return cls(fill=fill, pattern=fill, line=fill, outlined=flags, patterned=flags,
-                   tag=np.zeros(len(specs), dtype=np.uint8), identity=np.full(len(specs), identity, dtype=np.uint8),
-                   outline=0.0, kind=PATTERN_FLAT, period=1.0)
+        return cls(
+            fill=fill,
+            pattern=fill,
+            line=fill,
+            outlined=flags,
+            patterned=flags,
+            tag=np.zeros(len(specs), dtype=np.uint8),
+            identity=np.full(len(specs), identity, dtype=np.uint8),
+            outline=0.0,
+            kind=PATTERN_FLAT,
+            period=1.0,
+        )
 
     def batch(self, part, frame, ax, ay, bx, by, ra, rb, body_px: np.ndarray) -> PartBatch:
         width = np.minimum(self.outline * body_px, 0.4 * np.minimum(ra, rb))
         width = np.where(self.outlined[part] & (width >= 0.6), np.maximum(width, 1.0), 0.0)
         kind = np.where(self.patterned[part], self.kind, PATTERN_FLAT)
         period = np.maximum(self.period * body_px, 2.0)
-        return PartBatch(ax, ay, bx, by, ra, rb, self.fill[part], self.pattern[part], self.line[part], width,
-                         kind, period, self.tag[part], self.identity[part], frame)
+        return PartBatch(
+            ax,
+            ay,
+            bx,
+            by,
+            ra,
+            rb,
+            self.fill[part],
+            self.pattern[part],
+            self.line[part],
+            width,
+            kind,
+            period,
+            self.tag[part],
+            self.identity[part],
+            frame,
+        )
 
 
-def render_video(scene: Scene, camera: Camera, actors: list[Actor], height: int, width: int, num_frames: int,
-                 fps: float = 16.0, skeleton: bool = False) -> Rendered:
+def render_video(
+    scene: Scene,
+    camera: Camera,
+    actors: list[Actor],
+    height: int,
+    width: int,
+    num_frames: int,
+    fps: float = 16.0,
+    skeleton: bool = False,
+) -> Rendered:
     """Film `actors` in `scene` through `camera`: colour frames plus exact identity and detail maps
     (`skeleton`: the actors as stick figures over the same scene, see `actor_batches`)."""
     times = np.arange(num_frames, dtype=np.float64) / fps
     views = camera.views(times)
     backdrop = Backdrop(scene, *views, height, width)
-    canvas = Canvas(np.empty((num_frames, height, width, 3), dtype=np.float32),
-                    np.zeros((num_frames, height, width), dtype=np.uint8),
-                    np.zeros((num_frames, height, width), dtype=np.uint8))
+    canvas = Canvas(
+        np.empty((num_frames, height, width, 3), dtype=np.float32),
+        np.zeros((num_frames, height, width), dtype=np.uint8),
+        np.zeros((num_frames, height, width), dtype=np.uint8),
+    )
     for f in range(num_frames):
         canvas.rgb[f] = backdrop.frame(f)
     ordered = sorted(actors, key=lambda a: (-a.placement.lane, a.identity))
     if ordered:
-        parts = PartBatch.concatenate([actor_batches(pose_actor(a, num_frames), views, height, width, skeleton)
-                                       for a in ordered])
+        parts = PartBatch.concatenate(
+            [actor_batches(pose_actor(a, num_frames), views, height, width, skeleton) for a in ordered]
+        )
         for first, stop in _frame_chunks(parts.frame, num_frames):
             draw_parts(canvas, parts.take(np.flatnonzero((parts.frame >= first) & (parts.frame < stop))))
     rgb = canvas.rgb

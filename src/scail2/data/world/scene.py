@@ -38,7 +38,7 @@ class Camera:
         return {"x": self.x, "zoom": self.zoom, "pan": self.pan, "zoom_rate": self.zoom_rate, "kind": self.kind}
 
     @staticmethod
-    def from_json(data: dict) -> "Camera":
+    def from_json(data: dict) -> Camera:
         return Camera(data["x"], data["zoom"], data["pan"], data["zoom_rate"], data["kind"])
 
 
@@ -74,17 +74,32 @@ class Scene:
     props: tuple[Prop, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
-        data = {k: getattr(self, k) for k in ("sky_top", "sky_bottom", "ground_far", "ground_near", "horizon",
-                                               "ground_texture", "texture_scale", "tint", "light", "noise_seed")}
-        data["props"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in prop.__dict__.items()}
-                         for prop in self.props]
+        data = {
+            k: getattr(self, k)
+            for k in (
+                "sky_top",
+                "sky_bottom",
+                "ground_far",
+                "ground_near",
+                "horizon",
+                "ground_texture",
+                "texture_scale",
+                "tint",
+                "light",
+                "noise_seed",
+            )
+        }
+        data["props"] = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in prop.__dict__.items()} for prop in self.props
+        ]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @staticmethod
-    def from_json(data: dict) -> "Scene":
+    def from_json(data: dict) -> Scene:
         fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k != "props"}
-        props = tuple(Prop(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in prop.items()})
-                      for prop in data["props"])
+        props = tuple(
+            Prop(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in prop.items()}) for prop in data["props"]
+        )
         return Scene(**fields, props=props)
 
 
@@ -99,8 +114,9 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         sky_top=hsv_colour(sky_hue, float(rng.uniform(0.3, 0.8)), float(rng.uniform(0.6, 1.0))),
         sky_bottom=hsv_colour(sky_hue + float(rng.uniform(-0.1, 0.1)), float(rng.uniform(0.05, 0.4)), 0.95),
         ground_far=hsv_colour(ground_hue, float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.5, 0.85))),
-        ground_near=hsv_colour(ground_hue + float(rng.uniform(-0.05, 0.05)), float(rng.uniform(0.3, 0.7)),
-                         float(rng.uniform(0.35, 0.7))),
+        ground_near=hsv_colour(
+            ground_hue + float(rng.uniform(-0.05, 0.05)), float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.35, 0.7))
+        ),
         horizon=float(rng.uniform(0.22, 0.5)),
         ground_texture=str(rng.choice(GROUND_TEXTURES)),
         texture_scale=float(rng.uniform(4.0, 10.0)),
@@ -130,6 +146,7 @@ def _sample_prop(rng: np.random.Generator) -> Prop:
 # Background drawing
 # ---------------------------------------------------------------------------------------------------
 
+
 def _prop_capsules(prop: Prop, horizon: float) -> list[tuple]:
     """(ax, ay, bx, by, ra, rb, colour) in world units."""
     x, s = prop.x, prop.size
@@ -139,17 +156,23 @@ def _prop_capsules(prop: Prop, horizon: float) -> list[tuple]:
         "tree": [(x, y, x, y + 0.8 * s, 0.08 * s, 0.06 * s, c), (x, y + 0.9 * s, x, y + 1.1 * s, 0.4 * s, 0.3 * s, a)],
         "bush": [(x - 0.2 * s, y + 0.15 * s, x + 0.2 * s, y + 0.15 * s, 0.25 * s, 0.2 * s, a)],
         "rock": [(x - 0.2 * s, y + 0.08 * s, x + 0.15 * s, y + 0.1 * s, 0.15 * s, 0.1 * s, c)],
-        "house": [(x - 0.25 * s, y + 0.25 * s, x + 0.25 * s, y + 0.25 * s, 0.25 * s, 0.25 * s, c),
-                  (x, y + 0.5 * s, x, y + 0.95 * s, 0.42 * s, 0.03 * s, a),
-                  (x, y + 0.08 * s, x, y + 0.2 * s, 0.07 * s, 0.07 * s, (60, 40, 30))],
+        "house": [
+            (x - 0.25 * s, y + 0.25 * s, x + 0.25 * s, y + 0.25 * s, 0.25 * s, 0.25 * s, c),
+            (x, y + 0.5 * s, x, y + 0.95 * s, 0.42 * s, 0.03 * s, a),
+            (x, y + 0.08 * s, x, y + 0.2 * s, 0.07 * s, 0.07 * s, (60, 40, 30)),
+        ],
         "fence": [(x + i * 0.15 * s, y, x + i * 0.15 * s, y + 0.3 * s, 0.02 * s, 0.02 * s, c) for i in range(-3, 4)]
-                 + [(x - 0.45 * s, y + 0.2 * s, x + 0.45 * s, y + 0.2 * s, 0.015 * s, 0.015 * s, c)],
-        "cloud": [(x - 0.3 * s, y, x + 0.3 * s, y, 0.15 * s, 0.15 * s, c),
-                  (x - 0.05 * s, y + 0.08 * s, x + 0.1 * s, y + 0.08 * s, 0.18 * s, 0.18 * s, c)],
+        + [(x - 0.45 * s, y + 0.2 * s, x + 0.45 * s, y + 0.2 * s, 0.015 * s, 0.015 * s, c)],
+        "cloud": [
+            (x - 0.3 * s, y, x + 0.3 * s, y, 0.15 * s, 0.15 * s, c),
+            (x - 0.05 * s, y + 0.08 * s, x + 0.1 * s, y + 0.08 * s, 0.18 * s, 0.18 * s, c),
+        ],
         "sun": [(x, y, x, y, 0.2 * s, 0.2 * s, c)],
         "mountain": [(x, horizon - 0.02, x, horizon + 0.25 * s, 0.45 * s, 0.04 * s, c)],
-        "lamp": [(x, y, x, y + 0.9 * s, 0.02 * s, 0.02 * s, (40, 40, 40)),
-                 (x, y + 0.95 * s, x, y + 0.95 * s, 0.07 * s, 0.07 * s, (255, 240, 170))],
+        "lamp": [
+            (x, y, x, y + 0.9 * s, 0.02 * s, 0.02 * s, (40, 40, 40)),
+            (x, y + 0.95 * s, x, y + 0.95 * s, 0.07 * s, 0.07 * s, (255, 240, 170)),
+        ],
     }
     return shapes[prop.kind]
 
@@ -161,8 +184,23 @@ def _props_batch(shapes: list[tuple], to_px, scale: float) -> PartBatch:
     colours = np.array([s[6] for s in shapes], dtype=np.float32)
     count = len(shapes)
     zeros = np.zeros(count, dtype=np.uint8)
-    return PartBatch(ax, ay, bx, by, arr[:, 4] * scale, arr[:, 5] * scale, colours, colours, colours * 0.55,
-                     np.ones(count), zeros, np.ones(count), zeros, zeros, np.zeros(count, dtype=np.int64))
+    return PartBatch(
+        ax,
+        ay,
+        bx,
+        by,
+        arr[:, 4] * scale,
+        arr[:, 5] * scale,
+        colours,
+        colours,
+        colours * 0.55,
+        np.ones(count),
+        zeros,
+        np.ones(count),
+        zeros,
+        zeros,
+        np.zeros(count, dtype=np.int64),
+    )
 
 
 def _ground_shade(scene: Scene, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
@@ -238,7 +276,7 @@ class Backdrop:
         top = (self.top - self.centre_y[index]) * self.ppu - 0.5 * self.height * scale
         col, row = int(round(left)), int(round(top))
         if abs(scale - 1.0) < 1e-9 and abs(left - col) < 1e-6 and abs(top - row) < 1e-6:
-            crop = self.canvas[row:row + self.height, col:col + self.width]
+            crop = self.canvas[row : row + self.height, col : col + self.width]
             return crop.astype(np.float32)
         box = (left, top, left + self.width * scale, top + self.height * scale)
         view = self.image.resize((self.width, self.height), Image.BILINEAR, box=box)

@@ -16,5 +16,12 @@ from scail2.preprocess.segmentation.extract import METHODS, MaskSettings, refere
 from scail2.preprocess.segmentation.pipeline import MasksRequest, build_mask_folder
 from scail2.preprocess.segmentation.refine import Refinement, refine_identities
 
-__all__ = ["METHODS", "MaskSettings", "MasksRequest", "Refinement", "build_mask_folder", "reference_identities",
-           "refine_identities"]
+__all__ = [
+    "METHODS",
+    "MaskSettings",
+    "MasksRequest",
+    "Refinement",
+    "build_mask_folder",
+    "reference_identities",
+    "refine_identities",
+]

@@ -20,13 +20,16 @@ from scail2.preprocess.masks import identity_colors_present
 from scail2.preprocess.segmentation.extract import MaskSettings, MotionMasks, downscaler, reference_identities
 
 
-def folder_driving_palette(folder_path: str | Path, mode: str, num_frames: int,
-                           frame_transform: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+def folder_driving_palette(
+    folder_path: str | Path, mode: str, num_frames: int, frame_transform: Callable[[np.ndarray], torch.Tensor]
+) -> torch.Tensor:
     """The driving masks of a `scail2 masks` folder, resized by `frame_transform`: uint8 [T, H, W, 3]."""
     folder = mask_folder.open_mask_folder(folder_path)
     if folder.num_frames < num_frames:
-        raise Scail2Error(f"{folder_path}: has {folder.num_frames} mask frames but the driving video has "
-                          f"{num_frames}; make the masks from the same video (or pass --max-frames)")
+        raise Scail2Error(
+            f"{folder_path}: has {folder.num_frames} mask frames but the driving video has "
+            f"{num_frames}; make the masks from the same video (or pass --max-frames)"
+        )
     return folder.palette_frames(mode, "driving", max_frames=num_frames, frame_transform=frame_transform)
 
 
@@ -36,8 +39,9 @@ def folder_driving_palette(folder_path: str | Path, mode: str, num_frames: int,
 ANIMATE_MAX_CHARACTERS = 1
 
 
-def automatic_driving_palette(frames: torch.Tensor, mode: str,
-                              max_characters: int = ANIMATE_MAX_CHARACTERS) -> torch.Tensor:
+def automatic_driving_palette(
+    frames: torch.Tensor, mode: str, max_characters: int = ANIMATE_MAX_CHARACTERS
+) -> torch.Tensor:
     """Weight-free driving masks of the (already resized) driving frames uint8 [T, H, W, 3]."""
     settings = MaskSettings(method="motion", max_characters=max_characters)
     transform = downscaler(settings.work_size)
@@ -47,8 +51,14 @@ def automatic_driving_palette(frames: torch.Tensor, mode: str,
     return mask_folder.identities_to_palette(ids, mode, "driving")
 
 
-def reference_palette(image_path: str | Path, rgb: np.ndarray, driving_palette: torch.Tensor, mode: str,
-                      folder_path: str | Path | None = None, alpha: np.ndarray | None = None) -> torch.Tensor:
+def reference_palette(
+    image_path: str | Path,
+    rgb: np.ndarray,
+    driving_palette: torch.Tensor,
+    mode: str,
+    folder_path: str | Path | None = None,
+    alpha: np.ndarray | None = None,
+) -> torch.Tensor:
     """The reference mask (uint8 [H, W, 3]) coloured like the driving masks.
 
     A `scail2 masks` folder's own reference mask is used when it was made from this very image;
@@ -61,7 +71,9 @@ def reference_palette(image_path: str | Path, rgb: np.ndarray, driving_palette: 
             return mask_folder.identities_to_palette(ids, mode, "reference")
     present = identity_colors_present(driving_palette)
     if list(present) != list(range(len(present))):
-        raise Scail2Error("the driving masks do not use the first palette colours in order, so the reference "
-                          "characters cannot be matched to them automatically")
+        raise Scail2Error(
+            "the driving masks do not use the first palette colours in order, so the reference "
+            "characters cannot be matched to them automatically"
+        )
     ids, _ = reference_identities(rgb, alpha, len(present), str(image_path))
     return mask_folder.identities_to_palette(ids, mode, "reference")

@@ -67,8 +67,9 @@ def _grey(images: torch.Tensor) -> torch.Tensor:
     return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
 
 
-def _gauss_newton_step(frame: torch.Tensor, reference: torch.Tensor, gradients: torch.Tensor,
-                       params: torch.Tensor) -> torch.Tensor:
+def _gauss_newton_step(
+    frame: torch.Tensor, reference: torch.Tensor, gradients: torch.Tensor, params: torch.Tensor
+) -> torch.Tensor:
     """One robust Gauss-Newton update of `params` [4] aligning `frame` [1, 1, h, w] to `reference`."""
     height, width = frame.shape[-2:]
     grid = sampling_grid(params[None], height, width)

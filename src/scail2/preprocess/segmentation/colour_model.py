@@ -55,8 +55,7 @@ def _smooth_histogram(counts: torch.Tensor) -> torch.Tensor:
 
 def fit_histogram(bins: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Log-probability table [B^3] of a colour histogram fitted to pixels `bins` with `weights` (same shape)."""
-    counts = torch.bincount(bins.flatten(), weights=weights.flatten().to(torch.float32),
-                            minlength=HISTOGRAM_BINS**3)
+    counts = torch.bincount(bins.flatten(), weights=weights.flatten().to(torch.float32), minlength=HISTOGRAM_BINS**3)
     counts = _smooth_histogram(counts)
     total = counts.sum()
     counts = counts + HISTOGRAM_PRIOR * total.clamp_min(1.0) / counts.numel()
@@ -79,13 +78,20 @@ class ColourSamples:
 def _fit_side(bins: torch.Tensor, weights: torch.Tensor, extra: ColourSamples | None) -> torch.Tensor:
     if extra is None:
         return fit_histogram(bins, weights)
-    return fit_histogram(torch.cat([bins.flatten(), extra.bins.flatten()]),
-                         torch.cat([weights.flatten(), extra.weights.flatten()]))
+    return fit_histogram(
+        torch.cat([bins.flatten(), extra.bins.flatten()]), torch.cat([weights.flatten(), extra.weights.flatten()])
+    )
 
 
-def refine_probability(images: torch.Tensor, prior_logit: torch.Tensor, settings: RefineSettings = RefineSettings(),
-                       *, foreground_samples: ColourSamples | None = None,
-                       background_samples: ColourSamples | None = None, per_frame: bool = False) -> torch.Tensor:
+def refine_probability(
+    images: torch.Tensor,
+    prior_logit: torch.Tensor,
+    settings: RefineSettings = RefineSettings(),
+    *,
+    foreground_samples: ColourSamples | None = None,
+    background_samples: ColourSamples | None = None,
+    per_frame: bool = False,
+) -> torch.Tensor:
     """Foreground probability [N, H, W] of `images` [N, 3, H, W] from a prior (logits [N, H, W]).
 
     `foreground_samples` / `background_samples` add pixels known to be on one side to that side's colour

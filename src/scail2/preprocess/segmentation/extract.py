@@ -12,9 +12,8 @@ Every method yields identity maps (uint8, 0 background, k = identity k in upstre
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -91,9 +90,16 @@ def describe_tracks(ids: torch.Tensor, first_frames: list[int] | None = None) ->
         if float(areas.max()) == 0:
             continue
         first = int(torch.nonzero(areas > 0)[0]) if first_frames is None else first_frames[identity - 1]
-        summary.append({"index": identity, "colour": list(IDENTITY_COLORS[identity - 1]),
-                        "name": describe_identities((identity - 1,)), "first_frame": first,
-                        "peak_fraction": round(float(areas.max()), 5), "mean_fraction": round(float(areas.mean()), 5)})
+        summary.append(
+            {
+                "index": identity,
+                "colour": list(IDENTITY_COLORS[identity - 1]),
+                "name": describe_identities((identity - 1,)),
+                "first_frame": first,
+                "peak_fraction": round(float(areas.max()), 5),
+                "mean_fraction": round(float(areas.mean()), 5),
+            }
+        )
     return summary
 
 
@@ -111,8 +117,7 @@ class DrivingMasks(ABC):
     frame_count: int | None = None  # frames the method saw (None when it streams)
 
     @abstractmethod
-    def render(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
-        ...
+    def render(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]: ...
 
     @property
     def count(self) -> int:
@@ -132,13 +137,17 @@ class MotionMasks(DrivingMasks):
         self.method = "motion" if segmentation.method == "background" else "motion (propagation: moving camera)"
         self.notes = list(tracked.notes)
         if segmentation.method != "background":
-            self.notes.append(f"{100 * segmentation.changed_fraction:.0f}% of a typical frame differs from the "
-                              "background model even after aligning the camera; still-image segmentation was carried "
-                              "through the clip instead (lower quality; --method sam2 does better)")
+            self.notes.append(
+                f"{100 * segmentation.changed_fraction:.0f}% of a typical frame differs from the "
+                "background model even after aligning the camera; still-image segmentation was carried "
+                "through the clip instead (lower quality; --method sam2 does better)"
+            )
         self.identities = describe_tracks(self.ids, [track.first_frame for track in tracked.tracks])
         if not self.identities:
-            raise Scail2Error("no moving character found (the weight-free method needs a character that moves in "
-                              "front of a fixed background)")
+            raise Scail2Error(
+                "no moving character found (the weight-free method needs a character that moves in "
+                "front of a fixed background)"
+            )
 
     def render(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         for t, frame in enumerate(frames):
@@ -152,8 +161,10 @@ class Sam2Masks(DrivingMasks):
 
     def __init__(self, small: torch.Tensor, video_size: tuple[int, int], settings: MaskSettings):
         if not settings.sam2_model:
-            raise Scail2Error("--method sam2 needs --sam2-model DIR (a local SAM 2 folder, e.g. a converted "
-                              "facebook/sam2.1-hiera-large saved with Sam2VideoModel.save_pretrained)")
+            raise Scail2Error(
+                "--method sam2 needs --sam2-model DIR (a local SAM 2 folder, e.g. a converted "
+                "facebook/sam2.1-hiera-large saved with Sam2VideoModel.save_pretrained)"
+            )
         self.tracker = Sam2Tracker(settings.sam2_model, settings.device)
         self.refinement = settings.refinement
         self.method, self.notes = "sam2", []
@@ -166,12 +177,19 @@ class Sam2Masks(DrivingMasks):
         if len(prompts) > MAX_IDENTITIES:
             raise Scail2Error(f"{len(prompts)} SAM 2 prompts; at most {MAX_IDENTITIES} characters are supported")
         self.prompts = prompts
-        self.identities = [{"index": k, "colour": list(IDENTITY_COLORS[k - 1]),
-                            "name": describe_identities((k - 1,)), "first_frame": p.frame}
-                           for k, p in enumerate(self._ordered(), start=1)]
+        self.identities = [
+            {
+                "index": k,
+                "colour": list(IDENTITY_COLORS[k - 1]),
+                "name": describe_identities((k - 1,)),
+                "first_frame": p.frame,
+            }
+            for k, p in enumerate(self._ordered(), start=1)
+        ]
 
     def _ordered(self) -> list[ObjectPrompt]:
         """Upstream order: first appearance, then left to right by the prompt's centre x."""
+
         def centre_x(prompt: ObjectPrompt) -> float:
             if prompt.box is not None:
                 return 0.5 * (prompt.box[0] + prompt.box[2])
@@ -199,14 +217,18 @@ class ProvidedMasks(DrivingMasks):
         self.notes = []
         self.identities = describe_tracks(self.ids)
         if not self.identities:
-            raise Scail2Error(f"{source}: marks no character (no pixel is bright or in an identity colour); give "
-                              "white-on-black or palette-coloured masks")
+            raise Scail2Error(
+                f"{source}: marks no character (no pixel is bright or in an identity colour); give "
+                "white-on-black or palette-coloured masks"
+            )
 
     def render(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         for t, frame in enumerate(frames):
             if t >= self.ids.shape[0]:
-                raise Scail2Error(f"{self.source}: has {self.ids.shape[0]} mask frames but the driving video has more; "
-                                  "give one mask frame per driving frame (or --max-frames)")
+                raise Scail2Error(
+                    f"{self.source}: has {self.ids.shape[0]} mask frames but the driving video has more; "
+                    "give one mask frame per driving frame (or --max-frames)"
+                )
             ids = self.ids[t]
             if tuple(ids.shape) != tuple(frame.shape[:2]):
                 ids = F.interpolate(ids[None, None].float(), size=frame.shape[:2], mode="nearest")[0, 0].to(torch.uint8)
@@ -234,9 +256,11 @@ def split_left_to_right(foreground: torch.Tensor, count: int, source: str, *, dr
         keep[torch.tensor(order) + 1] = True
         return keep[labels].to(torch.uint8)
     if len(order) < count:
-        raise Scail2Error(f"{source}: shows {len(order)} character(s) but the driving masks have {count}; give a "
-                          f"reference with {count} separate characters, a reference mask (--ref-mask), or change "
-                          "--max-characters")
+        raise Scail2Error(
+            f"{source}: shows {len(order)} character(s) but the driving masks have {count}; give a "
+            f"reference with {count} separate characters, a reference mask (--ref-mask), or change "
+            "--max-characters"
+        )
     chosen = order[:count]
     centres = []
     for c in chosen:
@@ -248,8 +272,9 @@ def split_left_to_right(foreground: torch.Tensor, count: int, source: str, *, dr
     return ids
 
 
-def still_identities(rgb: np.ndarray, count: int, source: str, work_size: int = 320,
-                     settings: StillSettings = StillSettings()) -> torch.Tensor:
+def still_identities(
+    rgb: np.ndarray, count: int, source: str, work_size: int = 320, settings: StillSettings = StillSettings()
+) -> torch.Tensor:
     """Reference image without alpha -> identity map [H, W] by still-image segmentation."""
     large = as_float_images(torch.from_numpy(np.ascontiguousarray(rgb)))[0]
     small = resize_images(large[None], fit_long_side(*large.shape[-2:], work_size))[0]
@@ -260,8 +285,14 @@ def still_identities(rgb: np.ndarray, count: int, source: str, work_size: int = 
     return upsample_identities(ids_small, small, large, count)
 
 
-def reference_identities(rgb: np.ndarray, alpha: np.ndarray | None, count: int, source: str,
-                         user_mask: np.ndarray | None = None, refinement: Refinement = Refinement()):
+def reference_identities(
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    count: int,
+    source: str,
+    user_mask: np.ndarray | None = None,
+    refinement: Refinement = Refinement(),
+):
     """(identity map [H, W], method) of the reference image for `count` driving identities."""
     if user_mask is not None:
         from scail2.preprocess.mask_folder import palette_to_identities

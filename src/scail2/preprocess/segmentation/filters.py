@@ -61,9 +61,9 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
     """sRGB [N, 3, H, W] in [0, 1] -> CIE L*a*b* (D65) [N, 3, H, W], L in [0, 100]."""
     linear = torch.where(images <= 0.04045, images / 12.92, ((images + 0.055) / 1.055) ** 2.4)
-    matrix = images.new_tensor([[0.4124564, 0.3575761, 0.1804375],
-                                [0.2126729, 0.7151522, 0.0721750],
-                                [0.0193339, 0.1191920, 0.9503041]])
+    matrix = images.new_tensor(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
     white = images.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
     xyz = torch.einsum("ij,njhw->nihw", matrix, linear) / white
     delta = 6.0 / 29.0
@@ -159,7 +159,9 @@ def _guided_coefficients(guide: torch.Tensor, source: torch.Tensor, radius: int,
     return torch.stack(slopes, dim=1), torch.stack(offsets, dim=1)
 
 
-def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float = DEFAULT_GUIDED_EPS) -> torch.Tensor:
+def guided_filter(
+    guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float = DEFAULT_GUIDED_EPS
+) -> torch.Tensor:
     """Edge-preserving smoothing of `source` [N, C, H, W] steered by the colour image `guide` [N, 3, H, W].
 
     The colour guided filter (He, Sun and Tang): inside every window the output is an affine function
@@ -169,8 +171,13 @@ def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: f
     return (slope * guide[:, None]).sum(dim=2) + offset
 
 
-def guided_upsample(guide_small: torch.Tensor, source_small: torch.Tensor, guide_large: torch.Tensor, radius: int,
-                    eps: float = DEFAULT_GUIDED_EPS) -> torch.Tensor:
+def guided_upsample(
+    guide_small: torch.Tensor,
+    source_small: torch.Tensor,
+    guide_large: torch.Tensor,
+    radius: int,
+    eps: float = DEFAULT_GUIDED_EPS,
+) -> torch.Tensor:
     """The fast guided filter: coefficients fitted at low resolution, applied to the full-resolution guide.
 
     `guide_small` [N, 3, h, w] and `source_small` [N, C, h, w] -> [N, C, H, W] at `guide_large`'s size,

@@ -150,9 +150,13 @@ class AlignedBackground:
         return camera.warp(reference_map[None, None].float(), self.params)[:, 0]
 
 
-def aligned_background(images: torch.Tensor, settings: MotionSettings, params: torch.Tensor | None = None,
-                       plate: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       covered: torch.Tensor | None = None) -> AlignedBackground:
+def aligned_background(
+    images: torch.Tensor,
+    settings: MotionSettings,
+    params: torch.Tensor | None = None,
+    plate: tuple[torch.Tensor, torch.Tensor] | None = None,
+    covered: torch.Tensor | None = None,
+) -> AlignedBackground:
     """The clip's background median, with the camera's motion taken out when there is any.
 
     `params` reuses an earlier camera estimate. With `plate` = (scene [3, h, w], region bool [h, w]), pixels
@@ -165,7 +169,10 @@ def aligned_background(images: torch.Tensor, settings: MotionSettings, params: t
     count, _, height, width = images.shape
     if params is None:
         params = camera.estimate_camera_motion(images, settings.camera) if count >= 3 else None
-        if params is not None and float(camera.displacement_pixels(params, height, width).max()) < settings.camera.still_pixels:
+        if (
+            params is not None
+            and float(camera.displacement_pixels(params, height, width).max()) < settings.camera.still_pixels
+        ):
             params = None
     picks = torch.linspace(0, count - 1, min(MEDIAN_SAMPLES, count)).round().long().unique()
     if params is None:
@@ -182,14 +189,16 @@ def aligned_background(images: torch.Tensor, settings: MotionSettings, params: t
     if covered is not None:
         hidden = covered[picks].float()
         if params is not None:
-            hidden = torch.stack([camera.warp(hidden[k : k + 1, None], inverse[k : k + 1])[0, 0]
-                                  for k in range(len(picks))])
+            hidden = torch.stack(
+                [camera.warp(hidden[k : k + 1, None], inverse[k : k + 1])[0, 0] for k in range(len(picks))]
+            )
         uncovered = torch.where(hidden[:, None] < 0.5, colours, torch.nan)
         enough = (~uncovered[:, 0].isnan()).sum(dim=0) >= max(2, settings.uncovered_share * len(picks))
         median = torch.where(enough, uncovered.nanmedian(dim=0).values, median)
     if params is None:
-        return AlignedBackground(None, median, median.expand(count, -1, -1, -1),
-                                 torch.ones(count, height, width, dtype=torch.bool))
+        return AlignedBackground(
+            None, median, median.expand(count, -1, -1, -1), torch.ones(count, height, width, dtype=torch.bool)
+        )
     median = torch.where(median.isnan(), images[count // 2], median)
     inside = torch.cat([median, torch.ones(1, height, width)])[None]
     seen = camera.warp(inside, params)
@@ -242,8 +251,9 @@ def change_maps(images: torch.Tensor, background: AlignedBackground, settings: B
     else:  # consecutive frames differ by the camera's motion; the aligned background does not
         typical = distance[::step]
     flicker = torch.quantile(typical.clamp_max(10.0), settings.flicker_quantile, dim=0)  # [h, w]
-    threshold = torch.maximum(torch.tensor(max(settings.min_threshold, settings.noise_multiple * noise)),
-                              settings.flicker_multiple * flicker)
+    threshold = torch.maximum(
+        torch.tensor(max(settings.min_threshold, settings.noise_multiple * noise)), settings.flicker_multiple * flicker
+    )
     change = change_probability(distance.clamp_max(10.0), threshold)
     return torch.where(distance.isfinite(), change, 0.5), threshold
 
@@ -278,7 +288,9 @@ def motion_region(images: torch.Tensor, settings: MotionSettings) -> torch.Tenso
     return fill_holes(erode(dilate(moving, radius), radius))
 
 
-def inpaint_outside(image: torch.Tensor, known: torch.Tensor, scales=(4, 8, 16, 32, 64), stretch: float = 2.0) -> torch.Tensor:
+def inpaint_outside(
+    image: torch.Tensor, known: torch.Tensor, scales=(4, 8, 16, 32, 64), stretch: float = 2.0
+) -> torch.Tensor:
     """Fill the unknown part of `image` [3, h, w] from the `known` (bool [h, w]) part: normalised
     Gaussian averages of growing size, each pixel taking the finest scale that reaches it.
 
@@ -299,8 +311,14 @@ def inpaint_outside(image: torch.Tensor, known: torch.Tensor, scales=(4, 8, 16, 
     return filled
 
 
-def static_prior(images: torch.Tensor, change: torch.Tensor, median: torch.Tensor, scene: torch.Tensor,
-                 region: torch.Tensor, settings: MotionSettings) -> torch.Tensor:
+def static_prior(
+    images: torch.Tensor,
+    change: torch.Tensor,
+    median: torch.Tensor,
+    scene: torch.Tensor,
+    region: torch.Tensor,
+    settings: MotionSettings,
+) -> torch.Tensor:
     """Logits [h, w] that the median shows a character sitting still rather than the scene.
 
     `scene` is the scene around the motion region continued into it. Where a pixel rarely changes, a
@@ -310,6 +328,7 @@ def static_prior(images: torch.Tensor, change: torch.Tensor, median: torch.Tenso
     Limitation: a part that sits still while other parts pass in front of it (a torso behind
     gesturing hands) is judged like a path and tends to be missed.
     """
+
     def departure(colours: torch.Tensor) -> torch.Tensor:  # [..., 3, h, w] -> [..., h, w]
         return (gaussian_blur(colours, 2.0) - gaussian_blur(scene, 2.0)).pow(2).sum(dim=-3).sqrt().clamp_min(1e-3)
 
@@ -330,9 +349,15 @@ def scene_around(median: torch.Tensor, region: torch.Tensor, settings: MotionSet
     return inpaint_outside(median, outside), outside
 
 
-def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tensor, region: torch.Tensor,
-                 region_seen: torch.Tensor, scene: tuple[torch.Tensor, torch.Tensor],
-                 settings: MotionSettings) -> torch.Tensor:
+def static_layer(
+    images: torch.Tensor,
+    change: torch.Tensor,
+    median: torch.Tensor,
+    region: torch.Tensor,
+    region_seen: torch.Tensor,
+    scene: tuple[torch.Tensor, torch.Tensor],
+    settings: MotionSettings,
+) -> torch.Tensor:
     """Probability [h, w] that the median shows a character rather than the scene: `static_prior`, then
     colour models (the changing pixels for characters, the median outside the region for the scene).
 
@@ -345,8 +370,9 @@ def static_layer(images: torch.Tensor, change: torch.Tensor, median: torch.Tenso
     moving = (change[::step] > 0.5) & region_seen[::step]
     foreground = ColourSamples(colour_bins(images[::step]), moving.float())
     scenery = ColourSamples(colour_bins(median[None])[0][outside], torch.ones(int(outside.sum())))
-    layer = refine_probability(median[None], prior[None], settings.refine, foreground_samples=foreground,
-                               background_samples=scenery)[0]
+    layer = refine_probability(
+        median[None], prior[None], settings.refine, foreground_samples=foreground, background_samples=scenery
+    )[0]
     return layer * region
 
 
@@ -372,8 +398,13 @@ def anchored_pieces(candidates: torch.Tensor, moving: torch.Tensor, settings: Mo
     return keep[labels]
 
 
-def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor, settings: MotionSettings,
-                moving_colours: torch.Tensor | None = None) -> torch.Tensor:
+def still_parts(
+    median: torch.Tensor,
+    region: torch.Tensor,
+    moving: torch.Tensor,
+    settings: MotionSettings,
+    moving_colours: torch.Tensor | None = None,
+) -> torch.Tensor:
     """bool [h, w]: pieces of the median outside the motion region that stand out from the scene (their
     minimum barrier distance from the top, left and right borders, as in `still.py`) and that the
     clip's movement stays joined to: the body of someone who only waves, nods or talks. Pieces that reach
@@ -413,8 +444,9 @@ def still_parts(median: torch.Tensor, region: torch.Tensor, moving: torch.Tensor
 # ---------------------------------------------------------------------------------------------------
 
 
-def segment_with_background(images: torch.Tensor, background: AlignedBackground,
-                            settings: MotionSettings) -> ClipSegmentation:
+def segment_with_background(
+    images: torch.Tensor, background: AlignedBackground, settings: MotionSettings
+) -> ClipSegmentation:
     """The fixed (or aligned) camera path: motion region, clean plate, then `background_passes` passes of
     steps 2-6, each later one with the background taken from the frames the previous pass found uncovered."""
     region = motion_region(images, settings)  # frame coordinates: the camera barely moves in 2 frames
@@ -424,8 +456,9 @@ def segment_with_background(images: torch.Tensor, background: AlignedBackground,
     background = aligned_background(images, settings, background.params, plate=plate)
     result = segment_pass(images, background, region, settings)
     for _ in range(settings.background_passes - 1):
-        covered = dilate(character_coloured(images, result.probability),
-                         _pixels(region.shape, settings.covered_margin_fraction))
+        covered = dilate(
+            character_coloured(images, result.probability), _pixels(region.shape, settings.covered_margin_fraction)
+        )
         background = aligned_background(images, settings, background.params, plate=plate, covered=covered)
         result = segment_pass(images, background, region, settings)
     return result
@@ -440,8 +473,9 @@ def character_coloured(images: torch.Tensor, probability: torch.Tensor) -> torch
     return (probability > 0.5) & (evidence > 0)
 
 
-def segment_pass(images: torch.Tensor, background: AlignedBackground, region: torch.Tensor,
-                 settings: MotionSettings) -> ClipSegmentation:
+def segment_pass(
+    images: torch.Tensor, background: AlignedBackground, region: torch.Tensor, settings: MotionSettings
+) -> ClipSegmentation:
     """Steps 2-6 of the module docstring against one background, inside a motion `region` (reference
     coordinates)."""
     change, _ = change_maps(images, background, settings.background)
@@ -453,8 +487,9 @@ def segment_pass(images: torch.Tensor, background: AlignedBackground, region: to
     region = region | standing
     region_seen = background.to_frames(region) > 0.5
     scene = scene_around(background.median, region, settings)
-    layer = torch.maximum(static_layer(images, change, background.median, region, region_seen, scene, settings),
-                          standing.float())
+    layer = torch.maximum(
+        static_layer(images, change, background.median, region, region_seen, scene, settings), standing.float()
+    )
     layer_seen = background.to_frames(layer)
     prior = (1.0 - layer_seen) * change + layer_seen * (1.0 - 0.5 * change)
     prior = torch.where(region_seen, prior, settings.outside_region_weight * prior)  # characters move
@@ -496,24 +531,33 @@ def segment_by_propagation(images: torch.Tensor, settings: MotionSettings) -> Cl
         history = slice(max(0, t - 8), t)
         foreground = ColourSamples(bins[history], probability[history])
         scene = ColourSamples(bins[history], 1.0 - probability[history])
-        probability[t] = refine_probability(images[t : t + 1], _logit(previous)[None], settings.refine,
-                                            foreground_samples=foreground, background_samples=scene)[0]
+        probability[t] = refine_probability(
+            images[t : t + 1],
+            _logit(previous)[None],
+            settings.refine,
+            foreground_samples=foreground,
+            background_samples=scene,
+        )[0]
     return ClipSegmentation(probability, "propagation")
 
 
 def segment_clip(images: torch.Tensor, settings: MotionSettings = MotionSettings()) -> ClipSegmentation:
     """Foreground probability of every frame of `images` float [T, 3, h, w] in [0, 1]."""
     if images.shape[0] < 3:
-        logger.warning("%d frames are too few for a background model; masks come from still-image segmentation",
-                       images.shape[0])
+        logger.warning(
+            "%d frames are too few for a background model; masks come from still-image segmentation", images.shape[0]
+        )
         return segment_by_propagation(images, settings)
     background = aligned_background(images, settings)
     change, _ = change_maps(images, background, settings.background)
     changed = float((change > 0.5).flatten(1).float().mean(dim=1).median())
     if changed > settings.background.moving_camera_fraction:
-        logger.warning("%.0f%% of a typical frame differs from the background even after aligning the camera; "
-                       "masks come from still-image segmentation carried through the clip (lower quality; "
-                       "--method sam2 does better)", 100 * changed)
+        logger.warning(
+            "%.0f%% of a typical frame differs from the background even after aligning the camera; "
+            "masks come from still-image segmentation carried through the clip (lower quality; "
+            "--method sam2 does better)",
+            100 * changed,
+        )
         result = segment_by_propagation(images, settings)
     else:
         result = segment_with_background(images, background, settings)
@@ -521,8 +565,9 @@ def segment_clip(images: torch.Tensor, settings: MotionSettings = MotionSettings
     return result
 
 
-def matte_boundary(images: torch.Tensor, background: torch.Tensor, foreground: torch.Tensor, band: int = 2,
-                   min_contrast: float = 0.1) -> torch.Tensor:
+def matte_boundary(
+    images: torch.Tensor, background: torch.Tensor, foreground: torch.Tensor, band: int = 2, min_contrast: float = 0.1
+) -> torch.Tensor:
     """Move mask edges to where a pixel is at least half covered, by the compositing equation.
 
     A boundary pixel is I = a F + (1 - a) B with the background B [T, 3, h, w] known; F is taken from

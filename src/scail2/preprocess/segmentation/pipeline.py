@@ -86,8 +86,9 @@ def driving_masks(request: MasksRequest, method: str, size: tuple[int, int]) -> 
     if method == "provided":
         frames = video_io.read_mask_frames(request.driving_mask, max_frames=request.max_frames)
         return ProvidedMasks(frames, settings, str(request.driving_mask))
-    small = video_io.read_video(request.driving, max_frames=request.max_frames,
-                                frame_transform=downscaler(settings.work_size)).frames
+    small = video_io.read_video(
+        request.driving, max_frames=request.max_frames, frame_transform=downscaler(settings.work_size)
+    ).frames
     try:
         if method == "sam2":
             return Sam2Masks(small, size, settings)
@@ -107,7 +108,8 @@ def overlay(frame: np.ndarray, ids: torch.Tensor) -> np.ndarray:
     tinted = torch.where(inside, (1 - PREVIEW_OPACITY) * image + PREVIEW_OPACITY * colours, image)
     edges = (dilate(ids > 0, 1) & ~(ids > 0)) | (inside[0] & (F.max_pool2d(ids[None].float(), 3, 1, 1)[0] != ids))
     outline = torch.tensor([(255, 255, 255), *IDENTITY_COLORS], dtype=torch.float32)[
-        F.max_pool2d(ids[None].float(), 3, 1, 1)[0].long()].permute(2, 0, 1)
+        F.max_pool2d(ids[None].float(), 3, 1, 1)[0].long()
+    ].permute(2, 0, 1)
     tinted = torch.where(edges[None], outline, tinted)
     return tinted.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
@@ -118,27 +120,44 @@ def _reference(request: MasksRequest, writer: mask_folder.MaskFolderWriter, mask
     if request.ref_mask is not None:
         user_mask = video_io.read_image(request.ref_mask).rgb
         if user_mask.shape[:2] != image.rgb.shape[:2]:
-            raise Scail2Error(f"{request.ref_mask}: is {user_mask.shape[1]}x{user_mask.shape[0]} but the reference "
-                              f"image is {image.rgb.shape[1]}x{image.rgb.shape[0]}; give the mask the image's size")
-    ids, method = reference_identities(image.rgb, image.alpha, masks.count, str(request.ref_mask or request.ref),
-                                       user_mask, request.settings.refinement)
+            raise Scail2Error(
+                f"{request.ref_mask}: is {user_mask.shape[1]}x{user_mask.shape[0]} but the reference "
+                f"image is {image.rgb.shape[1]}x{image.rgb.shape[0]}; give the mask the image's size"
+            )
+    ids, method = reference_identities(
+        image.rgb,
+        image.alpha,
+        masks.count,
+        str(request.ref_mask or request.ref),
+        user_mask,
+        request.settings.refinement,
+    )
     present = sorted(int(k) for k in torch.unique(ids) if k > 0)
     expected = [entry["index"] for entry in masks.identities]
     if present != expected:
-        raise Scail2Error(f"{request.ref_mask or request.ref}: the reference has identities {present} but the "
-                          f"driving masks have {expected}; give both the same characters (palette colours blue, "
-                          "red, green, magenta, cyan, yellow from left to right)")
+        raise Scail2Error(
+            f"{request.ref_mask or request.ref}: the reference has identities {present} but the "
+            f"driving masks have {expected}; give both the same characters (palette colours blue, "
+            "red, green, magenta, cyan, yellow from left to right)"
+        )
     writer.write_reference(ids)
     if request.preview:
         from PIL import Image
 
         Image.fromarray(overlay(image.rgb, ids)).save(writer.tmp / "reference_preview.png")
-    return {"file": mask_folder.REFERENCE_FILE, "width": int(ids.shape[1]), "height": int(ids.shape[0]),
-            "source": str(request.ref), "fingerprint": mask_folder.file_fingerprint(request.ref), "method": method}
+    return {
+        "file": mask_folder.REFERENCE_FILE,
+        "width": int(ids.shape[1]),
+        "height": int(ids.shape[0]),
+        "source": str(request.ref),
+        "fingerprint": mask_folder.file_fingerprint(request.ref),
+        "method": method,
+    }
 
 
-def _render_and_write(request: MasksRequest, masks: DrivingMasks, writer: mask_folder.MaskFolderWriter,
-                      fps) -> tuple[int, int]:
+def _render_and_write(
+    request: MasksRequest, masks: DrivingMasks, writer: mask_folder.MaskFolderWriter, fps
+) -> tuple[int, int]:
     """Render every driving frame's mask at full resolution, write it (and the preview); returns (H, W)."""
     current: dict[str, np.ndarray] = {}
 
@@ -170,18 +189,33 @@ def build_mask_folder(request: MasksRequest) -> dict:
     with mask_folder.MaskFolderWriter(request.out, overwrite=request.overwrite) as writer:
         reference = _reference(request, writer, masks) if request.ref is not None else None
         height, width = _render_and_write(request, masks, writer, info.fps)
-        meta = {"width": width, "height": height, "fps": str(info.fps), "method": masks.method,
-                "identities": masks.identities, "reference": reference,
-                "preview": mask_folder.PREVIEW_FILE if request.preview else None,
-                "source": {"driving": str(request.driving), "fingerprint": mask_folder.file_fingerprint(request.driving),
-                           "driving_mask": str(request.driving_mask) if request.driving_mask else None},
-                "settings": _settings_json(request.settings), "notes": masks.notes}
+        meta = {
+            "width": width,
+            "height": height,
+            "fps": str(info.fps),
+            "method": masks.method,
+            "identities": masks.identities,
+            "reference": reference,
+            "preview": mask_folder.PREVIEW_FILE if request.preview else None,
+            "source": {
+                "driving": str(request.driving),
+                "fingerprint": mask_folder.file_fingerprint(request.driving),
+                "driving_mask": str(request.driving_mask) if request.driving_mask else None,
+            },
+            "settings": _settings_json(request.settings),
+            "notes": masks.notes,
+        }
         writer.commit(meta)
     return mask_folder.open_mask_folder(request.out).meta
 
 
 def _settings_json(settings: MaskSettings) -> dict:
-    return {"method": settings.method, "max_characters": settings.max_characters,
-            "min_track_fraction": settings.min_track_fraction, "work_size": settings.work_size,
-            "refinement": settings.refinement.to_json(), "sam2_model": settings.sam2_model,
-            "prompts": [vars(p) for p in settings.prompts]}
+    return {
+        "method": settings.method,
+        "max_characters": settings.max_characters,
+        "min_track_fraction": settings.min_track_fraction,
+        "work_size": settings.work_size,
+        "refinement": settings.refinement.to_json(),
+        "sam2_model": settings.sam2_model,
+        "prompts": [vars(p) for p in settings.prompts],
+    }

@@ -58,8 +58,9 @@ def _component_ops(mask: torch.Tensor, refinement: Refinement) -> torch.Tensor:
     """Hole filling and small-piece removal of bool [H, W], on a copy of at most COMPONENT_LONG_SIDE."""
     height, width = mask.shape
     size = fit_long_side(height, width, COMPONENT_LONG_SIDE)
-    small = mask if size == (height, width) else \
-        F.interpolate(mask[None, None].float(), size=size, mode="area")[0, 0] > 0.5
+    small = (
+        mask if size == (height, width) else F.interpolate(mask[None, None].float(), size=size, mode="area")[0, 0] > 0.5
+    )
     area = size[0] * size[1]
     changed = small
     if refinement.fill_holes:
@@ -102,8 +103,14 @@ def _feather(ids: torch.Tensor, present: list[int], sigma: float) -> torch.Tenso
     return torch.where(soft.sum(dim=0) >= 0.5, keys[best], torch.zeros_like(ids))
 
 
-def upsample_identities(ids_small: torch.Tensor, guide_small: torch.Tensor, guide_large: torch.Tensor,
-                        count: int, radius: int = 2, eps: float = 1e-3) -> torch.Tensor:
+def upsample_identities(
+    ids_small: torch.Tensor,
+    guide_small: torch.Tensor,
+    guide_large: torch.Tensor,
+    count: int,
+    radius: int = 2,
+    eps: float = 1e-3,
+) -> torch.Tensor:
     """Identity map uint8 [h, w] -> [H, W] with edges on the full-resolution image (fast guided filter).
 
     `guide_small` [3, h, w] and `guide_large` [3, H, W] are the frame at both sizes, floats in [0, 1].

@@ -80,11 +80,15 @@ def _numbers(text: str, option: str) -> list[float]:
 def merge_prompts(boxes: list[ObjectPrompt], points: list[ObjectPrompt], frame: int) -> list[ObjectPrompt]:
     """Boxes and points given for the same characters (same order) become one prompt each."""
     if boxes and points and len(boxes) != len(points):
-        raise Scail2Error(f"--boxes names {len(boxes)} characters but --points {len(points)}; give one entry per "
-                          "character in both, in the same order, or only one of them")
+        raise Scail2Error(
+            f"--boxes names {len(boxes)} characters but --points {len(points)}; give one entry per "
+            "character in both, in the same order, or only one of them"
+        )
     count = max(len(boxes), len(points))
-    return [ObjectPrompt(frame=frame, box=boxes[k].box if boxes else None, points=points[k].points if points else [])
-            for k in range(count)]
+    return [
+        ObjectPrompt(frame=frame, box=boxes[k].box if boxes else None, points=points[k].points if points else [])
+        for k in range(count)
+    ]
 
 
 class Sam2Tracker:
@@ -93,8 +97,10 @@ class Sam2Tracker:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
         folder = Path(model_dir)
         if not (folder / "config.json").is_file():
-            raise Scail2Error(f"{folder}: no config.json; pass a folder written by Sam2VideoModel.save_pretrained "
-                              "(a converted SAM 2 checkpoint); nothing is downloaded")
+            raise Scail2Error(
+                f"{folder}: no config.json; pass a folder written by Sam2VideoModel.save_pretrained "
+                "(a converted SAM 2 checkpoint); nothing is downloaded"
+            )
         from transformers import Sam2VideoModel
         from transformers.utils import logging as hf_logging
 
@@ -102,7 +108,9 @@ class Sam2Tracker:
         try:
             self.model = Sam2VideoModel.from_pretrained(str(folder)).to(device).eval()
         except (OSError, ValueError) as error:
-            raise Scail2Error(f"{folder}: cannot be loaded as a SAM 2 video model ({str(error).splitlines()[0]})") from None
+            raise Scail2Error(
+                f"{folder}: cannot be loaded as a SAM 2 video model ({str(error).splitlines()[0]})"
+            ) from None
         self.device = torch.device(device)
         self.size, mean, std = self._preprocessing(folder)
         self.mean = torch.tensor(mean).view(3, 1, 1)
@@ -132,8 +140,10 @@ class Sam2Tracker:
             labels += [2, 3]
         coords += list(prompt.points)
         labels += [1] * len(prompt.points)
-        point_inputs = {"point_coords": (torch.tensor(coords, dtype=torch.float32) * scale).view(1, 1, -1, 2),
-                        "point_labels": torch.tensor(labels, dtype=torch.int32).view(1, 1, -1)}
+        point_inputs = {
+            "point_coords": (torch.tensor(coords, dtype=torch.float32) * scale).view(1, 1, -1, 2),
+            "point_labels": torch.tensor(labels, dtype=torch.int32).view(1, 1, -1),
+        }
         index = session.obj_id_to_idx(object_id)
         session.add_point_inputs(index, prompt.frame, point_inputs)
         session.remove_mask_inputs(index, prompt.frame)
@@ -151,16 +161,18 @@ class Sam2Tracker:
         for t, frame in enumerate(frames):
             height, width = frame.shape[:2]
             if session is None:
-                session = Sam2VideoInferenceSession(video_height=height, video_width=width,
-                                                    inference_device=self.device, dtype=torch.float32)
+                session = Sam2VideoInferenceSession(
+                    video_height=height, video_width=width, inference_device=self.device, dtype=torch.float32
+                )
             for object_id, prompt in enumerate(prompts, start=1):
                 if prompt.frame == t:
                     self._add_prompt(session, object_id, prompt, height, width)
             logits = torch.full((len(prompts), height, width), -torch.inf)
             if session.get_obj_num():
                 output = self.model(inference_session=session, frame=self.prepare(frame).to(self.device))
-                masks = F.interpolate(output.pred_masks.float().cpu(), size=(height, width), mode="bilinear",
-                                      align_corners=False)[:, 0]  # [objects, H, W]
+                masks = F.interpolate(
+                    output.pred_masks.float().cpu(), size=(height, width), mode="bilinear", align_corners=False
+                )[:, 0]  # [objects, H, W]
                 for slot, object_id in enumerate(output.object_ids):
                     logits[object_id - 1] = masks[slot]
                 session.processed_frames.pop(t - 1, None)  # past frames live on as memories; bound the RAM
@@ -185,7 +197,11 @@ def auto_prompts(ids: torch.Tensor, scale_x: float, scale_y: float) -> list[Obje
             continue
         frame = int(torch.nonzero(areas >= 0.5 * areas.max())[0])
         ys, xs = torch.nonzero(ids[frame] == identity, as_tuple=True)
-        box = (float(xs.min()) * scale_x, float(ys.min()) * scale_y,
-               float(xs.max() + 1) * scale_x, float(ys.max() + 1) * scale_y)
+        box = (
+            float(xs.min()) * scale_x,
+            float(ys.min()) * scale_y,
+            float(xs.max() + 1) * scale_x,
+            float(ys.max() + 1) * scale_y,
+        )
         prompts.append(ObjectPrompt(frame=frame, box=box))
     return prompts

@@ -28,8 +28,9 @@ class StillSettings:
     refine: RefineSettings = field(default_factory=lambda: RefineSettings(iterations=5, colour_weight=0.8))
 
 
-def _scan(distance: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, values: torch.Tensor,
-          order: range, dim: int) -> None:
+def _scan(
+    distance: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, values: torch.Tensor, order: range, dim: int
+) -> None:
     """One directional raster pass of the barrier distance along `dim` (1 rows, 2 columns), in place."""
     step = 1 if order.step > 0 else -1
     for index in order:

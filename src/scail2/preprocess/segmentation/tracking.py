@@ -78,8 +78,9 @@ def _shift(mask: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(mask)
     if abs(dy) >= height or abs(dx) >= width:
         return out
-    out[max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)] = \
-        mask[max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)]
+    out[max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)] = mask[
+        max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)
+    ]
     return out
 
 
@@ -110,8 +111,10 @@ class IdentityTracker:
         areas = torch.bincount(labels.flatten(), minlength=count + 1)
         live = [k for k, track in enumerate(self.tracks) if t - track.last_frame <= max(3, t // 4 + 3)]
         # extrapolate at most two frames: beyond that a velocity guess misleads more than it helps
-        predicted = {k: _shift(self.tracks[k].mask, self.tracks[k].velocity * min(2, t - self.tracks[k].last_frame))
-                     for k in live}
+        predicted = {
+            k: _shift(self.tracks[k].mask, self.tracks[k].velocity * min(2, t - self.tracks[k].last_frame))
+            for k in live
+        }
         reach = {k: gaussian_blur(mask.float(), self.sigma) for k, mask in predicted.items()}
         assignment = torch.zeros_like(labels)
         clean = torch.zeros_like(foreground)
@@ -121,8 +124,11 @@ class IdentityTracker:
                 continue
             piece = labels == c
             candidates = [k for k in live if float(reach[k][piece].max()) > 0.05]
-            key = self._vote(piece, candidates, reach, bins, assignment) if candidates else \
-                self._reidentify_or_create(t, piece, bins)
+            key = (
+                self._vote(piece, candidates, reach, bins, assignment)
+                if candidates
+                else self._reidentify_or_create(t, piece, bins)
+            )
             if key is not None:
                 assignment[piece] = self.tracks[key].key
                 clean |= piece
@@ -134,9 +140,13 @@ class IdentityTracker:
     def _vote(self, piece, candidates, reach, bins, assignment) -> int | None:
         """Per-pixel position + colour scores; a clear majority takes the whole piece (its track index is
         returned), otherwise the pixels are shared (touching or overlapping characters) and None returned."""
-        scores = torch.stack([torch.log(reach[k][piece] + 0.02)
-                              + self.settings.colour_weight * self.tracks[k].log_colour()[bins[piece]]
-                              for k in candidates])
+        scores = torch.stack(
+            [
+                torch.log(reach[k][piece] + 0.02)
+                + self.settings.colour_weight * self.tracks[k].log_colour()[bins[piece]]
+                for k in candidates
+            ]
+        )
         winners = scores.argmax(dim=0)
         votes = torch.bincount(winners, minlength=len(candidates)).float() / winners.numel()
         if float(votes.max()) >= self.settings.majority:
@@ -169,7 +179,10 @@ class IdentityTracker:
         counts = self._counts(bins, piece)
         lost = [k for k, track in enumerate(self.tracks) if track.last_frame < t]
         best = max(lost, key=lambda k: _similarity(counts, self.tracks[k].colour_counts), default=None)
-        if best is not None and _similarity(counts, self.tracks[best].colour_counts) >= self.settings.reidentify_similarity:
+        if (
+            best is not None
+            and _similarity(counts, self.tracks[best].colour_counts) >= self.settings.reidentify_similarity
+        ):
             return best
         if counts.sum() < self.settings.min_new_track_fraction * self.area:
             return None
@@ -243,22 +256,28 @@ def _select(tracks: list[Track], count: int, area: int, settings: TrackingSettin
         else:
             kept.append(track)
     for track in small:
-        where = (f"track at x={track.first_centre_x:.0f}px from frame {track.first_frame} covering at most "
-                 f"{100 * track.peak_area / area:.2f}% of the frame (under {100 * settings.min_track_fraction:g}%)")
-        notes.append(f"dropped a {where}" if kept else f"kept a small {where}, as nothing larger moves; check the "
-                     "preview")
+        where = (
+            f"track at x={track.first_centre_x:.0f}px from frame {track.first_frame} covering at most "
+            f"{100 * track.peak_area / area:.2f}% of the frame (under {100 * settings.min_track_fraction:g}%)"
+        )
+        notes.append(
+            f"dropped a {where}" if kept else f"kept a small {where}, as nothing larger moves; check the preview"
+        )
     if not kept:
         kept = small
     kept.sort(key=lambda tr: tr.total_area, reverse=True)
     for track in kept[settings.max_characters :]:
-        notes.append(f"dropped a track at x={track.first_centre_x:.0f}px from frame {track.first_frame} beyond "
-                     f"--max-characters {settings.max_characters}")
+        notes.append(
+            f"dropped a track at x={track.first_centre_x:.0f}px from frame {track.first_frame} beyond "
+            f"--max-characters {settings.max_characters}"
+        )
     kept = sorted(kept[: settings.max_characters], key=lambda tr: (tr.first_frame, tr.first_centre_x))
     return kept, notes
 
 
-def track_identities(foreground: torch.Tensor, images: torch.Tensor,
-                     settings: TrackingSettings = TrackingSettings()) -> TrackedIdentities:
+def track_identities(
+    foreground: torch.Tensor, images: torch.Tensor, settings: TrackingSettings = TrackingSettings()
+) -> TrackedIdentities:
     """Identity map [T, h, w] uint8 of a clip's foreground (bool [T, h, w]) with its frames [T, 3, h, w]."""
     count, height, width = foreground.shape
     tracker = IdentityTracker(height, width, settings)
