@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -25,6 +24,7 @@ import torch
 
 from scail2 import __version__, bundled
 from scail2.conditioning import AnimationInputs
+from scail2.data.format import atomic_write_bytes, read_json
 from scail2.errors import Scail2Error
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
@@ -100,7 +100,7 @@ def check_model_folder(model_dir: str | Path) -> Path:
             f"{folder}: no model_index.json; pass a folder written by `scail2 convert all` or "
             "`SCAIL2Pipeline.save_pretrained`"
         )
-    components = json.loads(index.read_text())
+    components = read_json(index, missing_hint="", corrupt_hint="re-run the conversion that wrote the folder")
     for name, value in components.items():
         if name.startswith("_") or not isinstance(value, list) or value[0] is None:
             continue
@@ -284,12 +284,6 @@ def load_inputs(request: AnimateRequest) -> LoadedInputs:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = video_io.partial_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
     """Generate one video from files; returns the manifest (also written beside the video)."""
     start = time.perf_counter()
@@ -326,5 +320,6 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         "device": str(device),
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }
-    _write_json_atomically(out.with_suffix(".json"), manifest)
+    # settings in the order they were given (paths as strings), not the sorted keys of the data formats
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     return manifest

@@ -19,7 +19,7 @@ CONFIG = SynthConfig(height=32, width=48, frames=5, seed=4)
 
 
 class _EncoderOfVersion1:
-    """Writes records as caches of format version 1 could hold them: no target_masks."""
+    """Writes records as caches of format version 1 could hold them: no target_masks, the older mode words."""
 
     text_encoder = None
 
@@ -32,6 +32,7 @@ class _EncoderOfVersion1:
     def encode(self, sample) -> dict[str, torch.Tensor]:
         record = self.inner.encode(sample)
         del record["target_masks"]
+        sample.mode = {"animate": "animation", "replace": "replacement"}[sample.mode]  # stored after encoding
         return record
 
 
@@ -99,6 +100,9 @@ def test_a_version_1_cache_without_target_masks_still_loads(source, encoder, cac
     assert loaded.version == 1 and len(loaded) == 2
     record, current = loaded[1], LatentCache(cache)[1]
     assert "target_masks" not in record.tensors and record.key == current.key
+    for index in range(len(loaded)):  # read in the current vocabulary
+        assert (loaded[index].mode, loaded[index].replace) == (LatentCache(cache)[index].mode, loaded[index].replace)
+        assert loaded[index].mode in ("animate", "replace")
     torch.testing.assert_close(record.tensors["target_latents"], current.tensors["target_latents"], rtol=0, atol=0)
 
 

@@ -136,6 +136,14 @@ def test_the_loser_comes_from_a_twice_synthesised_driving_video():
     )
 
 
+def test_the_procedural_animator_reads_the_older_mode_words_alike():
+    sample = ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=5, seed=6)).generate(0)
+    animate = ProceduralAnimator(seed=2)
+    args = (sample.reference, sample.reference_mask(), sample.driving, sample.driving_mask())
+    np.testing.assert_array_equal(animate(*args, "animation"), animate(*args, "animate"))
+    np.testing.assert_array_equal(animate(*args, "replacement"), animate(*args, "replace"))
+
+
 def test_a_pipeline_works_as_the_animator():
     from scail2.conditioning import AnimationInputs
     from scail2.pipelines.pipeline_scail2 import SamplingSettings

@@ -91,10 +91,10 @@ def test_samples_stored_with_the_older_mode_words_read_back_in_the_current_ones(
     sample = ProceduralPairGenerator(SynthConfig(height=32, width=48, frames=5, seed=7, tasks=(mode,))).generate(0)
     record = encode_sample(sample)
     header = json.loads(record["json"])
-    header["mode"] = header["metadata"]["mode"] = stored
+    header["version"], header["mode"], header["metadata"]["mode"] = 1, stored, stored
     record["json"] = json.dumps(header).encode()
     decoded = decode_sample(record, "memory")
-    assert decoded.mode == mode
+    assert decoded.mode == decoded.metadata["mode"] == mode
     np.testing.assert_array_equal(decoded.reference_mask(), sample.reference_mask())
     assert target_plate(decoded.metadata).shape == sample.target.shape
 
@@ -109,7 +109,7 @@ def test_written_dataset_reads_back(reference_run):
         _samples_equal(sample, generator.generate(int(sample.key)))
     assert len(list(webdataset_pipeline(reference_run, shardshuffle=False))) == 7
     meta = json.loads((reference_run / "meta.json").read_text())
-    assert meta["version"] == 1 and meta["generator"]["config"]["frames"] == 5
+    assert meta["version"] == 2 and meta["generator"]["config"]["frames"] == 5
 
 
 def test_interrupted_run_resumes_to_identical_bytes_with_any_worker_count(reference_run, tmp_path):
@@ -184,9 +184,9 @@ def _copy(source: Path, target: Path) -> Path:
 def test_unknown_versions_are_refused(reference_run, tmp_path):
     copy = _copy(reference_run, tmp_path / "copy")
     meta = json.loads((copy / "meta.json").read_text())
-    meta["version"] = 2
+    meta["version"] = 3
     (copy / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(Scail2Error, match="meta.json has format version 2; this scail2 reads version 1"):
+    with pytest.raises(Scail2Error, match="meta.json has format version 3; this scail2 reads version 1, 2"):
         MotionPairDataset(copy)
     sample = json.loads(dict(encode_sample(ProceduralPairGenerator(CONFIG).generate(0)))["json"])
     sample["version"] = 7

@@ -25,13 +25,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
     from scail2.commands import require_text_dependencies
     from scail2.data import preference
+    from scail2.data.format import read_json
     from scail2.data.latent_cache import CacheEncoder, build_cache
     from scail2.optional import require
 
@@ -43,7 +43,8 @@ def run(args) -> int:
         args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
     )
     meta = Path(args.data) / "meta.json"
-    is_preference = meta.is_file() and json.loads(meta.read_text()).get("format") == preference.FORMAT
+    header = read_json(meta, missing_hint="", corrupt_hint="write the dataset again") if meta.is_file() else {}
+    is_preference = isinstance(header, dict) and header.get("format") == preference.FORMAT
     build = preference.build_preference_cache if is_preference else build_cache  # winners + losers for DPO
     complete = build(
         args.data, args.out, encoder, shard_index=args.shard_index, num_shards=args.num_shards, progress=not args.quiet

@@ -5,7 +5,8 @@ every shard is written, a `manifest.json`; both start with a header `{"format": 
 do the per-sample headers inside the shards. A `FormatSpec` names one format and gives the one-line
 `Scail2Error`s readers raise: foreign or unknown-version files, missing or damaged shards, a resumed run with
 other settings. Every file is written under a temporary name and renamed into place, so a killed run never
-leaves a half-written file under its final name (see docs/architecture.md for the stages they connect).
+leaves a half-written file under its final name. Every package layer may import this module: it depends on
+nothing of the package but `scail2.errors`.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from scail2.conditioning import (
 from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, shard_record, write_json_atomic
 from scail2.data.pairs import DRIVING_SOURCES, driving_condition
 from scail2.errors import Scail2Error
-from scail2.modes import parse_mode
+from scail2.modes import Mode, parse_mode
 
 if TYPE_CHECKING:
     from scail2.data.shards import MotionPairDataset
@@ -203,12 +203,12 @@ class CacheEncoder:
 class CachedSample:
     key: str
     task: str
-    mode: str
+    mode: Mode
     tensors: dict[str, torch.Tensor]
 
     @property
     def replace(self) -> bool:
-        return parse_mode(self.mode) == "replace"
+        return self.mode == "replace"
 
 
 class LatentCache:
@@ -223,7 +223,6 @@ class LatentCache:
         self.version = int(self.meta["version"])
         self.entries = [(shard["name"], member) for shard in manifest["shards"] for member in shard["members"]]
         self.shapes = [tuple(member["shape"]) for _, member in self.entries]  # target latent shape per sample
-        self.modes = [member["mode"] for _, member in self.entries]
         null_text = self.directory / NULL_TEXT_FILE
         self.null_text = load_tensors(null_text.read_bytes())["text_embeds"] if null_text.exists() else None
 
@@ -243,7 +242,12 @@ class LatentCache:
         shard, member = self.entries[index]
         info = json.loads(self._read(shard, *member["info"]))
         tensors = load_tensors(self._read(shard, *member["tensors"]))
-        return CachedSample(key=member["key"], task=info["task"], mode=info["mode"], tensors=tensors)
+        return CachedSample(
+            key=member["key"],
+            task=info["task"],
+            mode=parse_mode(info["mode"], f"{shard} {member['key']} mode"),
+            tensors=tensors,
+        )  # v1: older words
 
 
 # ------------------------------------------------------------------------------------------------------------

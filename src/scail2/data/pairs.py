@@ -44,7 +44,7 @@ from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WH
 
 TASKS = ("animate", "replace", "multi")
 TASK_MODES: dict[str, Mode] = {"animate": "animate", "replace": "replace", "multi": "animate"}
-# Relative task frequencies: MotionPair-60K is about 3:1 animation to replacement .
+# Relative task frequencies: MotionPair-60K is about 3:1 animation to replacement.
 TASK_WEIGHTS = {"animate": 3.0, "replace": 1.0, "multi": 1.0}
 MASK_BACKGROUNDS = {
     "animate": {"reference": WHITE, "driving": BLACK, "target": BLACK},

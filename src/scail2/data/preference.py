@@ -52,6 +52,7 @@ from scail2.data.pairs import MASK_BACKGROUNDS, PairSample, palette_mask
 from scail2.data.shards import (
     MotionPairDataset,
     WriteReport,
+    decode_json_member,
     decode_png,
     decode_sample,
     encode_png,
@@ -61,7 +62,7 @@ from scail2.data.shards import (
     write_shards,
 )
 from scail2.errors import Scail2Error
-from scail2.modes import parse_mode
+from scail2.modes import Mode, parse_mode
 from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
@@ -110,8 +111,9 @@ def call_seed(seed: int, reference: np.ndarray, reference_mask: np.ndarray, mode
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-def _check_call(reference, reference_mask, driving, driving_masks, mode: str) -> None:
-    parse_mode(mode, "animation mode")
+def _check_call(reference, reference_mask, driving, driving_masks, mode: str) -> Mode:
+    """Raise a one-line Scail2Error on arrays G cannot take; return the mode in the current vocabulary."""
+    parsed = parse_mode(mode, "animation mode")
     if driving.ndim != 4 or driving.shape[-1] != 3 or driving.shape[0] < 1:
         raise Scail2Error(f"driving must be uint8 [F, H, W, 3], got {driving.dtype}{list(driving.shape)}")
     size = driving.shape[1:]
@@ -123,6 +125,7 @@ def _check_call(reference, reference_mask, driving, driving_masks, mode: str) ->
     ):
         if array.dtype != np.uint8 or tuple(array.shape) != tuple(shape):
             raise Scail2Error(f"{name} must be uint8{list(shape)}, got {array.dtype}{list(array.shape)}")
+    return parsed
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ class ProceduralAnimator:
         driving_masks: np.ndarray,
         mode: str,
     ) -> np.ndarray:
-        _check_call(reference, reference_mask, driving, driving_masks, mode)
+        mode = _check_call(reference, reference_mask, driving, driving_masks, mode)
         rng = np.random.default_rng(call_seed(self.seed, reference, reference_mask, mode))
         frames, height, width = driving.shape[:3]
         ids, ref_ids = _identity_map(driving_masks), _identity_map(reference_mask)
@@ -318,7 +321,7 @@ class PipelineAnimator:
         driving_masks: np.ndarray,
         mode: str,
     ) -> np.ndarray:
-        _check_call(reference, reference_mask, driving, driving_masks, mode)
+        mode = _check_call(reference, reference_mask, driving, driving_masks, mode)
         inputs = AnimationInputs.from_arrays(reference, reference_mask, driving, driving_masks, mode, self.prompt)
         result = self.pipeline(
             inputs,
@@ -422,11 +425,7 @@ def decode_preference_sample(record: dict, source: str = "sample") -> Preference
             f"{where} has no loser: it is a plain MotionPair sample, not a preference pair; build "
             "preference data with write_preference_dataset"
         )
-    try:
-        info = json.loads(record["preference.json"])
-    except (ValueError, UnicodeDecodeError):
-        raise Scail2Error(f"{where} has an unreadable preference.json; the shard is corrupt: rebuild it") from None
-    PREFERENCE.check_header(info, where)
+    info = decode_json_member(record["preference.json"], where, "preference.json", PREFERENCE)
     pair = decode_sample(record, source)
     frames, height, width = pair.driving.shape[:3]
     loser = decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
@@ -524,8 +523,8 @@ def _shard_losers(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         where = f"{path} (sample {record.get('__key__', '?')})"
         if "preference.json" not in record or "loser.png" not in record or "json" not in record:
             raise Scail2Error(f"{where} has no loser; rebuild the preference data with write_preference_dataset")
-        PREFERENCE.check_header(json.loads(record["preference.json"]), where)
-        header = json.loads(record["json"])
+        decode_json_member(record["preference.json"], where, "preference.json", PREFERENCE)
+        header = decode_json_member(record["json"], where)
         frames, height, width = header["frames"], header["height"], header["width"]
         loser = decode_png(record["loser.png"], "RGB", (frames * height, width, 3), f"{where} loser.png")
         yield header["key"], loser.reshape(frames, height, width, 3)

@@ -40,10 +40,11 @@ from scail2.modes import parse_mode
 from scail2.optional import require
 from scail2.preprocess.palette import IDENTITY_COLORS
 
+# Version 2 stores the modes as "animate" / "replace"; version 1 stored "animation" / "replacement".
 MOTIONPAIR = FormatSpec(
     "scail2-motionpair",
-    version=1,
-    supported=(1,),
+    version=2,
+    supported=(1, 2),
     description="a scail2 MotionPair sample",
     command="synth",
     settings="generator settings",
@@ -141,6 +142,16 @@ def decode_png(data: bytes, mode: str, shape: tuple[int, ...], source: str) -> n
     return array
 
 
+def decode_json_member(data: bytes, where: str, name: str = "json", spec: FormatSpec = MOTIONPAIR) -> dict:
+    """A sample's JSON member, parsed and its header checked against `spec`; one-line errors otherwise."""
+    try:
+        header = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise Scail2Error(f"{where} has an unreadable {name} member; the shard is corrupt: regenerate it") from None
+    spec.check_header(header, where)
+    return header
+
+
 def decode_sample(record: dict, source: str = "sample") -> PairSample:
     """A `PairSample` from the tar members of one sample (as WebDataset yields them)."""
     key = record.get("__key__", "?")
@@ -150,11 +161,7 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
             f"{where} has no json member: not a scail2 MotionPair shard; point the reader at a "
             f"directory written by `scail2 synth`"
         )
-    try:
-        header = json.loads(record["json"])
-    except (ValueError, UnicodeDecodeError):
-        raise Scail2Error(f"{where} has an unreadable json member; the shard is corrupt: regenerate it") from None
-    MOTIONPAIR.check_header(header, where)
+    header = decode_json_member(record["json"], where)
     frames, height, width = header["frames"], header["height"], header["width"]
     arrays = {}
     for stream in STREAMS:
@@ -166,9 +173,10 @@ def decode_sample(record: dict, source: str = "sample") -> PairSample:
             array = decode_png(record[member], mode, (count * height, width, *channels), f"{where} {member}")
             shape = (height, width, *channels) if stream == "reference" else (frames, height, width, *channels)
             arrays[f"{stream}{suffix.replace('_mask', '_ids')}"] = array.reshape(shape)
-    # shards written before the mode vocabulary was unified store "animation" / "replacement"
+    # version 1 shards store the older words "animation" / "replacement"
     mode = parse_mode(header["mode"], f"{where} mode")
-    sample = PairSample(header["key"], header["task"], mode, metadata=header["metadata"], **arrays)
+    metadata = {**header["metadata"], "mode": mode} if "mode" in header["metadata"] else header["metadata"]
+    sample = PairSample(header["key"], header["task"], mode, metadata=metadata, **arrays)
     sample.check()
     return sample
 
@@ -468,13 +476,7 @@ class PairVideos:
             return handle.read(size)
 
     def _size(self, index: int) -> tuple[int, int, int]:
-        try:
-            header = json.loads(self._read(index, "json"))
-        except (ValueError, UnicodeDecodeError):
-            raise Scail2Error(
-                f"{self._source(index)} has an unreadable json member; the shard is corrupt: regenerate it"
-            ) from None
-        MOTIONPAIR.check_header(header, self._source(index))
+        header = decode_json_member(self._read(index, "json"), self._source(index))
         return int(header["frames"]), int(header["height"]), int(header["width"])
 
     def _frames(self, index: int, member: str, mode: str, channels: tuple[int, ...]) -> np.ndarray:

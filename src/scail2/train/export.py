@@ -16,13 +16,10 @@ from safetensors.torch import save_file
 
 from scail2.data.format import replace_folder
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+from scail2.train.schedule import full_tensor
 from scail2.train.validation import components_folder
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "image_encoder")
-
-
-def _full(value: torch.Tensor) -> torch.Tensor:
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 def gather_weights(trainer, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -32,7 +29,7 @@ def gather_weights(trainer, use_ema: bool = True) -> dict[str, torch.Tensor]:
     state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if use_ema:
         for name, value in trainer.ema.items():
-            state[name] = _full(value).detach().cpu()
+            state[name] = full_tensor(value).detach().cpu()
     return {name: tensor.detach().float().cpu().contiguous() for name, tensor in state.items()}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from scail2.data.format import read_json
 from scail2.errors import Scail2Error
 from scail2.optional import require
 
@@ -113,7 +114,7 @@ def ema_decay(optim: OptimConfig, step: int) -> float:
     return optim.ema_decay
 
 
-def _full(value: torch.Tensor) -> torch.Tensor:
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (FSDP2), or the tensor itself."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
@@ -148,7 +149,7 @@ class TrainingSchedule:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), self.optim.grad_clip))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), self.optim.grad_clip))
         self.optimizer.step()
         self.update_ema(step)
         return lr, float(grad_norm)
@@ -211,7 +212,12 @@ class CheckpointFolders:
         latest = self.latest()
         if latest is None:
             raise Scail2Error(f"{self.run}: no checkpoint to resume from; run without --resume to start")
-        return latest, json.loads((latest / TRAINER_STATE).read_text())
+        state = read_json(
+            latest / TRAINER_STATE,
+            missing_hint="the checkpoint is incomplete; delete it and resume from the one before",
+            corrupt_hint="the checkpoint is damaged; delete it and resume from the one before",
+        )
+        return latest, state
 
 
 # ------------------------------------------------------------------------------------------------------------

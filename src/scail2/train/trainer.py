@@ -287,7 +287,7 @@ class Trainer:
         if "target_masks" not in tensors:
             raise Scail2Error(
                 "flow.foreground_weight needs target_masks in the cache; rebuild it with `scail2 cache` "
-                "(caches before 2026-11-21 lack them) or set flow.foreground_weight=0"
+                "(format version 2; version 1 caches may lack them) or set flow.foreground_weight=0"
             )
         return 1 + weight * tensors["target_masks"].float()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from scail2.conditioning import EncodedReference, SegmentConditions, VideoLatentCodec
+from scail2.conditioning import EncodedReference, SegmentConditions, VideoLatentCodec, model_video_to_frames
 from scail2.diffusion import samplers
 from scail2.pipelines.pipeline_scail2 import SamplingSettings, transformer_velocity
 
@@ -57,7 +57,7 @@ def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
         return None
     codec = VideoLatentCodec(AutoencoderKLWan.from_pretrained(folder / "vae").eval())
     pair = torch.cat([codec.decode(t["target_latents"])[0], codec.decode(latent.cpu())[0]], dim=-1)  # [3, T, H, 2W]
-    frames = ((pair.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+    frames = model_video_to_frames(pair)
     path = trainer.out / "validation" / f"step-{trainer.step:08d}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_mp4(path, frames, VALIDATION_FPS)

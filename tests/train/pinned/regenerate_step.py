@@ -102,13 +102,13 @@ def learning_rates() -> dict:
 
 
 class MemoryCache:
-    """The part of `LatentCache` the trainer reads, holding two seeded samples (one animation, one replacement)."""
+    """The part of `LatentCache` the trainer reads, holding two seeded samples (one animate, one replace)."""
 
     def __init__(self, seed: int, text_dim: int = 20, image_dim: int = 24):
         g = torch.Generator().manual_seed(seed)
         c, t, h, w = LATENT_SHAPE
         self.samples = []
-        for index, mode in enumerate(("animation", "replacement")):
+        for index, mode in enumerate(("animate", "replace")):
             tensors = {
                 "target_latents": torch.randn(c, t, h, w, generator=g),
                 "ref_latents": torch.randn(c, 1, h, w, generator=g),
