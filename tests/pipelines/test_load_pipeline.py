@@ -146,7 +146,9 @@ def test_compile_compiles_the_repeated_block(model_dir, monkeypatch):
 def test_cli_flags_reach_the_loaded_model(model_dir, tmp_path, monkeypatch):
     compiled, loaded = [], []
     monkeypatch.setattr(SCAIL2Transformer3DModel, "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
-    monkeypatch.setattr(animate_module, "load_pipeline", lambda *a: loaded.append(load_pipeline(*a)) or loaded[-1])
+    monkeypatch.setattr(
+        animate_module, "load_pipeline", lambda *a, **k: loaded.append(load_pipeline(*a, **k)) or loaded[-1]
+    )
     files = {
         "--ref": write_reference(tmp_path / "ref.png", 90, 140),
         "--ref-mask": write_reference_mask(tmp_path / "ref_mask.png", 90, 140),
