@@ -176,9 +176,10 @@ def load_pipeline(
     import diffusers
     import transformers
 
-    from scail2.models.attention import set_attention
+    from scail2.models.attention import check_attention, set_attention
 
     folder = check_model_folder(model_dir)
+    check_attention(attention, device)  # before 33 GB of weights load
     # per-component loading bars would bury the one progress bar (denoising) and one-line errors
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

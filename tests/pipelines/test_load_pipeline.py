@@ -190,8 +190,10 @@ def test_cli_flags_reach_the_loaded_model(model_dir, tmp_path, monkeypatch):
         ("fast", GPU, r"^--attention 'fast' is not one of sdpa, flash, "),
     ],
 )
-def test_an_unusable_attention_kernel_is_a_one_line_error(model_dir, attention, device, message, monkeypatch):
-    monkeypatch.setattr(SCAIL2Pipeline, "to", lambda self, device: self)  # "cuda" is only a name here
+def test_an_unusable_attention_kernel_is_refused_in_one_line_before_loading(
+    model_dir, attention, device, message, monkeypatch
+):
+    monkeypatch.setattr(SCAIL2Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
     with pytest.raises(Scail2Error, match=message) as error:
         load_pipeline(model_dir, device, dtype="fp32", attention=attention)
     assert "\n" not in str(error.value)

@@ -26,6 +26,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from diffusers.models import attention_dispatch
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
 from scail2.errors import Scail2Error
@@ -62,15 +63,30 @@ SDPA = "sdpa"
 CPU_BACKENDS = {SDPA, "native", "_native_math", "_native_flash", "flex"}
 
 
+def check_attention(name: str | None, device: torch.device) -> None:
+    """Raise a one-line Scail2Error, before any weights are loaded, for an unknown kernel name, a GPU-only
+    kernel on CPU or a kernel whose package is not installed."""
+    known = [backend.value for backend in AttentionBackendName]
+    if name is None or name == SDPA:
+        return
+    if name not in known:
+        raise Scail2Error(f"--attention {name!r} is not one of {SDPA}, {', '.join(known)}")
+    if device.type == "cpu" and name not in CPU_BACKENDS:
+        raise Scail2Error(f"--attention {name} needs a GPU; on cpu use one of {', '.join(sorted(CPU_BACKENDS))}")
+    # the check `set_attention_backend` makes, where this diffusers version exposes it
+    requirements = getattr(attention_dispatch, "_check_attention_backend_requirements", None)
+    if requirements is not None:
+        try:
+            requirements(AttentionBackendName(name))
+        except (RuntimeError, ImportError) as error:
+            raise _unusable(name, error) from None
+
+
 def set_attention(model, name: str | None, device: torch.device) -> None:
     """Give every attention module of `model` the kernel `name` ("sdpa", the default, or any diffusers backend:
     "flash", "_flash_3", "sage", "flex", "xformers", ...), or raise a one-line Scail2Error that says what to
     install or choose instead."""
-    known = [backend.value for backend in AttentionBackendName]
-    if name is not None and name != SDPA and name not in known:
-        raise Scail2Error(f"--attention {name!r} is not one of {SDPA}, {', '.join(known)}")
-    if device.type == "cpu" and name is not None and name not in CPU_BACKENDS:
-        raise Scail2Error(f"--attention {name} needs a GPU; on cpu use one of {', '.join(sorted(CPU_BACKENDS))}")
+    check_attention(name, device)
     with _quiet_diffusers_modeling():
         if name is None or name == SDPA:
             model.reset_attention_backend()
@@ -78,7 +94,11 @@ def set_attention(model, name: str | None, device: torch.device) -> None:
         try:
             model.set_attention_backend(name)
         except (RuntimeError, ImportError, OSError, ValueError) as error:  # missing package, kernel download
-            raise Scail2Error(f"--attention {name}: {str(error).splitlines()[0]} (or use --attention {SDPA})") from None
+            raise _unusable(name, error) from None
+
+
+def _unusable(name: str, error: Exception) -> Scail2Error:
+    return Scail2Error(f"--attention {name}: {str(error).splitlines()[0]} (or use --attention {SDPA})")
 
 
 @contextlib.contextmanager
