@@ -306,11 +306,6 @@ class ImageEmbedding(nn.Module):
         return self.proj(image_embeds)
 
 
-# Weight dtypes a matmul takes as they are; weights stored in any other dtype (fp8, quantised blocks) are
-# dequantised by their layer, which then computes in its `compute_dtype`.
-MATMUL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def compute_dtype(layer: nn.Module) -> torch.dtype:
     """The dtype a layer's input must have for its matmul to use the stored weights without casting them.
 
@@ -327,7 +322,8 @@ def compute_dtype(layer: nn.Module) -> torch.dtype:
     if casting is not None:
         return casting.compute_dtype
     dtype = layer.weight.dtype
-    return dtype if dtype in MATMUL_DTYPES else torch.bfloat16
+    # weights in a storage-only dtype (fp8, integer codes) that declare nothing compute in bf16
+    return dtype if dtype.is_floating_point and dtype.itemsize > 1 else torch.bfloat16
 
 
 def feed(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
