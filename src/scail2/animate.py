@@ -59,6 +59,8 @@ class AnimateRequest:
     loras: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str = "auto"
+    attention: str | None = None
+    compile: bool = False
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
 
@@ -82,13 +84,53 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on accelerators by default; plain fp32 on CPU."""
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise Scail2Error(f"--dtype {dtype!r} is not one of auto, bf16, fp32")
-    if dtype == "fp32" or (dtype == "auto" and device.type == "cpu"):
-        return None
-    return torch.bfloat16
+# --dtype: the dtype the transformer and the encoders are loaded in (auto: bf16 on a GPU, fp32 on CPU).
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# safetensors dtype names of the floating dtypes a VAE folder may store.
+STORED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype `--dtype` loads the transformer and the encoders in: bf16 on an accelerator and fp32 on CPU for
+    `auto`. The transformer's declared fp32 modules stay fp32 whatever is chosen."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise Scail2Error(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def stored_dtype(component: Path) -> torch.dtype | None:
+    """The floating dtype most of a component folder's safetensors tensors are stored in (None: none found)."""
+    from safetensors import safe_open
+
+    counts: dict[str, int] = {}
+    for path in component.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                name = handle.get_slice(key).get_dtype()
+                counts[name] = counts.get(name, 0) + 1
+    floating = [name for name in sorted(counts, key=counts.get, reverse=True) if name in STORED_DTYPES]
+    return STORED_DTYPES[floating[0]] if floating else None
+
+
+def vae_dtype(component: Path, device: torch.device, weights: torch.dtype) -> torch.dtype:
+    """The VAE's dtype: fp32 on CPU (bf16 convolutions are fast only on CPUs with bf16 instructions, and the
+    demo must reproduce exactly) and when the other weights are fp32; otherwise the dtype the folder stores
+    (fp32 for the converted Wan VAE), except fp16, a size choice of small exported VAEs whose activations
+    could overflow it."""
+    stored = stored_dtype(component)
+    if device.type == "cpu" or weights == torch.float32 or stored in (None, torch.float16):
+        return torch.float32
+    return stored
+
+
+def autocast_dtype(dtype: str, device: torch.device, transformer: torch.nn.Module) -> torch.dtype | None:
+    """The autocast that gives a transformer the precision `--dtype` asks for: none when its weights are already
+    stored in it (a folder loaded by `load_pipeline`, so no weight is copied per step); bf16 for fp32 weights
+    of a pipeline the caller loaded, when bf16 is asked for."""
+    wanted = weights_dtype(dtype, device)
+    return torch.bfloat16 if wanted == torch.bfloat16 and transformer.dtype == torch.float32 else None
 
 
 def check_model_folder(model_dir: str | Path) -> Path:
@@ -119,16 +161,32 @@ def check_model_folder(model_dir: str | Path) -> Path:
     return folder
 
 
-def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] = ()) -> SCAIL2Pipeline:
+def load_pipeline(
+    model_dir: str | Path,
+    device: torch.device,
+    loras: list[str] = (),
+    dtype: str = "auto",
+    attention: str | None = None,
+    compile: bool = False,
+) -> SCAIL2Pipeline:
+    """A model folder as a pipeline on `device`: the transformer and the encoders loaded in `dtype` (see
+    `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused; the attention kernel set (`attention`, see
+    `scail2.models.attention.set_attention`); and with `compile`, each transformer block compiled
+    (diffusers' regional compilation: one compiled block serves all 40)."""
     import diffusers
     import transformers
 
+    from scail2.models.attention import check_attention, set_attention
+
     folder = check_model_folder(model_dir)
+    check_attention(attention, device)  # before 33 GB of weights load
     # per-component loading bars would bury the one progress bar (denoising) and one-line errors
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    weights = weights_dtype(dtype, device)
+    dtypes = {"default": weights, "vae": vae_dtype(folder / "vae", device, weights)}
     try:
-        pipeline = SCAIL2Pipeline.from_pretrained(str(folder))
+        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), dtype=dtypes)
     except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
@@ -142,7 +200,11 @@ def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] 
 
         apply_loras(pipeline.transformer, [parse_lora_arg(spec) for spec in loras])
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device)
+    pipeline.to(device)
+    set_attention(pipeline.transformer, attention, device)
+    if compile:
+        pipeline.transformer.compile_repeated_blocks(fullgraph=True)
+    return pipeline
 
 
 def with_bundled_model(request: AnimateRequest) -> AnimateRequest:
@@ -294,12 +356,17 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
-        pipeline = load_pipeline(request.model, device, request.loras)
+        pipeline = load_pipeline(
+            request.model, device, request.loras, request.dtype, request.attention, request.compile
+        )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)
     result = pipeline(
-        loaded.inputs, request.settings, seed=request.seed, autocast_dtype=autocast_dtype(request.dtype, device)
+        loaded.inputs,
+        request.settings,
+        seed=request.seed,
+        autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)

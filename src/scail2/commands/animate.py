@@ -54,7 +54,22 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--frames-dir", help="also write lossless PNG frames to this folder")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="dtype the transformer and the text/image encoders are loaded in (their norms, modulation and "
+        "timestep layers stay fp32; the VAE stays as stored, fp32 on CPU); auto: bf16 on GPU, fp32 on CPU",
+    )
+    parser.add_argument(
+        "--attention",
+        metavar="KERNEL",
+        help="attention kernel: sdpa (default, PyTorch), flash, _flash_3, sage, flex, xformers or another "
+        "diffusers backend; its package must be installed",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the transformer block with torch.compile (once, reused by every block; the first step is slower)",
     )
 
 
@@ -109,6 +124,8 @@ def run(args) -> int:
         loras=args.lora,
         device=args.device,
         dtype=args.dtype,
+        attention=args.attention,
+        compile=args.compile,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
     )

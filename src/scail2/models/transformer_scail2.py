@@ -14,6 +14,7 @@ Sections: 1. config and presets, 2. RoPE, 3. norms and embeddings, 4. attention,
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -94,15 +95,19 @@ def grid_positions(frames: int, height: int, width: int, shift: RopeShift) -> to
     return positions.reshape(-1, 3)
 
 
+def axis_rotations(positions: torch.Tensor, pairs: int, theta: float) -> torch.Tensor:
+    """Unit complex rotations [N, pairs] (complex128) of one axis for integer positions [N]; the frequency
+    ladder is theta^(-2j / axis_dim) with axis_dim = 2 * pairs."""
+    axis_dim = 2 * pairs
+    inverse_freq = 1.0 / torch.pow(theta, torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
+    angles = torch.outer(positions.to(torch.float64), inverse_freq)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
 def rope_rotations(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     """Unit complex rotations [N, head_dim/2] (complex128) for positions [N, 3]: time pairs, then h, then w."""
-    rotations = []
-    for axis, pairs in enumerate(rope_axis_pairs(head_dim)):
-        axis_dim = 2 * pairs
-        inverse_freq = 1.0 / torch.pow(theta, torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
-        angles = torch.outer(positions[:, axis].to(torch.float64), inverse_freq)
-        rotations.append(torch.polar(torch.ones_like(angles), angles))
-    return torch.cat(rotations, dim=1)
+    pairs = rope_axis_pairs(head_dim)
+    return torch.cat([axis_rotations(positions[:, axis], pairs[axis], theta) for axis in range(3)], dim=1)
 
 
 def driving_rope_rotations(
@@ -145,11 +150,99 @@ def scail2_rope_table(
     return torch.cat(parts, dim=0)
 
 
+@dataclass(frozen=True)
+class RopeAxisTables:
+    """Per axis (time, height, width), fp32 (re, im) rotations [num_positions, pairs, 2] of the integer positions
+    0 .. num_positions-1 (`single`), and of the means of two neighbours, (r(p) + r(p+1)) / 2 (`pooled`).
+
+    A token's rotation depends on each of its three positions alone, and the driving stream's 2x2 average
+    factorises the same way (the time pairs are constant inside a window; the height pairs average rows 2i and
+    2i+1, the width pairs columns 2j and 2j+1). So any sequence's table is gathered from these rows on the
+    device: the float64 trigonometry runs once per model and device, never per shape.
+    """
+
+    single: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    pooled: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    @property
+    def num_positions(self) -> int:
+        return self.single[0].shape[0]
+
+    @classmethod
+    def build(cls, head_dim: int, theta: float, num_positions: int, device: torch.device) -> RopeAxisTables:
+        """Computed in float64 on the CPU, rounded once to fp32, then moved to `device`."""
+        positions = torch.arange(num_positions + 1)
+        single, pooled = [], []
+        for pairs in rope_axis_pairs(head_dim):
+            rotations = axis_rotations(positions, pairs, theta)  # [num_positions + 1, pairs] complex128
+            single.append(torch.view_as_real(rotations[:-1]).float().to(device))
+            pooled.append(torch.view_as_real((rotations[:-1] + rotations[1:]) / 2).float().to(device))
+        return cls(tuple(single), tuple(pooled))
+
+
+def rope_positions_needed(frames: int, height: int, width: int, num_extra_refs: int, offset: int) -> int:
+    """Positions 0 .. N-1 that cover every axis of a sequence (the shifts add up to `offset` on h and w)."""
+    return offset + max(num_extra_refs + 1 + frames, height, width) + 1
+
+
+def _grid_rotations(
+    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor], t: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """Rotations [len(t)*len(h)*len(w), head_dim/2, 2] of a (t, h, w) row-major grid, given each axis'
+    table rows (indices into `tables`)."""
+    rows = [tables[0][t], tables[1][h], tables[2][w]]  # [n_axis, pairs_axis, 2] each
+    grid = (len(t), len(h), len(w))
+    parts = [
+        rows[0][:, None, None].expand(*grid, -1, 2),
+        rows[1][None, :, None].expand(*grid, -1, 2),
+        rows[2][None, None, :].expand(*grid, -1, 2),
+    ]
+    return torch.cat(parts, dim=3).flatten(0, 2)  # [T, h, w, D/2, 2] -> [T*h*w, D/2, 2]
+
+
+def scail2_rope_rotations(
+    axis_tables: RopeAxisTables,
+    frames: int,
+    height: int,
+    width: int,
+    num_extra_refs: int,
+    replace: bool,
+    offset: int,
+) -> torch.Tensor:
+    """fp32 rotations [S, head_dim/2, 2] (re, im) of the whole sequence, gathered on the tables' device.
+
+    Equal to `scail2_rope_table` rounded to fp32 (the driving means are taken in float64 in both).
+    """
+    device = axis_tables.single[0].device
+    arange = lambda n: torch.arange(n, device=device)  # noqa: E731
+    shifts = scail2_rope_shifts(num_extra_refs, replace, offset)
+    streams = [("extra_refs", num_extra_refs), ("reference", 1), ("video", frames)]
+    parts = [
+        _grid_rotations(
+            axis_tables.single,
+            arange(n) + shifts[name].t,
+            arange(height) + shifts[name].h,
+            arange(width) + shifts[name].w,
+        )
+        for name, n in streams
+    ]
+    driving = shifts["driving"]
+    parts.append(
+        _grid_rotations(
+            (axis_tables.single[0], axis_tables.pooled[1], axis_tables.pooled[2]),
+            arange(frames) + driving.t,
+            2 * arange(height // 2) + driving.h,
+            2 * arange(width // 2) + driving.w,
+        )
+    )
+    return torch.cat(parts, dim=0)
+
+
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of every head: x [B, S, heads, D], rotation [S, D/2, 2] (re, im)
     shared by the batch, or [B, S, D/2, 2] per sample.
 
-    Computed in fp32 (upstream uses float64); the tables are built in float64 and rounded once.
+    Computed in fp32 (upstream uses float64); the rotations are computed in float64 and rounded once.
     """
     pairs = x.float().unflatten(-1, (-1, 2))  # [B, S, heads, D/2, 2]
     real, imag = pairs[..., 0], pairs[..., 1]
@@ -213,9 +306,29 @@ class ImageEmbedding(nn.Module):
         return self.proj(image_embeds)
 
 
-def _fp32_linear_input(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """Cast an fp32-region input to the dtype its module's weights are stored in."""
-    return x.to(next(module.parameters()).dtype)
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a layer's input must have for its matmul to use the stored weights without casting them.
+
+    That is the weight dtype (of the first weighted layer, for a Sequential), unless the layer declares a
+    `compute_dtype` (quantised layers) or diffusers' layerwise casting stores its weights in a narrower dtype
+    and upcasts them to its compute dtype for the call; activations never take a storage-only dtype (fp8).
+    """
+    layer = next(m for m in layer.modules() if isinstance(getattr(m, "weight", None), torch.Tensor))
+    declared = getattr(layer, "compute_dtype", None)
+    if declared is not None:
+        return declared
+    hooks = getattr(layer, "_diffusers_hook", None)
+    casting = None if hooks is None else hooks.get_hook("layerwise_casting")
+    if casting is not None:
+        return casting.compute_dtype
+    dtype = layer.weight.dtype
+    # weights in a storage-only dtype (fp8, integer codes) that declare nothing compute in bf16
+    return dtype if dtype.is_floating_point and dtype.itemsize > 1 else torch.bfloat16
+
+
+def feed(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) with x cast to the layer's compute dtype (an activation cast; the weights are used as stored)."""
+    return layer(x.to(compute_dtype(layer)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -272,12 +385,12 @@ class CrossAttention(nn.Module, AttentionModuleMixin):
         heads = (self.num_heads, -1)
         image_context, text_context = context[:, :num_image_tokens], context[:, num_image_tokens:]
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, heads, head_dim]
-        k = self.norm_k(self.k(text_context)).unflatten(-1, heads)
-        v = self.v(text_context).unflatten(-1, heads)
+        k = self.norm_k(feed(self.k, text_context)).unflatten(-1, heads)
+        v = feed(self.v, text_context).unflatten(-1, heads)
         out = self.processor(q.to(v.dtype), k.to(v.dtype), v)
         if num_image_tokens:
-            k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)
-            v_img = self.v_img(image_context).unflatten(-1, heads)
+            k_img = self.norm_k_img(feed(self.k_img, image_context)).unflatten(-1, heads)
+            v_img = feed(self.v_img, image_context).unflatten(-1, heads)
             out = out + self.processor(q.to(v_img.dtype), k_img.to(v_img.dtype), v_img)
         return self.o(out.flatten(2))
 
@@ -325,11 +438,14 @@ class SCAIL2TransformerBlock(nn.Module):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_modulation).chunk(
             6, dim=1
         )
+        # Matmul inputs take the projections' compute dtype; norms and modulation stay in fp32 (see
+        # docs/architecture.md, "Precision").
         attn_in = modulate(self.norm1(x), shift_sa, scale_sa)
-        x = x + self.self_attn(attn_in.to(self.self_attn.q.weight.dtype), rope) * gate_sa
-        x = x + self.cross_attn(self.norm3(x), context, num_image_tokens)
+        x = x + self.self_attn(attn_in.to(compute_dtype(self.self_attn.q)), rope) * gate_sa
+        cross_in = self.norm3(x).to(compute_dtype(self.cross_attn.q))
+        x = x + self.cross_attn(cross_in, context, num_image_tokens)
         ffn_in = modulate(self.norm2(x), shift_ff, scale_ff)
-        return x + self.ffn(ffn_in.to(self.ffn[0].weight.dtype)) * gate_ff
+        return x + feed(self.ffn, ffn_in) * gate_ff
 
 
 class SCAIL2Head(nn.Module):
@@ -345,7 +461,7 @@ class SCAIL2Head(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             shift, scale = (self.modulation.float() + time_embedding.unsqueeze(1)).chunk(2, dim=1)
             out = modulate(self.norm(x), shift, scale)
-            return self.head(_fp32_linear_input(out, self.head)).float()
+            return feed(self.head, out).float()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -372,8 +488,27 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SCAIL2TransformerBlock"]
     _repeated_blocks = ["SCAIL2TransformerBlock"]
-    # Kept fp32 when the rest is loaded in bf16: the timestep path, modulation and every norm.
-    _keep_in_fp32_modules = ["time_embedding", "time_projection", "modulation", "norm"]
+    # Kept fp32 when the rest is loaded in bf16 (docs/architecture.md, "Precision"): the timestep path, the
+    # modulation tables and every norm that has weights. diffusers matches an entry against the dot-separated
+    # parts of a parameter name, so each entry is a whole name part: "img_emb" keeps the CLIP projection fp32
+    # with its two LayerNorms, whose own names ("proj.0", "proj.4") cannot be told apart from other
+    # Sequentials' linears (8.2 M parameters in the 14B model). No entry is a substring of another name, so
+    # substring matching (diffusers' `dtype`, layerwise casting's skip patterns) picks the same parameters.
+    _keep_in_fp32_modules = [
+        "time_embedding",
+        "time_projection",
+        "modulation",
+        "norm3",
+        "norm_q",
+        "norm_k",
+        "norm_k_img",
+        "img_emb",
+    ]
+    # Sequences whose RoPE rotations stay cached on the device (a few shapes per job: segments share one).
+    rope_cache_size = 8
+    # Positions past the RoPE offset that the per-axis tables cover from the start: grids up to 256 patches
+    # (4096 pixels) and sequences up to 256 frames never rebuild them.
+    rope_table_span = 256
 
     @register_to_config
     def __init__(
@@ -425,7 +560,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         # 4. Output head.
         self.head = SCAIL2Head(dim, out_dim, patch_size, eps)
-        self._rope_cache: dict[tuple, torch.Tensor] = {}
+        self._rope_axis_tables: dict[str, RopeAxisTables] = {}
+        self._rope_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def init_weights(self) -> None:
         """Initialisation for training from scratch, as Wan does: Xavier-uniform projections and patch embeddings,
@@ -551,7 +687,6 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         extra_ref_masks,
     ) -> torch.Tensor:
         """Patch-embed every stream and concatenate [extra refs | reference | video | driving] -> [B, S, dim]."""
-        dtype = self.patch_embedding.weight.dtype
         b, _, t, h, w = hidden_states.shape
         ones = hidden_states.new_ones(b, HISTORY_MASK_CHANNELS, 1, h, w)
         if history_mask is None:
@@ -563,15 +698,15 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         driving = torch.cat([pose_latents, pose_ones.to(pose_latents.dtype)], dim=1)  # [B, in_dim, T, H/2, W/2]
 
         # Main stream: the mask embedding's bias reaches the video tokens too (their mask frames are zeros).
-        main = self.patch_embedding(torch.cat([reference, video], dim=2).to(dtype))
-        main = main + self.patch_embedding_mask(ref_masks.to(dtype))  # [B, dim, 1+T, h', w']
+        main = feed(self.patch_embedding, torch.cat([reference, video], dim=2))
+        main = main + feed(self.patch_embedding_mask, ref_masks)  # [B, dim, 1+T, h', w']
         streams = [main]
         if extra_ref_latents is not None:
             n = extra_ref_latents.shape[2]
             extra = torch.cat([extra_ref_latents, ones.expand(-1, -1, n, -1, -1).to(extra_ref_latents.dtype)], dim=1)
-            extra = self.patch_embedding(extra.to(dtype)) + self.patch_embedding_mask(extra_ref_masks.to(dtype))
+            extra = feed(self.patch_embedding, extra) + feed(self.patch_embedding_mask, extra_ref_masks)
             streams.insert(0, extra)
-        pose = self.patch_embedding_pose(driving.to(dtype)) + self.patch_embedding_mask(driving_masks.to(dtype))
+        pose = feed(self.patch_embedding_pose, driving) + feed(self.patch_embedding_mask, driving_masks)
         streams.append(pose)
         # Each [B, dim, t, h, w] -> [B, t*h*w, dim] in (t, h, w) row-major order.
         return torch.cat([s.flatten(2).transpose(1, 2) for s in streams], dim=1)
@@ -585,7 +720,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         replace: bool | torch.Tensor,
         device: torch.device,
     ) -> torch.Tensor:
-        """Rotations [S, head_dim/2, 2] (fp32 real, imag) for a patch grid, cached per shape and mode.
+        """Rotations [S, head_dim/2, 2] (fp32 real, imag) for a patch grid, built on `device` and cached per
+        shape, mode and device (the last `rope_cache_size` sequences).
 
         A per-sample `replace` [B] (mixed-mode training batches) gives [B, S, head_dim/2, 2].
         """
@@ -593,37 +729,53 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             tables = [self.rope_table(frames, height, width, num_extra_refs, mode, device) for mode in (False, True)]
             return torch.where(replace.to(device)[:, None, None, None], tables[1][None], tables[0][None])
         key = (frames, height, width, num_extra_refs, bool(replace), str(device))
-        if key not in self._rope_cache:
+        if key in self._rope_cache:
+            self._rope_cache.move_to_end(key)
+            return self._rope_cache[key]
+        needed = rope_positions_needed(frames, height, width, num_extra_refs, self.config.rope_offset)
+        table = scail2_rope_rotations(
+            self.rope_axis_tables(device, needed),
+            frames,
+            height,
+            width,
+            num_extra_refs,
+            bool(replace),
+            self.config.rope_offset,
+        )
+        self._rope_cache[key] = table
+        while len(self._rope_cache) > self.rope_cache_size:
+            self._rope_cache.popitem(last=False)
+        return table
+
+    def rope_axis_tables(self, device: torch.device, num_positions: int) -> RopeAxisTables:
+        """The per-axis rotation tables on `device`, covering at least `num_positions` positions; rebuilt (at
+        twice the size or more) only when a sequence reaches beyond them."""
+        tables = self._rope_axis_tables.get(str(device))
+        if tables is None or tables.num_positions < num_positions:
             cfg = self.config
-            table = scail2_rope_table(
-                frames,
-                height,
-                width,
-                num_extra_refs,
-                replace,
-                cfg.dim // cfg.num_heads,
-                cfg.rope_theta,
-                cfg.rope_offset,
-            )
-            self._rope_cache[key] = torch.view_as_real(table).float().to(device)
-        return self._rope_cache[key]
+            size = max(num_positions, cfg.rope_offset + self.rope_table_span)
+            size = size if tables is None else max(size, 2 * tables.num_positions)
+            tables = RopeAxisTables.build(cfg.dim // cfg.num_heads, cfg.rope_theta, size, device)
+            self._rope_axis_tables[str(device)] = tables
+        return tables
 
     def embed_time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timestep [B] -> (embedding [B, dim], block modulation [B, 6, dim]), both fp32."""
         with torch.autocast(device_type=timestep.device.type, enabled=False):
             sinusoid = timestep_sinusoid(timestep, self.config.freq_dim)
-            embedding = self.time_embedding(_fp32_linear_input(sinusoid, self.time_embedding)).float()
-            modulation = self.time_projection(_fp32_linear_input(embedding, self.time_projection)).float()
+            embedding = feed(self.time_embedding, sinusoid).float()
+            modulation = feed(self.time_projection, embedding).float()
         return embedding, modulation.unflatten(1, (6, self.config.dim))
 
     def embed_context(self, encoder_hidden_states: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """[image tokens | text tokens zero-padded to text_len] -> [B, N_img + text_len, dim]; no mask, as upstream."""
-        dtype = self.text_embedding[0].weight.dtype
         pad = self.config.text_len - encoder_hidden_states.shape[1]
-        text = F.pad(encoder_hidden_states.to(dtype), (0, 0, 0, pad))  # [B, text_len, text_dim]
-        context = self.text_embedding(text)
+        text = F.pad(encoder_hidden_states, (0, 0, 0, pad))  # [B, text_len, text_dim]
+        context = feed(self.text_embedding, text)
         if image_embeds is not None:
-            image = self.img_emb(image_embeds.to(self.img_emb.proj[1].weight.dtype))
+            # an fp32-kept module: autocast would copy its weights to bf16 on every call
+            with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+                image = feed(self.img_emb, image_embeds)
             context = torch.cat([image.to(context.dtype), context], dim=1)
         return context
 
