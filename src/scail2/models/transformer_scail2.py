@@ -213,6 +213,12 @@ class ImageEmbedding(nn.Module):
         return self.proj(image_embeds)
 
 
+def linear_input_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a linear layer takes its input in: its weight's, or the `compute_dtype` of a quantised linear
+    (fp8, GGUF; `scail2.models.quantize`), whose stored weight dtype is no activation dtype."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
+
+
 def _fp32_linear_input(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Cast an fp32-region input to the dtype its module's weights are stored in."""
     return x.to(next(module.parameters()).dtype)
@@ -326,10 +332,10 @@ class SCAIL2TransformerBlock(nn.Module):
             6, dim=1
         )
         attn_in = modulate(self.norm1(x), shift_sa, scale_sa)
-        x = x + self.self_attn(attn_in.to(self.self_attn.q.weight.dtype), rope) * gate_sa
+        x = x + self.self_attn(attn_in.to(linear_input_dtype(self.self_attn.q)), rope) * gate_sa
         x = x + self.cross_attn(self.norm3(x), context, num_image_tokens)
         ffn_in = modulate(self.norm2(x), shift_ff, scale_ff)
-        return x + self.ffn(ffn_in.to(self.ffn[0].weight.dtype)) * gate_ff
+        return x + self.ffn(ffn_in.to(linear_input_dtype(self.ffn[0]))) * gate_ff
 
 
 class SCAIL2Head(nn.Module):
@@ -443,6 +449,17 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> SCAIL2Transformer3DModel:
+        """diffusers' loader, except for folders whose config.json has a `quantization` entry (fp8 or GGUF
+        linears): `scail2.models.quantize.load_transformer` keeps those weights as they are stored."""
+        from scail2.models import quantize
+
+        folder = quantize.quantized_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if folder is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return quantize.load_transformer(folder, torch_dtype=kwargs.get("torch_dtype"))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> SCAIL2Transformer3DModel:
