@@ -26,6 +26,7 @@ import torch
 from scail2 import __version__, bundled
 from scail2.conditioning import AnimationInputs
 from scail2.errors import Scail2Error
+from scail2.models.quantize import pipeline_components
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -59,6 +60,7 @@ class AnimateRequest:
     loras: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str = "auto"
+    quantize: str | None = None
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
 
@@ -119,7 +121,9 @@ def check_model_folder(model_dir: str | Path) -> Path:
     return folder
 
 
-def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] = ()) -> SCAIL2Pipeline:
+def load_pipeline(
+    model_dir: str | Path, device: torch.device, loras: list[str] = (), quantize: str | None = None
+) -> SCAIL2Pipeline:
     import diffusers
     import transformers
 
@@ -128,7 +132,7 @@ def load_pipeline(model_dir: str | Path, device: torch.device, loras: list[str] 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     try:
-        pipeline = SCAIL2Pipeline.from_pretrained(str(folder))
+        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), **pipeline_components(folder, quantize))
     except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
@@ -300,7 +304,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
-        pipeline = load_pipeline(request.model, device, request.loras)
+        pipeline = load_pipeline(request.model, device, request.loras, request.quantize)
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)

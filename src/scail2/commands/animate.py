@@ -56,6 +56,13 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument(
         "--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["fp8"],
+        help="quantise the transformer's block linears while loading (fp8: e4m3 with per-channel scales, fp8 "
+        "matmuls on GPUs with compute capability >= 8.9); folders written by `scail2 convert transformer "
+        "--dtype fp8` or from GGUF files are quantised already",
+    )
 
 
 def register(subparsers) -> None:
@@ -109,6 +116,7 @@ def run(args) -> int:
         loras=args.lora,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
     )
