@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from scail2.errors import Scail2Error
 from scail2.models.state_dict_io import check_state_dict
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.optional import require
+
+logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "quantization"
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -124,8 +127,20 @@ def activation_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @functools.cache
-def _has_fp8_tensor_cores(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+def _scaled_mm_works(device_index: int) -> bool:
+    """fp8 tensor cores (compute capability >= 8.9) and a torch whose `_scaled_mm` takes rowwise scales on them:
+    probed once per device on a 16 x 16 product, so an unsupported combination dequantises instead of failing."""
+    if torch.cuda.get_device_capability(device_index) < (8, 9):
+        return False
+    device = torch.device("cuda", device_index)
+    operand = torch.ones(16, 16, device=device).to(FP8)
+    row_scales, column_scales = torch.ones(16, 1, device=device), torch.ones(1, 16, device=device)
+    try:
+        torch._scaled_mm(operand, operand.t(), scale_a=row_scales, scale_b=column_scales, out_dtype=torch.bfloat16)
+    except RuntimeError as error:
+        logger.warning("fp8 weights are dequantised per layer: _scaled_mm fails on this GPU (%s)", error)
+        return False
+    return True
 
 
 def scaled_mm_applies(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -137,7 +152,7 @@ def scaled_mm_applies(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype)
         return False
     if _matmul_mode == "scaled_mm":
         return True
-    return x.is_cuda and _has_fp8_tensor_cores(x.device.index if x.device.index is not None else 0)
+    return x.is_cuda and _scaled_mm_works(x.device.index if x.device.index is not None else 0)
 
 
 def fp8_scaled_linear(
