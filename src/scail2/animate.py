@@ -26,6 +26,7 @@ from scail2 import __version__, bundled
 from scail2.conditioning import AnimationInputs
 from scail2.data.format import atomic_write_bytes, read_json
 from scail2.errors import Scail2Error
+from scail2.models.quantize import pipeline_components
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -61,6 +62,7 @@ class AnimateRequest:
     dtype: str = "auto"
     attention: str | None = None
     compile: bool = False
+    quantize: str | None = None
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
 
@@ -168,11 +170,13 @@ def load_pipeline(
     dtype: str = "auto",
     attention: str | None = None,
     compile: bool = False,
+    quantize: str | None = None,
 ) -> SCAIL2Pipeline:
     """A model folder as a pipeline on `device`: the transformer and the encoders loaded in `dtype` (see
     `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused; the attention kernel set (`attention`, see
     `scail2.models.attention.set_attention`); and with `compile`, each transformer block compiled
-    (diffusers' regional compilation: one compiled block serves all 40)."""
+    (diffusers' regional compilation: one compiled block serves all 40); with `quantize` ("fp8") the
+    transformer's block linears are quantised while they load (`scail2.models.quantize`)."""
     import diffusers
     import transformers
 
@@ -186,7 +190,8 @@ def load_pipeline(
     weights = weights_dtype(dtype, device)
     dtypes = {"default": weights, "vae": vae_dtype(folder / "vae", device, weights)}
     try:
-        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), dtype=dtypes)
+        components = pipeline_components(folder, quantize, weights)
+        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), dtype=dtypes, **components)
     except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
@@ -357,7 +362,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
         pipeline = load_pipeline(
-            request.model, device, request.loras, request.dtype, request.attention, request.compile
+            request.model, device, request.loras, request.dtype, request.attention, request.compile, request.quantize
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))

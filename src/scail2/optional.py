@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "peft": ("train", "peft"),
     "tensorboard": ("train", "tensorboard"),
     "gradio": ("app", "gradio"),
+    "gguf": ("gguf", "gguf"),
 }
 
 

@@ -71,6 +71,13 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         action="store_true",
         help="compile the transformer block with torch.compile (once, reused by every block; the first step is slower)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["fp8"],
+        help="quantise the transformer's block linears while loading (fp8: e4m3 with per-channel scales, fp8 "
+        "matmuls on GPUs with compute capability >= 8.9); folders written by `scail2 convert transformer "
+        "--dtype fp8` or from GGUF files are quantised already",
+    )
 
 
 def register(subparsers) -> None:
@@ -126,6 +133,7 @@ def run(args) -> int:
         dtype=args.dtype,
         attention=args.attention,
         compile=args.compile,
+        quantize=args.quantize,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
     )

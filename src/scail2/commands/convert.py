@@ -12,16 +12,20 @@ def register(subparsers) -> None:
         "transformer",
         help="the SCAIL-2 DiT: SAT release checkpoint, Wan-style state dict or MLX layout (detected automatically)",
     )
-    transformer.add_argument("--input", required=True, help="checkpoint file (.pt, .pth or .safetensors)")
+    transformer.add_argument(
+        "--input", required=True, help="checkpoint file (.pt, .pth, .safetensors incl. ComfyUI fp8_scaled, or .gguf)"
+    )
     transformer.add_argument(
         "--config", required=True, help="a preset (14b, 1.3b, tiny) or an upstream-style config JSON (config-14b.json)"
     )
     transformer.add_argument("--out", required=True, help="output folder (config.json + safetensors shards)")
     transformer.add_argument(
         "--dtype",
-        choices=["bf16", "fp16", "fp32"],
+        choices=["bf16", "fp16", "fp32", "fp8"],
         default="bf16",
-        help="storage dtype; timestep, modulation and norm weights stay fp32 (default bf16)",
+        help="storage dtype; timestep, modulation and norm weights stay fp32 (default bf16). fp8: the block "
+        "linears in float8 e4m3 with per-channel scales, the rest bf16. Block linears that the input holds "
+        "quantised (GGUF, ComfyUI fp8_scaled) stay as they are",
     )
     transformer.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="shard size cap in GiB")
     transformer.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -31,7 +35,9 @@ def register(subparsers) -> None:
     release.add_argument("--official-dir", required=True, help="the downloaded zai-org/SCAIL-2 folder")
     release.add_argument("--out", required=True, help="output pipeline folder")
     release.add_argument("--config", default="14b", help="transformer preset or upstream config JSON (default 14b)")
-    release.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="transformer storage dtype")
+    release.add_argument(
+        "--dtype", choices=["bf16", "fp16", "fp32", "fp8"], default="bf16", help="transformer storage dtype"
+    )
     release.add_argument(
         "--clip-heads",
         type=int,

@@ -24,11 +24,23 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scail2.errors import Scail2Error
+from scail2.models.quantize import (
+    CONFIG_KEY,
+    QUANTIZE_CHOICES,
+    QuantizedWeight,
+    Storage,
+    build_model,
+    quantization_entry,
+    stored_tensors,
+)
+from scail2.models.quantized_files import GGUFCheckpoint, ScaledFP8Checkpoint, holds_fp8
 from scail2.models.state_dict_io import atomic_output_dir, check_state_dict, load_torch_checkpoint
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# `--dtype fp8`: block linears in fp8 with per-row scales (`scail2.models.quantize`), everything else bf16.
+CONVERT_DTYPES = (*DTYPES, "fp8")
 
 # ------------------------------------------------------------------------------------------------------------
 # Rename tables
@@ -125,6 +137,18 @@ class LazyCheckpoint:
         return self._handle.get_tensor(key) if self._tensors is None else self._tensors[key]
 
 
+def open_checkpoint(path: str | os.PathLike) -> LazyCheckpoint | GGUFCheckpoint | ScaledFP8Checkpoint:
+    """The reader for a checkpoint file: GGUF, ComfyUI fp8 safetensors, or any other safetensors / torch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise Scail2Error(f"{path}: transformer checkpoint not found; pass the checkpoint file with --input")
+    if path.suffix == ".gguf":
+        return GGUFCheckpoint(path)
+    if path.suffix == ".safetensors" and holds_fp8(path):
+        return ScaledFP8Checkpoint(path)
+    return LazyCheckpoint(path)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Format detection and key mapping
 # ------------------------------------------------------------------------------------------------------------
@@ -198,9 +222,7 @@ def plan_mlx(keys: list[str]) -> tuple[Plan, list[str]]:
 PLANNERS = {"sat": plan_sat, "wan": plan_wan, "mlx": plan_mlx}
 
 
-def check_plan(
-    plan: Plan, unknown: list[str], checkpoint: LazyCheckpoint, expected: dict[str, tuple[int, ...]]
-) -> None:
+def check_plan(plan: Plan, unknown: list[str], checkpoint, expected: dict[str, tuple[int, ...]]) -> None:
     """Strict loading, before any tensor is read: every model key exactly once with the right shape."""
     produced = {name: torch.empty(checkpoint.shape(name), device="meta") for name in unknown}
     for source, targets in plan.items():
@@ -303,6 +325,37 @@ def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max
     (folder / f"{WEIGHTS_NAME}.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
 
 
+def _plain(tensor: torch.Tensor | QuantizedWeight) -> torch.Tensor:
+    return tensor.dequantize(torch.float32) if isinstance(tensor, QuantizedWeight) else tensor
+
+
+def planned_tensors(
+    checkpoint, plan: Plan, storage: Storage, quantized: dict[str, str], progress: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each model tensor in its stored form, read one source tensor at a time; quantised block linears stay
+    quantised and are recorded in `quantized` (module -> kind)."""
+    from tqdm import tqdm
+
+    for source, targets in tqdm(plan.items(), desc="convert", disable=not progress, unit="tensor"):
+        tensor = checkpoint.tensor(source)
+        for target, op in targets:
+            # split / re-laid-out tensors are dequantised first (no quantised file uses those layouts)
+            value = tensor if op is _identity else op(_plain(tensor))
+            yield from stored_tensors(target, value, storage, quantized)
+
+
+def _planned_checkpoint(input_path, expected: dict[str, tuple[int, ...]]):
+    checkpoint = open_checkpoint(input_path)
+    plan, unknown = PLANNERS[detect_format(checkpoint.keys())](checkpoint.keys())
+    check_plan(plan, unknown, checkpoint, expected)
+    return checkpoint, plan
+
+
+def _meta_model(kwargs: dict) -> SCAIL2Transformer3DModel:
+    with torch.device("meta"):
+        return SCAIL2Transformer3DModel(**kwargs)
+
+
 def convert_transformer(
     input_path: str | os.PathLike,
     config: str,
@@ -312,36 +365,48 @@ def convert_transformer(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Convert one transformer checkpoint into a folder that `SCAIL2Transformer3DModel.from_pretrained` loads."""
-    from tqdm import tqdm
+    """Convert one transformer checkpoint into a folder that `SCAIL2Transformer3DModel.from_pretrained` loads.
 
-    if dtype not in DTYPES:
-        raise Scail2Error(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    `dtype` stores the unquantised tensors (fp32-kept modules stay fp32); "fp8" stores the block linears in fp8
+    with per-row scales and the rest in bf16. Block linears that the input holds quantised (GGUF, ComfyUI fp8)
+    are kept as they are, whatever `dtype` says; config.json then lists them under `quantization`.
+    """
+    if dtype not in CONVERT_DTYPES:
+        raise Scail2Error(f"--dtype {dtype!r} is not one of {', '.join(CONVERT_DTYPES)}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise Scail2Error(f"{out}: already exists; delete it or pass --overwrite")
-    kwargs = resolve_config(config)
-    with torch.device("meta"):
-        model = SCAIL2Transformer3DModel(**kwargs)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-    checkpoint = LazyCheckpoint(input_path)
-    layout = detect_format(checkpoint.keys())
-    plan, unknown = PLANNERS[layout](checkpoint.keys())
-    check_plan(plan, unknown, checkpoint, expected)
-
-    target_dtype = DTYPES[dtype]
-    keep_fp32 = model._keep_in_fp32_modules or []
-
-    def converted() -> Iterator[tuple[str, torch.Tensor]]:
-        for source, targets in tqdm(plan.items(), desc=f"convert ({layout})", disable=not progress, unit="tensor"):
-            tensor = checkpoint.tensor(source)
-            for target, op in targets:
-                keep = target_dtype if not any(m in target for m in keep_fp32) else torch.float32
-                # clone(): each output tensor owns its memory (no views into the mapped file or a fused tensor)
-                yield target, op(tensor).to(keep).contiguous().clone()
-
+    model = _meta_model(resolve_config(config))
+    checkpoint, plan = _planned_checkpoint(input_path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    storage = Storage(DTYPES.get(dtype, torch.bfloat16), tuple(model._keep_in_fp32_modules or ()), dtype == "fp8")
+    quantized: dict[str, str] = {}
+    # clone(): each output tensor owns its memory (no views into the mapped file or a fused tensor)
+    tensors = (
+        (name, tensor.contiguous().clone())
+        for name, tensor in planned_tensors(checkpoint, plan, storage, quantized, progress)
+    )
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        _write_shards(tensors, tmp, int(max_shard_size_gb * 1024**3))
+        if quantized:
+            model.register_to_config(**{CONFIG_KEY: quantization_entry(quantized)})
         model.save_config(tmp)
-        _write_shards(converted(), tmp, int(max_shard_size_gb * 1024**3))
     return out
+
+
+def load_transformer_file(
+    input_path: str | os.PathLike,
+    config: str,
+    torch_dtype: torch.dtype | None = torch.bfloat16,
+    quantize: str | None = None,
+) -> SCAIL2Transformer3DModel:
+    """A transformer straight from one checkpoint file (GGUF, ComfyUI fp8, or any layout `convert` reads),
+    without writing a folder: quantised block linears stay quantised in memory (`quantize="fp8"` quantises
+    the others), unquantised tensors take `torch_dtype` (fp32-kept modules stay fp32)."""
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise Scail2Error(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
+    model = _meta_model(resolve_config(config))
+    checkpoint, plan = _planned_checkpoint(input_path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    storage = Storage(torch_dtype, tuple(model._keep_in_fp32_modules or ()), quantize == "fp8")
+    quantized: dict[str, str] = {}
+    state = dict(planned_tensors(checkpoint, plan, storage, quantized))
+    return build_model(dict(model.config), state, quantized)

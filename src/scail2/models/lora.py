@@ -311,7 +311,7 @@ def plan_lora(
             name = _resolve(module, suffix, parameters)
             if name is None:
                 problems.append(f"{module} ({suffix}): no such parameter")
-            elif shape != parameters[name].shape:
+            elif shape != getattr(parameters[name], "quant_shape", parameters[name].shape):  # GGUF: blocks
                 if name in SKIPPABLE_WIDTH_MISMATCH and shape[0] == parameters[name].shape[0]:
                     skipped.append(f"{name} {tuple(shape)} vs {tuple(parameters[name].shape)}")
                 else:
@@ -333,6 +333,10 @@ def fuse_deltas(model: nn.Module, deltas: Sequence[_Delta], scale: float) -> Non
     for item in deltas:
         parameter = parameters[item.parameter]
         delta = item.tensor().to(device=parameter.device)
+        owner = model.get_submodule(item.parameter.rpartition(".")[0])
+        if item.kind != "diff_b" and hasattr(owner, "add_weight_delta"):  # quantised linears (fp8, GGUF)
+            owner.add_weight_delta((scale * item.scale) * delta)
+            continue
         updated = parameter.detach().float() + (scale * item.scale) * delta
         parameter.copy_(updated.to(parameter.dtype))
 

@@ -581,6 +581,17 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         nn.init.zeros_(self.head.head.weight)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> SCAIL2Transformer3DModel:
+        """diffusers' loader, except for folders whose config.json has a `quantization` entry (fp8 or GGUF
+        linears): `scail2.models.quantize.load_transformer` keeps those weights as they are stored."""
+        from scail2.models import quantize
+
+        folder = quantize.quantized_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if folder is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return quantize.load_transformer(folder, torch_dtype=kwargs.get("torch_dtype") or kwargs.get("dtype"))
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> SCAIL2Transformer3DModel:
         """Build a named architecture (`14b`, `1.3b`, `tiny`) with random weights."""
         if name not in SCAIL2_PRESETS:
