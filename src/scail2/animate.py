@@ -26,6 +26,7 @@ import torch
 from scail2 import __version__, bundled
 from scail2.conditioning import AnimationInputs
 from scail2.errors import Scail2Error
+from scail2.pipelines.memory import MemorySettings
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -55,6 +56,7 @@ class AnimateRequest:
     width: int | None = None
     max_frames: int | None = None
     settings: SamplingSettings = field(default_factory=SamplingSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
     seed: int = 0
     loras: list[str] = field(default_factory=list)
     device: str | None = None
@@ -300,7 +302,8 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
-        pipeline = load_pipeline(request.model, device, request.loras)
+        pipeline = load_pipeline(request.model, torch.device("cpu"), request.loras)  # placed by its memory settings
+    pipeline.enable_memory_settings(request.memory, device)
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)
