@@ -159,7 +159,8 @@ def test_block_offloading_reloads_each_block_before_it_runs(tmp_path):
 
 def test_offload_cannot_be_swapped_on_one_pipeline():
     pipe = tiny_pipeline(seed=1).enable_memory_settings(MemorySettings(offload="model"), "cpu")
-    pipe.enable_memory_settings(MemorySettings(offload="model"), "cpu")  # the same again: nothing to do
+    pipe.enable_memory_settings(MemorySettings(offload="model", cfg_mode="sequential"), "cpu")  # placed already
+    assert pipe.memory.cfg_mode == "sequential"
     with pytest.raises(Scail2Error) as error:
         pipe.enable_memory_settings(MemorySettings(offload="group"), "cpu")
     assert "--offload model is already applied to this pipeline; load the pipeline again" in str(error.value)

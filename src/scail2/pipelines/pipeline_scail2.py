@@ -194,12 +194,14 @@ class SCAIL2Pipeline(DiffusionPipeline):
         """Place the components for `memory.offload` with `device` as the accelerator (default: cuda when there
         is one, else cpu) and keep `memory` for the guidance mode and VAE tiling of later calls.
 
-        Apply it once to a pipeline loaded on the CPU; the offload modes cannot be swapped on one pipeline (load
-        it again to change them).
+        Apply it to a pipeline loaded on the CPU. Once an offload mode is applied, only the guidance mode and the
+        tiling can change on that pipeline (load it again to change the placement).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if memory == self.memory and memory.offload != "none":
-            return self  # already applied
+        placement = (self.memory.offload, self.memory.encoders_on_cpu)
+        if self.memory.offload != "none" and placement == (memory.offload, memory.encoders_on_cpu):
+            self.memory = memory  # placed already: the guidance mode and tiling are read per call
+            return self
         if self.memory.offload != "none":
             raise Scail2Error(
                 f"--offload {self.memory.offload} is already applied to this pipeline; load the pipeline again "
@@ -241,10 +243,9 @@ class SCAIL2Pipeline(DiffusionPipeline):
         from accelerate import cpu_offload
 
         self.to("cpu")
-        kept = self._encoders() if self.memory.encoders_on_cpu else []
-        for module in (self.transformer, self.vae, *self._encoders()):
-            if not any(module is keep for keep in kept):
-                cpu_offload(module, device, offload_buffers=len(module._parameters) > 0)
+        encoders = [] if self.memory.encoders_on_cpu else self._encoders()
+        for module in (self.transformer, self.vae, *encoders):
+            cpu_offload(module, device, offload_buffers=len(module._parameters) > 0)
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
         """diffusers' model offload, without hooks on the encoders when `memory.encoders_on_cpu` keeps them on the
@@ -467,10 +468,11 @@ class SCAIL2Pipeline(DiffusionPipeline):
     def guidance_mode(
         self, cfg_mode: str, passes: int, conditions: SegmentConditions, reference: EncodedReference
     ) -> str:
-        """ "batched" or "sequential" for one segment: `cfg_mode` itself, or auto's choice by the accelerator's
-        available memory against one pass's activation peak at this segment's token count."""
-        if cfg_mode != "auto" or passes < 2:
-            return "batched" if cfg_mode == "auto" else cfg_mode
+        """How one segment runs its guidance passes: `cfg_mode` itself, or for "auto" the choice of
+        `choose_cfg_mode` by the accelerator's available memory and one pass's activation peak at this segment's
+        token count."""
+        if cfg_mode != "auto":
+            return cfg_mode
         cfg = self.transformer.config
         frames, (height, width) = conditions.pose_latents.shape[2], reference.latent.shape[-2:]
         extra = 0 if reference.extra_latents is None else reference.extra_latents.shape[2]
