@@ -1,13 +1,14 @@
 """Where a generation keeps its weights and activations: offload modes, the guidance batch, VAE tiling.
 
 `MemorySettings` is the data (`scail2 animate --offload/--cfg-mode/--vae-tiling/--encoders-on-cpu`);
-`SCAIL2Pipeline.enable_memory_settings` applies it. The helpers below are pure so they can be tested without a GPU:
+`SCAIL2Pipeline.enable_memory_settings` applies it. The helpers below run without a GPU, so they are tested on a CPU:
 
     offload      none        every component on the accelerator, except the encoders between jobs
                  model       diffusers' `enable_model_cpu_offload`: one whole component on the accelerator at a time
                  group       diffusers' block-level group offloading of the transformer, one block at a time, the
                              next block prefetched on a CUDA stream; the VAE stays on the accelerator
-                 sequential  diffusers' `enable_sequential_cpu_offload`: one layer at a time (slowest, smallest)
+                 sequential  accelerate's per-layer offload, as diffusers' `enable_sequential_cpu_offload`: one
+                             layer at a time (slowest, smallest)
     cfg_mode     batched     the unconditional and conditional passes as one batch of two
                  sequential  one pass after the other: half the activations, the same result
                  auto        batched unless the accelerator is short of memory (see `choose_cfg_mode`)
