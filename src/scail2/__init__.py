@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "AnimationInputs": "scail2.conditioning",
+    "MemorySettings": "scail2.pipelines.memory",
     "SamplingSettings": "scail2.pipelines.pipeline_scail2",
     "SAMPLING_PRESETS": "scail2.pipelines.pipeline_scail2",
     "SCAIL2Pipeline": "scail2.pipelines.pipeline_scail2",

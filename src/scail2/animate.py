@@ -27,6 +27,7 @@ from scail2.conditioning import AnimationInputs
 from scail2.data.format import atomic_write_bytes, read_json
 from scail2.errors import Scail2Error
 from scail2.models.quantize import pipeline_components
+from scail2.pipelines.memory import MemorySettings
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -56,6 +57,7 @@ class AnimateRequest:
     width: int | None = None
     max_frames: int | None = None
     settings: SamplingSettings = field(default_factory=SamplingSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
     seed: int = 0
     loras: list[str] = field(default_factory=list)
     device: str | None = None
@@ -171,12 +173,15 @@ def load_pipeline(
     attention: str | None = None,
     compile: bool = False,
     quantize: str | None = None,
+    memory: MemorySettings | None = None,
 ) -> SCAIL2Pipeline:
     """A model folder as a pipeline on `device`: the transformer and the encoders loaded in `dtype` (see
     `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused; the attention kernel set (`attention`, see
     `scail2.models.attention.set_attention`); and with `compile`, each transformer block compiled
     (diffusers' regional compilation: one compiled block serves all 40); with `quantize` ("fp8") the
-    transformer's block linears are quantised while they load (`scail2.models.quantize`)."""
+    transformer's block linears are quantised while they load (`scail2.models.quantize`); the components are
+    placed by `memory` (`SCAIL2Pipeline.enable_memory_settings`: by default all on `device` but the encoders,
+    which come onto it only while they encode)."""
     import diffusers
     import transformers
 
@@ -205,7 +210,7 @@ def load_pipeline(
 
         apply_loras(pipeline.transformer, [parse_lora_arg(spec) for spec in loras])
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.to(device)
+    pipeline.enable_memory_settings(memory or MemorySettings(), device)
     set_attention(pipeline.transformer, attention, device)
     if compile:
         pipeline.transformer.compile_repeated_blocks(fullgraph=True)
@@ -362,7 +367,14 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
         pipeline = load_pipeline(
-            request.model, device, request.loras, request.dtype, request.attention, request.compile, request.quantize
+            request.model,
+            device,
+            request.loras,
+            request.dtype,
+            request.attention,
+            request.compile,
+            request.quantize,
+            request.memory,
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))

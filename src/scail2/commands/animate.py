@@ -78,6 +78,30 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         "matmuls on GPUs with compute capability >= 8.9); folders written by `scail2 convert transformer "
         "--dtype fp8` or from GGUF files are quantised already",
     )
+    _add_memory_arguments(parser)
+
+
+def _add_memory_arguments(parser) -> None:
+    """Where the job keeps weights and activations (scail2.pipelines.memory); none of them changes the video,
+    except --vae-tiling within its blending."""
+    parser.add_argument(
+        "--offload",
+        choices=["none", "model", "group", "sequential"],
+        default="none",
+        help="keep weights on the CPU and move them to the GPU: a whole component at a time (model), a transformer "
+        "block at a time, the next prefetched (group), a layer at a time (sequential: smallest, slowest)",
+    )
+    parser.add_argument(
+        "--cfg-mode",
+        choices=["batched", "sequential", "auto"],
+        default="auto",
+        help="the two guidance passes as one batch, or one after the other (half the activations); auto: batched "
+        "unless the GPU's free memory is below twice one pass's estimated activations",
+    )
+    parser.add_argument("--vae-tiling", action="store_true", help="decode in overlapping 256-px tiles (less memory)")
+    parser.add_argument(
+        "--encoders-on-cpu", action="store_true", help="run the text and image encoders on the CPU (never the GPU)"
+    )
 
 
 def register(subparsers) -> None:
@@ -94,6 +118,7 @@ def run(args) -> int:
     from scail2.animate import AnimateRequest, run_animate, sampling_settings
     from scail2.commands import require_text_dependencies
     from scail2.optional import require
+    from scail2.pipelines.memory import MemorySettings
 
     require("av", purpose="reading the driving video and writing the output video")
     require_text_dependencies(args.model)
@@ -127,6 +152,12 @@ def run(args) -> int:
         width=args.width,
         max_frames=args.max_frames,
         settings=settings,
+        memory=MemorySettings(
+            offload=args.offload,
+            cfg_mode=args.cfg_mode,
+            vae_tiling=args.vae_tiling,
+            encoders_on_cpu=args.encoders_on_cpu,
+        ),
         seed=args.seed,
         loras=args.lora,
         device=args.device,

@@ -12,10 +12,14 @@ from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE
 
 
 class VideoLatentCodec:
-    """Wraps a diffusers `AutoencoderKLWan` (or any VAE with the same encode/decode and latents_mean/std)."""
+    """Wraps a diffusers `AutoencoderKLWan` (or any VAE with the same encode/decode and latents_mean/std).
 
-    def __init__(self, vae):
+    `device` is where the VAE computes; by default where its weights are (an offloaded VAE's are elsewhere).
+    """
+
+    def __init__(self, vae, device: torch.device | None = None):
         self.vae = vae
+        self._device = device
         config = vae.config
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
@@ -24,7 +28,7 @@ class VideoLatentCodec:
 
     @property
     def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
+        return self._device or next(self.vae.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

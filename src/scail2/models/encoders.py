@@ -43,15 +43,19 @@ def clip_pixel_values(images: torch.Tensor, size: int = CLIP_IMAGE_SIZE) -> torc
 
 
 @torch.no_grad()
-def clip_image_features(image_encoder: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def clip_image_features(
+    image_encoder: torch.nn.Module, pixel_values: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
     """Features after all but the last transformer block, no post-norm: [B, 257, 1280] for ViT-H/14.
 
     `hidden_states[-2]` of transformers' CLIPVisionModel is exactly that (index 0 is the
-    pre-normed embedding, index i the output of block i).
+    pre-normed embedding, index i the output of block i). `device`: where the encoder runs (default: where its
+    weights are; an offloaded encoder's weights are elsewhere).
     """
     parameter = next(image_encoder.parameters())
     outputs = image_encoder(
-        pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype), output_hidden_states=True
+        pixel_values=pixel_values.to(device=device or parameter.device, dtype=parameter.dtype),
+        output_hidden_states=True,
     )
     return outputs.hidden_states[-2]
 
@@ -85,14 +89,19 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str], text_len: int = TEXT_LEN
 
 @torch.no_grad()
 def encode_prompts(
-    text_encoder: torch.nn.Module, tokenizer, prompts: Sequence[str], text_len: int = TEXT_LEN
+    text_encoder: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    text_len: int = TEXT_LEN,
+    device: torch.device | None = None,
 ) -> list[torch.Tensor]:
     """Prompts -> one embedding [L_i, d_model] each, trimmed to its real token count.
 
-    The empty prompt gives L = 1 (the EOS token only), as upstream's negative context.
+    The empty prompt gives L = 1 (the EOS token only), as upstream's negative context. `device`: where the
+    encoder runs (default: where its weights are; an offloaded encoder's weights are elsewhere).
     """
     input_ids, attention_mask = tokenize_prompts(tokenizer, prompts, text_len)
-    device = next(text_encoder.parameters()).device
+    device = device or next(text_encoder.parameters()).device
     hidden = text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
     lengths = attention_mask.sum(dim=1).tolist()
     return [states[:length] for states, length in zip(hidden, lengths)]

@@ -10,8 +10,13 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     5. prepare_segment         half-resolution driving latents and driving masks of one segment
     6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
                                clean history re-imposed before and after every step
-    7. decode_segment          latents -> pixels
+    7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default)
     8. stitch, postprocess     drop each later segment's history frames, trim the padding; the output format
+
+Every tensor is made on the execution device (`_execution_device`, as in diffusers), so diffusers' model,
+sequential and group offloading work; `enable_memory_settings` applies a `MemorySettings` (scail2.pipelines.memory).
+The encoders run once per call and then leave the accelerator; a segment's decoded frames go to the CPU at once,
+so only the few frames the next segment re-encodes as history stay on the accelerator between segments.
 
 File reading, resizing and writing live in `scail2.animate`; this class only sees tensors.
 """
@@ -19,6 +24,7 @@ File reading, resizing and writing live in `scail2.animate`; this class only see
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +50,16 @@ from scail2.errors import Scail2Error
 from scail2.models.encoders import clip_image_features, clip_pixel_values, encode_prompts
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.modes import MODES
+from scail2.pipelines.memory import (
+    MemorySettings,
+    available_accelerator_bytes,
+    choose_cfg_mode,
+    detach_accelerate_hooks,
+    has_accelerate_hooks,
+    pass_activation_bytes,
+    tiled_decoding,
+    transformer_tokens,
+)
 from scail2.pipelines.segments import Segment, plan_segments
 
 OUTPUT_TYPES = ("uint8", "pt", "np", "latent")
@@ -93,36 +109,45 @@ def transformer_velocity(
     replace: bool,
     history_frames: int = 0,
     autocast_dtype: torch.dtype | None = None,
+    cfg_mode: str = "batched",
 ):
     """The transformer over one segment's conditions as `velocity(latent, timestep)` for `samplers.sample`.
 
-    `text` is [1, L, D], or [2, L, D] = [negative, prompt] for guidance: both passes then run as one batched
-    forward and the velocity comes back [2, z, T, h, w]. The first `history_frames` latent frames are flagged to
-    the model as clean history.
+    `text` is [1, L, D], or [2, L, D] = [negative, prompt] for guidance: the velocity then comes back
+    [2, z, T, h, w], from one forward on a batch of two (`cfg_mode` "batched") or from one forward per text row,
+    one after the other ("sequential": half the activations, the same numbers). The first `history_frames` latent
+    frames are flagged to the model as clean history.
     """
-    batch = text.shape[0]
+    if cfg_mode not in ("batched", "sequential"):
+        raise ValueError(f"cfg_mode must be 'batched' or 'sequential' here, got {cfg_mode!r}")
     frames, (height, width) = conditions.pose_latents.shape[2], reference.latent.shape[-2:]
-    repeat = lambda t: None if t is None else t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
+    on_device = lambda t: None if t is None else t.to(device)  # noqa: E731
     zeros = reference.mask.new_zeros(1, reference.mask.shape[1], frames, height, width)
-    kwargs = dict(
-        encoder_hidden_states=text.to(device),
-        ref_latents=repeat(reference.latent),
-        ref_masks=repeat(torch.cat([reference.mask, zeros], 2)),
-        pose_latents=repeat(conditions.pose_latents),
-        driving_masks=repeat(conditions.driving_masks),
-        image_embeds=repeat(reference.image_embeds),
-        replace=replace,
-        extra_ref_latents=repeat(reference.extra_latents),
-        extra_ref_masks=repeat(reference.extra_masks),
+    shared = dict(  # batch 1 each, expanded to a pass's batch as views
+        ref_latents=on_device(reference.latent),
+        ref_masks=on_device(torch.cat([reference.mask, zeros], 2)),
+        pose_latents=on_device(conditions.pose_latents),
+        driving_masks=on_device(conditions.driving_masks),
+        image_embeds=on_device(reference.image_embeds),
+        extra_ref_latents=on_device(reference.extra_latents),
+        extra_ref_masks=on_device(reference.extra_masks),
     )
     if history_frames:
-        kwargs["history_mask"] = repeat(history_mask(frames, history_frames, height, width, device=device)[None])
+        shared["history_mask"] = history_mask(frames, history_frames, height, width, device=device)[None]
+    passes = [text.to(device)] if cfg_mode == "batched" else list(text.to(device).split(1))
+
+    def forward(latent: torch.Tensor, timestep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        batch = rows.shape[0]
+        expand = lambda t: None if t is None else t.expand(batch, *t.shape[1:])  # noqa: E731
+        kwargs = {name: expand(value) for name, value in shared.items()}
+        return transformer(
+            expand(latent), timestep.to(device).expand(batch), encoder_hidden_states=rows, replace=replace, **kwargs
+        ).sample.float()
 
     def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            return transformer(
-                latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch), **kwargs
-            ).sample.float()
+            outputs = [forward(latent, timestep, rows) for rows in passes]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     return velocity
 
@@ -136,9 +161,14 @@ class SCAIL2Pipeline(DiffusionPipeline):
     transformer must be a "t2v" model (no CLIP tokens).
     """
 
+    # Model offload moves a component onto the accelerator when it runs and the one before it in this chain off.
+    # The encoders run first, once; then each segment runs the transformer, then the VAE decode, which takes the
+    # transformer off for the decode. The VAE's small encodes before the first transformer pass leave it on the
+    # accelerator during denoising, where it costs its weights only.
     model_cpu_offload_seq = "text_encoder->image_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer", "image_encoder"]
     _callback_tensor_inputs = ["latents"]
+    _encoder_names = ("text_encoder", "image_encoder")
 
     def __init__(
         self, transformer: SCAIL2Transformer3DModel, vae, text_encoder=None, tokenizer=None, image_encoder=None
@@ -151,10 +181,100 @@ class SCAIL2Pipeline(DiffusionPipeline):
             tokenizer=tokenizer,
             image_encoder=image_encoder,
         )
+        self.memory = MemorySettings()
 
     @property
     def codec(self) -> VideoLatentCodec:
-        return VideoLatentCodec(self.vae)
+        return VideoLatentCodec(self.vae, device=self._execution_device)
+
+    # Memory ----------------------------------------------------------------------------------------------------
+    def enable_memory_settings(
+        self, memory: MemorySettings, device: torch.device | str | None = None
+    ) -> SCAIL2Pipeline:
+        """Place the components for `memory.offload` with `device` as the accelerator (default: cuda when there
+        is one, else cpu) and keep `memory` for the guidance mode and VAE tiling of later calls.
+
+        Apply it to a pipeline loaded on the CPU. Once an offload mode is applied, only the guidance mode and the
+        tiling can change on that pipeline (load it again to change the placement).
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        placement = (self.memory.offload, self.memory.encoders_on_cpu)
+        if self.memory.offload != "none" and placement == (memory.offload, memory.encoders_on_cpu):
+            self.memory = memory  # placed already: the guidance mode and tiling are read per call
+            return self
+        if self.memory.offload != "none":
+            raise Scail2Error(
+                f"--offload {self.memory.offload} is already applied to this pipeline; load the pipeline again "
+                f"to apply --offload {memory.offload}"
+            )
+        self.memory = memory
+        if memory.offload == "model":
+            self.enable_model_cpu_offload(device=device)
+        elif memory.offload == "sequential":
+            self._enable_layer_offload(device)
+        else:
+            if memory.offload == "group":
+                self._enable_block_offload(device)
+            else:
+                self.transformer.to(device)
+            self.vae.to(device)
+            for encoder in self._encoders():
+                encoder.to("cpu")  # each call brings them onto the accelerator for its encoding only
+        return self
+
+    def _enable_block_offload(self, device: torch.device) -> None:
+        """diffusers' block-level group offloading of the transformer: one block on the accelerator at a time, the
+        next one prefetched on a CUDA stream (no stream on a CPU)."""
+        streamed = device.type == "cuda"
+        self.transformer.enable_group_offload(
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            non_blocking=streamed,
+            use_stream=streamed,
+        )
+
+    def _enable_layer_offload(self, device: torch.device) -> None:
+        """accelerate's sequential offload of each component (the encoders only when they run on the accelerator):
+        weights on the meta device, each layer's copied in from the CPU when it runs. This is what diffusers'
+        `enable_sequential_cpu_offload` does, except that it names the device by index, and a CPU named "cpu:0"
+        copies every weight on each move and drops its Parameter type."""
+        from accelerate import cpu_offload
+
+        self.to("cpu")
+        encoders = [] if self.memory.encoders_on_cpu else self._encoders()
+        for module in (self.transformer, self.vae, *encoders):
+            cpu_offload(module, device, offload_buffers=len(module._parameters) > 0)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """diffusers' model offload, without hooks on the encoders when `memory.encoders_on_cpu` keeps them on the
+        CPU (also when `maybe_free_model_hooks` applies it again after a call)."""
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        self._unhook_cpu_encoders()
+
+    def _unhook_cpu_encoders(self) -> None:
+        # the execution device is still read from the transformer's hook: it is registered first
+        if self.memory.encoders_on_cpu:
+            for encoder in self._encoders():
+                detach_accelerate_hooks(encoder)
+
+    def _encoders(self) -> list[torch.nn.Module]:
+        return [module for name in self._encoder_names if (module := getattr(self, name, None)) is not None]
+
+    @contextmanager
+    def placed_encoder(self, encoder: torch.nn.Module):
+        """Yields the device `encoder` runs on for one encoding: the CPU under `memory.encoders_on_cpu`, else the
+        execution device; afterwards it leaves the accelerator. Offload hooks, where present, place it instead."""
+        if has_accelerate_hooks(encoder) or self._maybe_raise_error_if_group_offload_active(module=encoder):
+            yield self._execution_device
+            return
+        device = torch.device("cpu") if self.memory.encoders_on_cpu else self._execution_device
+        encoder.to(device)
+        try:
+            yield device
+        finally:
+            encoder.to("cpu")
 
     # 1. -----------------------------------------------------------------------------------------------------
     def check_inputs(self, inputs: AnimationInputs, image_embeds: torch.Tensor | None = None) -> None:
@@ -231,9 +351,9 @@ class SCAIL2Pipeline(DiffusionPipeline):
         Given embeddings ([1, L, text_dim] or [L, text_dim]) stand in for their prompt's umT5 features. Both rows
         are zero-padded to the same length; the transformer zero-pads to text_len anyway.
         """
-        cfg = self.transformer.config
+        cfg, device = self.transformer.config, self._execution_device
         if self.text_encoder is None and prompt_embeds is None:
-            return torch.zeros(1, 1, cfg.text_dim, device=self.device)
+            return torch.zeros(1, 1, cfg.text_dim, device=device)
         guided = guidance_scale > 1
         given = [negative_prompt_embeds, prompt_embeds] if guided else [prompt_embeds]
         missing = [
@@ -244,13 +364,17 @@ class SCAIL2Pipeline(DiffusionPipeline):
                 "negative_prompt_embeds are needed for guidance_scale > 1: this model has no text "
                 "encoder to encode the negative prompt"
             )
-        encoded = iter(
-            encode_prompts(self.text_encoder, self.tokenizer, missing, text_len=cfg.text_len) if missing else []
-        )
+        encoded = iter(self._encode_texts(missing) if missing else [])
         features = [next(encoded) if embeds is None else embeds.reshape(-1, cfg.text_dim) for embeds in given]
         longest = max(f.shape[0] for f in features)
-        padded = [torch.nn.functional.pad(f.float(), (0, 0, 0, longest - f.shape[0])) for f in features]
-        return torch.stack(padded).to(self.device)
+        padded = [torch.nn.functional.pad(f.to(device).float(), (0, 0, 0, longest - f.shape[0])) for f in features]
+        return torch.stack(padded)
+
+    def _encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+        with self.placed_encoder(self.text_encoder) as device:
+            return encode_prompts(
+                self.text_encoder, self.tokenizer, texts, text_len=self.transformer.config.text_len, device=device
+            )
 
     # 3. -----------------------------------------------------------------------------------------------------
     def encode_reference(self, inputs: AnimationInputs, image_embeds: torch.Tensor | None = None) -> EncodedReference:
@@ -263,6 +387,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
             image_embeds = image_embeds.reshape(1, -1, image_embeds.shape[-1]).float()
         latent = codec.encode(inputs.reference[None, :, None])  # [1, z, 1, h, w]
         mask = compress_reference_mask(inputs.reference_mask)
+        image_embeds = None if image_embeds is None else image_embeds.to(latent.device)
         encoded = EncodedReference(latent=latent, mask=mask.to(latent.device), image_embeds=image_embeds)
         if inputs.extra_references:
             images = torch.stack([image for image, _ in inputs.extra_references], dim=1)  # [3, N, H, W]
@@ -277,7 +402,9 @@ class SCAIL2Pipeline(DiffusionPipeline):
         if self.image_encoder is None or self.transformer.config.model_type != "i2v":
             return None
         pixels = clip_pixel_values(reference, size=self.image_encoder.config.image_size)
-        return clip_image_features(self.image_encoder, pixels).float()
+        with self.placed_encoder(self.image_encoder) as device:
+            features = clip_image_features(self.image_encoder, pixels, device=device).float()
+        return features.to(self._execution_device)
 
     # 4. -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -328,11 +455,30 @@ class SCAIL2Pipeline(DiffusionPipeline):
         replace: bool,
         history_frames: int = 0,
         autocast_dtype: torch.dtype | None = None,
+        cfg_mode: str | None = None,
     ):
-        """This pipeline's transformer over one segment's conditions; see `transformer_velocity`."""
+        """This pipeline's transformer over one segment's conditions; see `transformer_velocity`. `cfg_mode`
+        (default: `memory.cfg_mode`) "auto" is resolved here for this segment's size (`choose_cfg_mode`)."""
+        device = self._execution_device
+        cfg_mode = self.guidance_mode(cfg_mode or self.memory.cfg_mode, text.shape[0], conditions, reference)
         return transformer_velocity(
-            self.transformer, self.device, reference, conditions, text, replace, history_frames, autocast_dtype
+            self.transformer, device, reference, conditions, text, replace, history_frames, autocast_dtype, cfg_mode
         )
+
+    def guidance_mode(
+        self, cfg_mode: str, passes: int, conditions: SegmentConditions, reference: EncodedReference
+    ) -> str:
+        """How one segment runs its guidance passes: `cfg_mode` itself, or for "auto" the choice of
+        `choose_cfg_mode` by the accelerator's available memory and one pass's activation peak at this segment's
+        token count."""
+        if cfg_mode != "auto":
+            return cfg_mode
+        cfg = self.transformer.config
+        frames, (height, width) = conditions.pose_latents.shape[2], reference.latent.shape[-2:]
+        extra = 0 if reference.extra_latents is None else reference.extra_latents.shape[2]
+        tokens = transformer_tokens(tuple(cfg.patch_size), frames, height, width, extra)
+        available = available_accelerator_bytes(self._execution_device)
+        return choose_cfg_mode(cfg_mode, passes, available, pass_activation_bytes(tokens, cfg.dim))
 
     def denoise_segment(
         self,
@@ -348,8 +494,10 @@ class SCAIL2Pipeline(DiffusionPipeline):
         callback=None,
     ) -> torch.Tensor:
         """Run the sampler on one segment from `noise` [1, z, T_lat, h, w]. `history` [1, z, t_h, h, w] is
-        re-imposed before and after every step; guidance applies when `text` holds [negative, prompt].
+        re-imposed before and after every step; guidance applies when `text` holds [negative, prompt], its two
+        passes batched or one after the other by `memory.cfg_mode`.
         `callback(step_index, timestep, latent) -> latent or None` runs after every step (see `samplers.sample`)."""
+        device = self._execution_device
         history_frames = 0 if history is None else history.shape[2]
         velocity = self.build_velocity_fn(reference, conditions, text, replace, history_frames, autocast_dtype)
 
@@ -361,10 +509,10 @@ class SCAIL2Pipeline(DiffusionPipeline):
         sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
         return sample(
             velocity,
-            noise.to(self.device),
+            noise.to(device),
             sampler,
             guidance_scale=settings.guidance_scale if text.shape[0] == 2 else None,
-            clean_prefix=None if history is None else history.to(self.device),
+            clean_prefix=None if history is None else history.to(device),
             callback=on_step_end,
         )
 
@@ -392,14 +540,43 @@ class SCAIL2Pipeline(DiffusionPipeline):
 
     # 7. -----------------------------------------------------------------------------------------------------
     def decode_segment(self, latent: torch.Tensor) -> torch.Tensor:
-        """[1, z, T_lat, h, w] -> [3, T, H, W] in [-1, 1]; a NaN anywhere is an error, not a black video."""
-        video = self.codec.decode(latent)[0]
+        """[1, z, T_lat, h, w] -> [3, T, H, W] in [-1, 1] on the execution device, in overlapping tiles under
+        `memory.vae_tiling`; a NaN anywhere is an error, not a black video."""
+        with tiled_decoding(self.vae, self.memory):
+            video = self.codec.decode(latent)[0]
         if not torch.isfinite(video).all():
             raise Scail2Error(
                 "the generated video contains NaN or infinite values; try --dtype fp32 or fewer "
                 "LoRAs / a lower LoRA scale"
             )
         return video
+
+    def segment_output(self, video: torch.Tensor, segment: Segment, output_type: str = "uint8"):
+        """A decoded segment's new frames (history and padding dropped) in the output format, on the CPU; the
+        per-frame formats make concatenating these equal to `postprocess(stitch_video(...))`."""
+        frames = self.postprocess(video[:, segment.history_frames : segment.real_frames], output_type)
+        return frames if isinstance(frames, np.ndarray) else frames.cpu()
+
+    def finish_segment(self, latent: torch.Tensor, segment: Segment, following: Segment | None, output_type: str):
+        """A denoised segment -> (its output on the CPU: frames by `segment_output`, or the latent itself for
+        "latent"; the frames the following segment re-encodes as history, or None). The decoded video is freed
+        on return; a last segment's latent is not decoded when latents are the output."""
+        if output_type == "latent":
+            output = latent.cpu()
+            if following is None:
+                return output, None
+        video = self.decode_segment(latent)
+        if output_type != "latent":
+            output = self.segment_output(video, segment, output_type)
+        return output, self.history_tail(video, following)
+
+    @staticmethod
+    def history_tail(video: torch.Tensor, following: Segment | None) -> torch.Tensor | None:
+        """The decoded frames the following segment re-encodes as its history, copied out of `video` so the rest
+        of it can be freed; None after the last segment."""
+        if following is None or not following.history_frames:
+            return None
+        return video[:, -following.history_frames :].clone()
 
     # 8. -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -421,6 +598,13 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return model_video_to_frames(video)
         frames = ((video.clamp(-1, 1) + 1) / 2).permute(1, 0, 2, 3).contiguous()  # [T, 3, H, W]
         return frames if output_type == "pt" else frames.permute(0, 2, 3, 1).cpu().numpy()
+
+    @staticmethod
+    def join_outputs(parts: list, output_type: str):
+        """Segment outputs (`finish_segment`) -> one video along time; latents stay a list, one per segment."""
+        if output_type == "latent":
+            return parts
+        return np.concatenate(parts) if output_type == "np" else torch.cat(parts)
 
     def history_latent(self, previous: torch.Tensor, segment: Segment) -> torch.Tensor | None:
         """The last `overlap` decoded frames of the previous segment, re-encoded: [1, z, t_h, h, w]."""
@@ -490,37 +674,35 @@ class SCAIL2Pipeline(DiffusionPipeline):
         segments = self.plan_segments(inputs.driving.shape[0], settings)
         noise = self.prepare_latents(inputs, segments, generator or torch.Generator().manual_seed(seed), latents)
         timings["encode_s"] = time.perf_counter() - start
-        # 5-7. condition, denoise and decode segment after segment (each needs the previous one's decoded frames)
-        final_latents: list[torch.Tensor] = []
-        decoded: list[torch.Tensor] = []
+        # 5-7. condition, denoise and decode segment after segment (each needs the previous one's last frames);
+        # the decoded frames go to the CPU at once, only the next history's frames stay on the accelerator
+        outputs: list = []
+        tail: torch.Tensor | None = None
         # a context manager, so an error message is never interleaved with a half-drawn bar
         with tqdm(total=len(segments) * settings.steps, disable=not progress, unit="step", desc="denoise") as bar:
             for segment, segment_noise in zip(segments, noise):
                 bar.set_description(f"segment {segment.index + 1}/{len(segments)}")
                 conditions = self.prepare_segment(inputs, segment)
-                history = self.history_latent(decoded[-1], segment) if decoded else None
+                history = self.history_latent(tail, segment) if tail is not None else None
                 tic = time.perf_counter()
-                final_latents.append(
-                    self.denoise_segment(
-                        reference,
-                        conditions,
-                        text,
-                        segment_noise,
-                        history,
-                        settings,
-                        replace=inputs.mode == "replace",
-                        autocast_dtype=autocast_dtype,
-                        progress=bar,
-                        callback=step_end,
-                    )
+                latent = self.denoise_segment(
+                    reference,
+                    conditions,
+                    text,
+                    segment_noise,
+                    history,
+                    settings,
+                    replace=inputs.mode == "replace",
+                    autocast_dtype=autocast_dtype,
+                    progress=bar,
+                    callback=step_end,
                 )
                 timings[f"segment_{segment.index}_denoise_s"] = time.perf_counter() - tic
-                if output_type != "latent" or segment is not segments[-1]:
-                    decoded.append(self.decode_segment(final_latents[-1]))
-        # 8. stitch and format
-        if output_type == "latent":
-            frames = final_latents
-        else:
-            frames = self.postprocess(self.stitch_video(decoded, segments), output_type)
+                following = segments[segment.index + 1] if segment.index + 1 < len(segments) else None
+                output, tail = self.finish_segment(latent, segment, following, output_type)
+                outputs.append(output)
+        # 8. stitch (on the CPU) and take the last offloaded component off the accelerator
+        frames = self.join_outputs(outputs, output_type)
+        self.maybe_free_model_hooks()
         timings["total_s"] = time.perf_counter() - start
         return AnimationResult(frames=frames, segments=segments, timings=timings)
