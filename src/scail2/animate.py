@@ -27,6 +27,7 @@ from scail2.conditioning import AnimationInputs
 from scail2.data.format import atomic_write_bytes, read_json
 from scail2.errors import Scail2Error
 from scail2.models.quantize import pipeline_components
+from scail2.modes import parse_mode
 from scail2.pipelines.memory import MemorySettings
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
@@ -67,6 +68,9 @@ class AnimateRequest:
     quantize: str | None = None
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
 
 
 @dataclass

@@ -225,3 +225,41 @@ def test_pinned_outputs_of_every_sampler(pipeline):
         assert got[sampler]["segment_abs_mean"] == pytest.approx(values["segment_abs_mean"], abs=1e-5)
         assert np.abs(np.subtract(got[sampler]["video_slice"], values["video_slice"])).max() <= 1
         assert got[sampler]["video_mean"] == pytest.approx(values["video_mean"], abs=0.02)
+
+
+def test_segment_settings_are_checked_when_made():
+    with pytest.raises(Scail2Error, match="--segment-length must be 4n\\+1"):
+        SamplingSettings(segment_length=80)
+    with pytest.raises(Scail2Error, match="--overlap must be 4n\\+1"):
+        SamplingSettings(overlap=4)
+    assert len(plan_segments(17, 17, 17)) == 1  # one segment needs no overlap
+    with pytest.raises(Scail2Error, match="--overlap 17 must be shorter than --segment-length 17 for a video of 18"):
+        plan_segments(18, 17, 17)
+
+
+def test_an_unknown_mode_is_refused_before_anything_is_read(tmp_path):
+    from scail2.animate import AnimateRequest
+
+    with pytest.raises(Scail2Error, match="--mode must be one of animate, replace"):
+        AnimateRequest(ref=tmp_path / "none.png", driving=tmp_path / "none.mp4", out=tmp_path / "o.mp4", mode="dance")
+    assert AnimateRequest(ref="r.png", driving="d.mp4", out="o.mp4", mode="replacement").mode == "replace"
+
+
+def test_negative_embeddings_alone_are_refused_without_a_text_encoder():
+    silent = tiny_pipeline(seed=1, text=False, image=False)
+    inputs = pinned_inputs(5, "animate")
+    negative = torch.zeros(1, 4, silent.transformer.config.text_dim)
+    with pytest.raises(Scail2Error, match="negative_prompt_embeds were given without prompt_embeds"):
+        silent(inputs, ONE, negative_prompt_embeds=negative, progress=False)
+
+
+def test_a_tensor_the_callback_returns_stays_the_callers(pipeline):
+    kept = []
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        replacement = torch.zeros_like(callback_kwargs["latents"])
+        kept.append(replacement)
+        return {"latents": replacement}
+
+    pipeline(pinned_inputs(13, "animate"), ONE, seed=2, callback_on_step_end=callback, progress=False)
+    assert all(not tensor.any() for tensor in kept)  # the history prefix went into the loop's own copy

@@ -125,7 +125,8 @@ def sample(
         latent = _write_prefix(sampler.step(velocity, index, latent), clean_prefix)
         if callback is not None:
             replaced = callback(index, timestep, latent)
-            latent = latent if replaced is None else _write_prefix(replaced, clean_prefix)
+            # a copy: the caller's tensor is theirs, and the loop writes the prefix in place
+            latent = latent if replaced is None else _write_prefix(replaced.clone(), clean_prefix)
     return latent
 
 

@@ -11,7 +11,7 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
                                clean history re-imposed before and after every step
     7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default)
-    8. stitch, postprocess     drop each later segment's history frames, trim the padding; the output format
+    8. stitch_video, postprocess  drop each later segment's history frames, trim the padding; the output format
 
 Every tensor is made on the execution device (`_execution_device`, as in diffusers), so diffusers' model,
 sequential and group offloading work; `enable_memory_settings` applies a `MemorySettings` (scail2.pipelines.memory).
@@ -34,6 +34,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from tqdm.auto import tqdm
 
 from scail2.conditioning import (
+    TEMPORAL_STRIDE,
     AnimationInputs,
     EncodedReference,
     SegmentConditions,
@@ -83,6 +84,10 @@ class SamplingSettings:
             raise Scail2Error(f"--steps must be at least 1, got {self.steps}")
         if self.shift <= 0:
             raise Scail2Error(f"--shift must be positive, got {self.shift}")
+        if self.segment_length < 1 or (self.segment_length - 1) % TEMPORAL_STRIDE:
+            raise Scail2Error(f"--segment-length must be 4n+1 (e.g. 81), got {self.segment_length}")
+        if self.overlap < 1 or (self.overlap - 1) % TEMPORAL_STRIDE:
+            raise Scail2Error(f"--overlap must be 4n+1 (e.g. 5), got {self.overlap}")
 
 
 # Named sampler presets: upstream's defaults, and the fast DPM++ preset of the MLX port (docs/architecture.md,
@@ -353,6 +358,11 @@ class SCAIL2Pipeline(DiffusionPipeline):
         """
         cfg, device = self.transformer.config, self._execution_device
         if self.text_encoder is None and prompt_embeds is None:
+            if negative_prompt_embeds is not None:
+                raise Scail2Error(
+                    "negative_prompt_embeds were given without prompt_embeds, and this model has no text encoder "
+                    "to encode the prompt; pass prompt_embeds too"
+                )
             return torch.zeros(1, 1, cfg.text_dim, device=device)
         guided = guidance_scale > 1
         given = [negative_prompt_embeds, prompt_embeds] if guided else [prompt_embeds]
@@ -580,13 +590,8 @@ class SCAIL2Pipeline(DiffusionPipeline):
 
     # 8. -----------------------------------------------------------------------------------------------------
     @staticmethod
-    def stitch(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
-        """Concatenate each segment's new frames (history and padding dropped) -> [T, H, W, 3] uint8."""
-        return model_video_to_frames(SCAIL2Pipeline.stitch_video(decoded, segments))
-
-    @staticmethod
     def stitch_video(decoded: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:
-        """As `stitch`, in floats: [3, T, H, W] in [-1, 1]."""
+        """Concatenate each segment's new frames (history and padding dropped) -> [3, T, H, W]."""
         parts = [video[:, seg.history_frames : seg.real_frames] for video, seg in zip(decoded, segments)]
         return torch.cat(parts, dim=1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scail2.conditioning.geometry import TEMPORAL_STRIDE, valid_length
+from scail2.errors import Scail2Error
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,13 @@ def plan_segments(num_frames: int, length: int = 81, overlap: int = 5) -> list[S
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
     if length < 1 or (length - 1) % TEMPORAL_STRIDE:
-        raise ValueError(f"segment length must be 4n+1 (e.g. 81), got {length}")
-    if overlap < 1 or (overlap - 1) % TEMPORAL_STRIDE or overlap >= length:
-        raise ValueError(f"overlap must be 4n+1 and shorter than the segment (e.g. 5), got {overlap}")
+        raise Scail2Error(f"--segment-length must be 4n+1 (e.g. 81), got {length}")
+    if overlap < 1 or (overlap - 1) % TEMPORAL_STRIDE:
+        raise Scail2Error(f"--overlap must be 4n+1 (e.g. 5), got {overlap}")
+    if num_frames > length and overlap >= length:  # only a video longer than one segment needs the overlap
+        raise Scail2Error(
+            f"--overlap {overlap} must be shorter than --segment-length {length} for a video of {num_frames} frames"
+        )
     segments, start = [], 0
     while True:
         history = overlap if segments else 0
