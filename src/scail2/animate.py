@@ -61,6 +61,7 @@ class AnimateRequest:
     memory: MemorySettings = field(default_factory=MemorySettings)
     seed: int = 0
     loras: list[str] = field(default_factory=list)
+    lora_mode: str = "fused"
     device: str | None = None
     dtype: str = "auto"
     attention: str | None = None
@@ -178,9 +179,11 @@ def load_pipeline(
     compile: bool = False,
     quantize: str | None = None,
     memory: MemorySettings | None = None,
+    lora_mode: str = "fused",
 ) -> SCAIL2Pipeline:
     """A model folder as a pipeline on `device`: the transformer and the encoders loaded in `dtype` (see
-    `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused; the attention kernel set (`attention`, see
+    `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused, or with `lora_mode="unfused"` applied beside the
+    weights (`scail2.models.lora_unfused`); the attention kernel set (`attention`, see
     `scail2.models.attention.set_attention`); and with `compile`, each transformer block compiled
     (diffusers' regional compilation: one compiled block serves all 40); with `quantize` ("fp8") the
     transformer's block linears are quantised while they load (`scail2.models.quantize`); the components are
@@ -210,9 +213,11 @@ def load_pipeline(
             f"{transformer_channels}; put the VAE the transformer was trained with in {folder / 'vae'}"
         )
     if loras:
-        from scail2.models.lora import apply_loras, parse_lora_arg
+        from scail2.models.lora import LORA_MODES, apply_loras, parse_lora_arg
 
-        apply_loras(pipeline.transformer, [parse_lora_arg(spec) for spec in loras])
+        if lora_mode not in LORA_MODES:
+            raise Scail2Error(f"--lora-mode {lora_mode!r} is not one of {', '.join(LORA_MODES)}")
+        apply_loras(pipeline.transformer, [parse_lora_arg(spec) for spec in loras], fuse=lora_mode == "fused")
     pipeline.set_progress_bar_config(disable=True)
     pipeline.enable_memory_settings(memory or MemorySettings(), device)
     set_attention(pipeline.transformer, attention, device)
@@ -377,8 +382,9 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
             request.dtype,
             request.attention,
             request.compile,
-            request.quantize,
-            request.memory,
+            quantize=request.quantize,
+            memory=request.memory,
+            lora_mode=request.lora_mode,
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))

@@ -21,9 +21,10 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--model", help="converted model folder (default: the bundled demo model)")
     parser.add_argument(
         "--preset",
-        choices=["quality", "fast"],
-        help="sampler preset (default: quality, or the bundled model's own settings without "
-        "--model); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields",
+        choices=["quality", "fast", "distill"],
+        help="sampler preset (default: quality, or the bundled model's own settings without --model); distill: "
+        "4 Euler steps, shift 5, no guidance, for a step-distill LoRA given with --lora (e.g. lightx2v's "
+        "Wan2.1-I2V-14B one); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields",
     )
     parser.add_argument("--sampler", choices=["unipc", "dpm++", "euler"])
     parser.add_argument("--steps", type=int)
@@ -42,7 +43,14 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         action="append",
         default=[],
         metavar="FILE[:SCALE]",
-        help="LoRA to fuse (official SAT, Wan/ComfyUI or peft format); repeatable",
+        help="LoRA to apply (official SAT, Wan/ComfyUI/lightx2v or peft format); repeatable",
+    )
+    parser.add_argument(
+        "--lora-mode",
+        choices=["fused", "unfused"],
+        default="fused",
+        help="fused: added into the weights (no cost per step); unfused: kept beside them (a small cost per "
+        "step; the LoRA keeps its precision on fp8/GGUF weights)",
     )
     parser.add_argument(
         "--extra-ref",
@@ -128,6 +136,11 @@ def run(args) -> int:
             f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "
             f"demo model ({bundled.bundled_model_dir()}); prompts and --cfg do not apply to it"
         )
+    if args.preset == "distill" and not args.lora:
+        print(
+            f"scail2 {args.command}: --preset distill samples 4 steps without guidance, made for a step-distill "
+            "LoRA (--lora FILE); without one the video comes out blurred"
+        )
     settings = sampling_settings(
         args.preset,
         use_bundled,
@@ -160,6 +173,7 @@ def run(args) -> int:
         ),
         seed=args.seed,
         loras=args.lora,
+        lora_mode=args.lora_mode,
         device=args.device,
         dtype=args.dtype,
         attention=args.attention,

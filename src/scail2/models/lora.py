@@ -6,19 +6,23 @@ Three file layouts are understood:
   `model.diffusion_model.transformer.layers.{i}.<m>.lora_layer[.{j}].{down,up}.weight` (and `.diff_b`),
   the fused QKV / KV index j selecting q, k, v. Scale: the user scale only (the official conversion
   is a pure rename).
-* Wan / ComfyUI: `[diffusion_model.]X.lora_down.weight`, `X.lora_up.weight`, optional `X.alpha`,
-  full-rank `X.diff` / `X.diff_b`. Scale: user scale x alpha / rank when `.alpha` is given.
+* Wan / ComfyUI / lightx2v: `[diffusion_model.]X.lora_down.weight`, `X.lora_up.weight`, optional `X.alpha`,
+  full-rank `X.diff` / `X.diff_b` (weight / bias) and `blocks.{i}.diff_m` (the block's `modulation`, in the
+  step-distill LoRAs). Scale: user scale x alpha / rank when `.alpha` is given.
 * peft / diffusers: `[base_model.model.|transformer.]X.lora_A[.adapter].weight`, `X.lora_B...`.
   Scale: user scale x lora_alpha / r (or / sqrt(r) with rsLoRA, per-module `alpha_pattern`) from an
   `adapter_config.json` beside the weights, else the user scale.
 
 X is a Wan module name (`blocks.3.self_attn.q`); diffusers' Wan names (`blocks.3.attn1.to_q`) are
-translated. Fusion happens in float32: W += scale * (up @ down), and full-rank `.diff` / `.diff_b`
-deltas are added to the weight / bias. Matching is strict: every tensor of the file must land on a
-parameter with the right shape, otherwise a one-line Scail2Error lists the first 10 offenders and
-their count, and the model is left untouched. The one documented exception: a `patch_embedding`
+translated. Fusion happens in float32: W += scale * (up @ down), and full-rank `.diff` / `.diff_b` /
+`.diff_m` deltas are added to the weight / bias / modulation. Matching is strict: every tensor of the file
+must land on a parameter with the right shape, otherwise a one-line Scail2Error lists the first 10 offenders
+and their count, and the model is left untouched. The one documented exception: a `patch_embedding`
 delta whose input width differs from the model's (the 36-channel vanilla Wan2.1-I2V patch embedding
 in distill LoRAs; SCAIL-2 has 20) is skipped with a warning.
+
+`apply_loras(..., fuse=False)` applies the same files without fusing them (`scail2.models.lora_unfused`: the
+scale can change and the LoRA can be removed later).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ SAT_KEY = re.compile(
     r"^model\.diffusion_model\.transformer\.layers\.(?P<layer>\d+)\.(?P<module>.+?)\.lora_layer"
     r"(?:\.(?P<index>\d+))?\.(?P<part>down\.weight|up\.weight|diff_b|diff)$"
 )
+# `--lora-mode`: fused into the weights (the default: no cost per step), or unfused (hot-swappable, and the only
+# way to keep a LoRA at full precision on top of quantised weights).
+LORA_MODES = ("fused", "unfused")
 # Key prefixes added by ComfyUI, peft and diffusers around the module name.
 KEY_PREFIXES = ("diffusion_model.", "base_model.model.", "transformer.")
 # Suffix of a LoRA tensor -> the part it holds.
@@ -64,6 +71,7 @@ PART_SUFFIXES = (
     (re.compile(r"\.lora_B(?:\.[A-Za-z_][\w-]*)?\.weight$"), "up"),
     (re.compile(r"\.alpha$"), "alpha"),
     (re.compile(r"\.diff_b$"), "diff_b"),
+    (re.compile(r"\.diff_m$"), "diff_m"),
     (re.compile(r"\.diff$"), "diff"),
 )
 # diffusers' WanTransformer3DModel module names -> Wan names (ordered substitutions).
@@ -264,12 +272,12 @@ def _low_rank_shape(update: ModuleUpdate) -> torch.Size:
 
 
 @dataclass
-class _Delta:
+class LoraDelta:
     """One parameter update, computed only when it is fused (a 14B model's deltas would not fit in RAM at once)."""
 
     parameter: str
     update: ModuleUpdate
-    kind: str  # "low_rank" (up @ down), "diff" (weight delta) or "diff_b" (bias delta)
+    kind: str  # "low_rank" (up @ down), "diff" (weight delta), "diff_b" (bias delta), "diff_m" (modulation)
     scale: float
 
     def tensor(self) -> torch.Tensor:
@@ -294,12 +302,14 @@ def _requests(
         requests.append(("weight", "diff", parts["diff"].shape, 1.0))
     if "diff_b" in parts:
         requests.append(("bias", "diff_b", parts["diff_b"].shape, 1.0))
+    if "diff_m" in parts:  # `blocks.{i}.diff_m`: the block's modulation [1, 6, dim]
+        requests.append(("modulation", "diff_m", parts["diff_m"].shape, 1.0))
     return requests
 
 
 def plan_lora(
     model: nn.Module, updates: Mapping[str, ModuleUpdate], *, source: Path, config: Mapping[str, Any] | None = None
-) -> tuple[list[_Delta], list[str]]:
+) -> tuple[list[LoraDelta], list[str]]:
     """Match every update to a parameter and check shapes; returns (deltas, skipped notes) or raises."""
     parameters = dict(model.named_parameters())
     deltas, skipped, problems = [], [], []
@@ -317,7 +327,7 @@ def plan_lora(
                 else:
                     problems.append(f"{name} delta {tuple(shape)} vs {tuple(parameters[name].shape)}")
             else:
-                deltas.append(_Delta(name, update, kind, scale))
+                deltas.append(LoraDelta(name, update, kind, scale))
     if problems:
         raise Scail2Error(
             f"{source}: {len(problems)} LoRA entries do not fit the transformer ({format_keys(problems)}); "
@@ -327,7 +337,7 @@ def plan_lora(
 
 
 @torch.no_grad()
-def fuse_deltas(model: nn.Module, deltas: Sequence[_Delta], scale: float) -> None:
+def fuse_deltas(model: nn.Module, deltas: Sequence[LoraDelta], scale: float) -> None:
     """W += scale * delta_scale * delta, computed in float32 and cast back to each parameter's dtype."""
     parameters = dict(model.named_parameters())
     for item in deltas:
@@ -365,10 +375,17 @@ def apply_lora(
     )
 
 
-def apply_loras(model: nn.Module, specs: Sequence[LoraSpec]) -> list[LoraReport]:
-    """Load and fuse each `--lora FILE[:SCALE]` in order."""
+def apply_loras(model: nn.Module, specs: Sequence[LoraSpec], *, fuse: bool = True) -> list[LoraReport]:
+    """Load and apply each `--lora FILE[:SCALE]` in order: fused into the weights (`fuse=True`), or unfused,
+    returning `LoraHandle`s (LoraReports with `set_scale` and `remove`, see `scail2.models.lora_unfused`)."""
+    if not fuse:
+        from scail2.models.lora_unfused import attach_lora
+
+        apply = attach_lora
+    else:
+        apply = apply_lora
     reports = []
     for spec in specs:
         state_dict, config = load_lora_file(spec.path)
-        reports.append(apply_lora(model, state_dict, spec.scale, source=spec.path, adapter_config=config))
+        reports.append(apply(model, state_dict, spec.scale, source=spec.path, adapter_config=config))
     return reports

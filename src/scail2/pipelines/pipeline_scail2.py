@@ -90,11 +90,14 @@ class SamplingSettings:
             raise Scail2Error(f"--overlap must be 4n+1 (e.g. 5), got {self.overlap}")
 
 
-# Named sampler presets: upstream's defaults, and the fast DPM++ preset of the MLX port (docs/architecture.md,
-# "Sampler grids").
+# Named sampler presets (docs/architecture.md, "Sampler grids"): upstream's defaults; the fast DPM++ preset of the
+# MLX port; and the preset of the step- and guidance-distilled LoRAs for Wan2.1-I2V-14B (applied with --lora),
+# which were trained on exactly the timesteps of 4 Euler steps at shift 5 (1000, 937.5, 833.3, 625) and
+# without the unconditional pass.
 SAMPLING_PRESETS: dict[str, SamplingSettings] = {
     "quality": SamplingSettings(sampler="unipc", steps=40, shift=5.0, guidance_scale=5.0),
     "fast": SamplingSettings(sampler="dpm++", steps=16, shift=5.0, guidance_scale=5.0),
+    "distill": SamplingSettings(sampler="euler", steps=4, shift=5.0, guidance_scale=1.0),
 }
 
 
