@@ -400,17 +400,37 @@ def _denoise_inputs(folder: ModelFolder, job: JobShape, batch: int) -> int:
 
 
 def _phase_activations(folder: ModelFolder, job: JobShape, options: RunOptions, tokens, sizes) -> dict[str, int]:
-    meta, components = _meta_modules(folder), folder.components
+    """Activation bytes of every phase that runs on the GPU."""
+    acts = _encoder_activations(folder, job, options)
+    acts.update(_vae_activations(folder, job, options))
     batch = 2 if job.guided and options.cfg_mode == "batched" else 1
     precision = "fp32" if options.dtype == "fp32" else "bf16"
-    acts = {}
-    if "text_encoder" in components and options.encoders != "cpu":
-        te = meta.get("text_encoder", run_element_bytes(components["text_encoder"], options))
-        acts["text encoder"] = text_encoder_bytes(te, 2 if job.guided else 1, folder.transformer.config["text_len"])
-    if "image_encoder" in components and options.encoders != "cpu":
-        ie = meta.get("image_encoder", run_element_bytes(components["image_encoder"], options))
-        acts["image encoder"] = image_encoder_bytes(ie, 1)
-    vae = meta.get("vae", run_element_bytes(folder.vae, options))
+    forward = transformer_forward_bytes(folder.transformer.config, tokens, batch, precision)
+    # fp8 and GGUF layers dequantise their weight to the compute dtype for the matmul, one layer at a time.
+    dequantised = sizes["transformer"].largest_linear if options.quantize == "fp8" or options.gguf else 0
+    acts["denoise"] = forward + dequantised + _denoise_inputs(folder, job, batch)
+    return acts
+
+
+def _encoder_activations(folder: ModelFolder, job: JobShape, options: RunOptions) -> dict[str, int]:
+    """The encoders' phases, traced (none on the GPU with --encoders cpu)."""
+    meta, components, acts = _meta_modules(folder), folder.components, {}
+    if options.encoders == "cpu":
+        return acts
+    if "text_encoder" in components:
+        text_encoder = meta.get("text_encoder", run_element_bytes(components["text_encoder"], options))
+        prompts = 2 if job.guided else 1  # the negative prompt rides in the same batch
+        acts["text encoder"] = text_encoder_bytes(text_encoder, prompts, folder.transformer.config["text_len"])
+    if "image_encoder" in components:
+        image_encoder = meta.get("image_encoder", run_element_bytes(components["image_encoder"], options))
+        acts["image encoder"] = image_encoder_bytes(image_encoder, 1)
+    return acts
+
+
+def _vae_activations(folder: ModelFolder, job: JobShape, options: RunOptions) -> dict[str, int]:
+    """The largest VAE encode of the job (reference, a segment's half-resolution driving frames, the re-encoded
+    history) and one segment's decode, traced."""
+    vae = _meta_modules(folder).get("vae", run_element_bytes(folder.vae, options))
     tiled, frames, h, w = options.vae_tiling, job.segment_frames, job.height, job.width
     encodes = [
         vae_encode_bytes(vae, 1, h, w, tiled, batch=max(1, job.extra_refs)),
@@ -418,14 +438,10 @@ def _phase_activations(folder: ModelFolder, job: JobShape, options: RunOptions, 
     ]
     if job.segments > 1:
         encodes.append(vae_encode_bytes(vae, job.overlap, h, w, tiled))
-    acts["vae encode"] = max(encodes)
-    forward = transformer_forward_bytes(folder.transformer.config, tokens, batch, precision)
-    dequantised = sizes["transformer"].largest_linear if options.quantize == "fp8" or options.gguf else 0
-    acts["denoise"] = forward + dequantised + _denoise_inputs(folder, job, batch)
     latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
     decoded = vae_decode_bytes(vae, latent_frames, h // SPATIAL_STRIDE, w // SPATIAL_STRIDE, tiled)
-    acts["vae decode"] = decoded + frames * h * w * 3 * 2  # the finite check (bool) and the uint8 frames
-    return acts
+    # The decoded video's finite check (bool) and its uint8 frames before they leave for the host.
+    return {"vae encode": max(encodes), "vae decode": decoded + frames * h * w * 3 * 2}
 
 
 def _host_bytes(folder: ModelFolder, job: JobShape, sizes: dict[str, WeightSizes], options: RunOptions) -> int:

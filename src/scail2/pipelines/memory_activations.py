@@ -2,15 +2,18 @@
 forward, the VAE and the encoders by tracing their own forward on the meta device.
 
 The VAE and the encoders run in their stored dtype without autocast, so their forward traced on meta tensors
-(`scail2.pipelines.live_bytes.traced_peak`) allocates exactly what it would on the GPU, tiling and frame
-chunking included. The transformer runs under bf16 autocast on GPUs, which the meta device cannot trace, so its
-per-block peak is a small table (`BLOCK_MEMORY`) measured on the real forward on CPU with the same tracker
-(`measure_block_memory`; tests check the table against it and at 14B scale).
+(`scail2.pipelines.live_bytes.traced_peak`) allocates exactly what it would on the GPU, frame chunking and
+causal caches included (tiled decoding: one tile's trace plus the tiles held until blending). The transformer
+runs under bf16 autocast on GPUs, which the meta device cannot trace, so its per-block peak is a small table
+(`BLOCK_MEMORY`) measured on the real forward on CPU with the same tracker (`measure_block_memory`; tests
+check the table against it and at 14B scale). See docs/architecture.md, "Memory plan".
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +157,16 @@ def _affine(traced, count: int, points: tuple[int, int], step: int) -> int:
     return int(high + per_step * ((count - points[1]) // step))
 
 
+@contextlib.contextmanager
+def untiled(vae) -> Iterator[None]:
+    """The VAE's whole-frame path while tracing (tiled decoding is sized from one tile's trace)."""
+    tiling, vae.use_tiling = vae.use_tiling, False
+    try:
+        yield
+    finally:
+        vae.use_tiling = tiling
+
+
 def _tile_grid(size: int, stride: int, tile: int) -> list[int]:
     """Sizes of the overlapping tiles diffusers' tiled VAE cuts one axis of `size` into."""
     return [min(tile, size - start) for start in range(0, size, stride)]
@@ -188,7 +201,8 @@ def _decode_untiled(vae, latent_frames: int, latent_height: int, latent_width: i
             latent = torch.empty(1, vae.config.z_dim, count, latent_height, latent_width, device="meta")
             return vae.decode(latent.to(dtype)).sample.float().clamp(-1, 1)
 
-        return traced_peak(run)
+        with untiled(vae):
+            return traced_peak(run)
 
     return _affine(decode, latent_frames, DECODE_TRACED, 1)
 
@@ -219,7 +233,8 @@ def _encode_untiled(vae, frames: int, height: int, width: int, batch: int) -> in
             pixels = torch.empty(batch, 3, count, height, width, device="meta")
             return vae.encode(pixels.to(dtype)).latent_dist.mode().float()
 
-        return traced_peak(run)
+        with untiled(vae):
+            return traced_peak(run)
 
     return _affine(encode, frames, ENCODE_TRACED, TEMPORAL_STRIDE)
 
