@@ -31,6 +31,12 @@ def test_plan_compares_cards_in_one_table(capsys):
     assert rows[3].startswith("| 80 GiB | bf16, batched CFG | (defaults) |")
 
 
+def test_without_guidance_one_pass_fits_a_48_gib_card_as_it_is(capsys):
+    assert main(["plan", "--model", "14b", "--gpu-memory", "48", "--cfg", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no guidance" in out and "options: bf16, batched CFG\n" in out
+
+
 def test_options_given_on_the_command_line_are_kept(capsys):
     assert main(["plan", "--model", "14b", "--gpu-memory", "24", "--quantize", "fp8", "--vae-tiling"]) == 0
     assert "options: fp8, group offload, batched CFG, VAE tiling" in capsys.readouterr().out

@@ -173,6 +173,25 @@ def test_a_gguf_transformer_is_read_from_its_tensor_table(tmp_path):
     assert sum(t.stored_bytes for t in linears) == sum(t.numel for t in linears) * GGUF_BITS["Q8_0"] / 8
 
 
+def test_a_transformer_stored_in_fp8_is_planned_as_fp8(tmp_path):
+    from safetensors.torch import save_file
+
+    model = transformer(MID, "bf16")
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.ndim == 2 and name.startswith("blocks."):
+            state[name] = tensor.to(torch.float8_e4m3fn)
+            state[name.removesuffix(".weight") + ".scale_weight"] = torch.ones(tensor.shape[0])
+        else:
+            state[name] = tensor
+    folder = _folder_of(tmp_path, MID)
+    save_file(state, folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    plan = predict(folder, JobShape(64, 96, 9), RunOptions())
+    assert plan.options.quantize == "fp8"
+    fp8 = transformer_sizes(ModelFolder.read(folder).transformer, plan.options)
+    assert fp8.total == sum(t.numel() * t.element_size() for t in state.values())
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Transformer activations
 # ------------------------------------------------------------------------------------------------------------

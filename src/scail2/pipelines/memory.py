@@ -279,8 +279,8 @@ def tensor_run_bytes(component: Component, options: RunOptions) -> dict[str, int
     element = COMPUTE_BYTES[options.dtype]
     sizes = {}
     for tensor in component.tensors:
-        if component.source == "gguf" or tensor.dtype.startswith("F8"):
-            sizes[tensor.name] = tensor.stored_bytes  # stays quantised in memory
+        if component.source == "gguf" or tensor.dtype.startswith("F8") or "scale" in tensor.name:
+            sizes[tensor.name] = tensor.stored_bytes  # stays quantised in memory, with its scales as stored
         elif options.gguf and is_block_linear(tensor):
             sizes[tensor.name] = int(tensor.numel * GGUF_BITS[options.gguf] / 8)
         elif options.quantize == "fp8" and is_block_linear(tensor):
@@ -455,14 +455,20 @@ def _host_bytes(folder: ModelFolder, job: JobShape, sizes: dict[str, WeightSizes
     return PROCESS_HOST_BYTES + frames + segment_video + weights + reading
 
 
+def stored_format(transformer: Component, options: RunOptions) -> RunOptions:
+    """Options that say what the folder's transformer already is: a GGUF file, or fp8 weights."""
+    if transformer.source == "gguf" and options.gguf is None:
+        return dataclasses.replace(options, gguf=transformer.gguf_type if transformer.gguf_type in GGUF_BITS else None)
+    if any(t.dtype.startswith("F8") for t in transformer.tensors):
+        return dataclasses.replace(options, quantize="fp8")
+    return options
+
+
 def predict(folder: ModelFolder | str | Path, job: JobShape, options: RunOptions = RunOptions()) -> MemoryPlan:
     """The memory plan of `job` on the model in `folder` under `options` (nothing loaded, nothing checked)."""
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder.read(folder)
     transformer = folder.transformer
-    if transformer.source == "gguf" and options.gguf is None:
-        options = dataclasses.replace(
-            options, gguf=transformer.gguf_type if transformer.gguf_type in GGUF_BITS else None
-        )
+    options = stored_format(transformer, options)
     sizes = {"transformer": transformer_sizes(transformer, options)}
     for name in ("text_encoder", "image_encoder", "vae"):
         if name in folder.components:
@@ -525,6 +531,7 @@ def candidate_options(folder: ModelFolder, job: JobShape, fixed: Mapping[str, ob
         "dtype": ("bf16",),
         "gguf": (None,),
         "quantize": QUANTIZE if fixed.get("gguf") is None and folder.transformer.source != "gguf" else ("none",),
+        # (a transformer stored in fp8 or GGUF stays so: `predict` reads its format from the folder)
         "offload": OFFLOAD,
         "cfg_mode": CFG_MODES if job.guided else ("batched",),
         "vae_tiling": (False, True),
