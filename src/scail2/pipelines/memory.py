@@ -643,7 +643,7 @@ def check_fits(
     extra_refs: int = 0,
     guided: bool = True,
 ) -> MemoryPlan:
-    """The memory plan of an animation job, checked before any weight is loaded (`scail2 animate` calls it).
+    """The memory plan of an animation job, checked before any weight is loaded (for `scail2 animate` to call).
 
     `options`: a `RunOptions` is checked as given; a mapping of some fields holds those and chooses the rest;
     None chooses all. `gpu_memory` (GiB, the card's size) defaults to the detected CUDA device's free memory;
