@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import build_inputs, random_transformer
 from scail2.pipelines.live_bytes import peak_tensor_bytes
-from scail2.pipelines.memory import GIB, JobShape, cards_table, choose_options, usable_gpu_bytes
+from scail2.pipelines.memory_plan import GIB, JobShape, cards_table, choose_options, usable_gpu_bytes
 from scail2.pipelines.memory_activations import (
     transformer_forward_bytes,
     transformer_tokens,

@@ -61,7 +61,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from scail2.errors import Scail2Error
-    from scail2.pipelines.memory import (
+    from scail2.pipelines.memory_plan import (
         GIB,
         JobShape,
         RunOptions,

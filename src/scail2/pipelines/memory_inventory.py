@@ -3,7 +3,7 @@ shape and stored size.
 
 Weights come from the safetensors headers (8 bytes of length, then JSON) or a GGUF file's tensor table; a folder
 of config.json files alone (or a preset name such as "14b") is built on the meta device instead, so the official
-model can be planned for before anything is downloaded. The memory plan (`scail2.pipelines.memory`) turns this
+model can be planned for before anything is downloaded. The memory plan (`scail2.pipelines.memory_plan`) turns this
 inventory into bytes on the GPU under the chosen options.
 """
 

@@ -13,7 +13,7 @@ from scail2.conditioning import AnimationInputs
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
 from scail2.pipelines.live_bytes import LiveTensorBytes, peak_tensor_bytes, traced_peak
-from scail2.pipelines.memory import (
+from scail2.pipelines.memory_plan import (
     GGUF_BITS,
     GIB,
     JobShape,
