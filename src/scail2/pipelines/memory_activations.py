@@ -1,0 +1,270 @@
+"""Activation bytes of each component of a job, from its config: the transformer by a calibrated model of its
+forward, the VAE and the encoders by tracing their own forward on the meta device.
+
+The VAE and the encoders run in their stored dtype without autocast, so their forward traced on meta tensors
+(`scail2.pipelines.live_bytes.traced_peak`) allocates exactly what it would on the GPU, frame chunking and
+causal caches included (tiled decoding: one tile's trace plus the tiles held until blending). The transformer
+runs under bf16 autocast on GPUs, which the meta device cannot trace, so its per-block peak is a small table
+(`BLOCK_MEMORY`) measured on the real forward on CPU with the same tracker (`measure_block_memory`; tests
+check the table against it and at 14B scale). See docs/architecture.md, "Memory plan".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE
+from scail2.pipelines.live_bytes import peak_tensor_bytes, traced_peak
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Token counts (docs/architecture.md, "Token layout")
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Self-attention tokens per sample of one segment, and the cross-attention context length."""
+
+    extra_refs: int
+    reference: int
+    video: int
+    driving: int
+    context: int  # CLIP tokens + text_len
+
+    @property
+    def total(self) -> int:
+        return self.extra_refs + self.reference + self.video + self.driving
+
+
+# CLIP ViT-H/14 tokens per image (256 patches + the class token), what an i2v transformer attends to.
+CLIP_TOKENS = 257
+
+
+def transformer_tokens(config: dict, frames: int, height: int, width: int, extra_refs: int = 0) -> TokenCounts:
+    """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, half-resolution driving."""
+    _, p_h, p_w = config.get("patch_size", (1, 2, 2))
+    latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
+    grid = (height // SPATIAL_STRIDE // p_h) * (width // SPATIAL_STRIDE // p_w)
+    driving_grid = (height // SPATIAL_STRIDE // 2 // p_h) * (width // SPATIAL_STRIDE // 2 // p_w)
+    image_tokens = CLIP_TOKENS if config.get("model_type", "i2v") == "i2v" else 0
+    return TokenCounts(
+        extra_refs=extra_refs * grid,
+        reference=grid,
+        video=latent_frames * grid,
+        driving=latent_frames * driving_grid,
+        context=image_tokens + config.get("text_len", 512),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. The transformer forward
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockMemory:
+    """Bytes one block holds beyond its input, in units of one fp32 [B, S, dim] tensor ("units").
+
+    The block's peak is the largest of its three stages; `measure_block_memory` re-derives every field.
+    """
+
+    attention: float  # self-attention: q, k, v, the rotated q and both halves of the rotated k at once
+    cross_base: float  # cross-attention: its query-side tensors ...
+    cross_per_context: float  # ... plus this many units per context token / S (keys and values of the context)
+    ffn_base: float  # FFN: its input and the updated residual ...
+    ffn_per_hidden: float  # ... plus this many units per ffn_dim / dim (the hidden layer and its GELU)
+
+    def units(self, ffn_ratio: float, context_ratio: float) -> float:
+        return max(
+            self.attention,
+            self.cross_base + self.cross_per_context * context_ratio,
+            self.ffn_base + self.ffn_per_hidden * ffn_ratio,
+        )
+
+
+# Measured on this package's forward (`measure_block_memory`): fp32 weights; bf16 weights under bf16 autocast.
+# In bf16 the residual stream, norms and RoPE stay fp32 (docs/architecture.md, "Precision"), so the
+# attention stage barely shrinks while the FFN hidden layer halves.
+BLOCK_MEMORY = {
+    "fp32": BlockMemory(attention=7.0, cross_base=5.5, cross_per_context=2.5, ffn_base=3.0, ffn_per_hidden=2.0),
+    "bf16": BlockMemory(attention=7.0, cross_base=4.0, cross_per_context=4.0, ffn_base=3.5, ffn_per_hidden=1.0),
+}
+COMPUTE_BYTES = {"fp32": 4, "bf16": 2}
+
+
+def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, precision: str) -> int:
+    """Peak bytes one forward allocates beyond its weights and inputs: the fp32 residual stream, one block's
+    stages (blocks run one after another under no_grad), the embedded context and the RoPE table."""
+    dim, heads = config["dim"], config["num_heads"]
+    unit = batch * tokens.total * dim * 4
+    block = BLOCK_MEMORY[precision].units(config["ffn_dim"] / dim, tokens.context / tokens.total)
+    context = batch * tokens.context * dim * COMPUTE_BYTES[precision]
+    rope = tokens.total * (dim // heads) * 4  # [S, head_dim/2, 2] fp32
+    return int((1 + block) * unit) + context + rope
+
+
+def measure_block_memory(
+    precision: str, dim: int = 256, ffn_dim: int = 256, tokens: int = 2048, context: int = 1
+) -> float:
+    """Units one block of this package's transformer holds beyond its input on CPU (real tensors, this tracker).
+
+    bf16 runs bf16 weights under CPU bf16 autocast, as GPUs run them. With the defaults (ffn_dim = dim, one
+    context token) this is the attention stage; a wide `ffn_dim` measures the FFN stage, a long `context` the
+    cross-attention stage.
+    """
+    from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    model = SCAIL2Transformer3DModel(
+        model_type="t2v", dim=dim, ffn_dim=ffn_dim, num_heads=dim // 64, num_layers=1, freq_dim=64, text_dim=8
+    ).eval()
+    block = model.blocks[0].to(dtype)
+    for name, parameter in block.named_parameters():
+        if "modulation" in name or "norm" in name:
+            parameter.data = parameter.data.float()  # the declared fp32 modules
+    x = torch.randn(1, tokens, dim, generator=generator)
+    time_modulation = torch.randn(1, 6, dim, generator=generator)
+    context_tokens = torch.randn(1, context, dim, generator=generator).to(dtype)
+    rope = torch.randn(tokens, dim // model.config.num_heads // 2, 2, generator=generator)  # [S, head_dim/2, 2]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        peak = peak_tensor_bytes(lambda: block(x, time_modulation, context_tokens, rope, 0))
+    return peak / (tokens * dim * 4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. VAE encode and decode, traced
+# ------------------------------------------------------------------------------------------------------------
+
+# Frame counts traced before extrapolating: decoding caches two frames per causal convolution, so from the
+# third latent frame on every further latent frame adds the same bytes (its pixels); encoding, in chunks of
+# four frames, is affine from 9 frames on.
+DECODE_TRACED = (3, 4)
+ENCODE_TRACED = (9, 13)
+
+
+def _affine(traced, count: int, points: tuple[int, int], step: int) -> int:
+    """traced(count) for count <= points[1]; beyond, the straight line through the two traced points."""
+    if count <= points[1]:
+        return traced(count)
+    low, high = traced(points[0]), traced(points[1])
+    per_step = (high - low) / ((points[1] - points[0]) // step)
+    return int(high + per_step * ((count - points[1]) // step))
+
+
+@contextlib.contextmanager
+def untiled(vae) -> Iterator[None]:
+    """The VAE's whole-frame path while tracing (tiled decoding is sized from one tile's trace)."""
+    tiling, vae.use_tiling = vae.use_tiling, False
+    try:
+        yield
+    finally:
+        vae.use_tiling = tiling
+
+
+def _tile_grid(size: int, stride: int, tile: int) -> list[int]:
+    """Sizes of the overlapping tiles diffusers' tiled VAE cuts one axis of `size` into."""
+    return [min(tile, size - start) for start in range(0, size, stride)]
+
+
+def vae_decode_bytes(vae, latent_frames: int, latent_height: int, latent_width: int, tiled: bool) -> int:
+    """Peak bytes of decoding one segment's latent to clamped fp32 pixels, as `VideoLatentCodec.decode` does."""
+    ratio = vae.spatial_compression_ratio
+    tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
+    if not tiled or (latent_height <= tile_h and latent_width <= tile_w):
+        return _decode_untiled(vae, latent_frames, latent_height, latent_width)
+    # Tiled: every decoded tile is kept until they are blended, then rows, the whole video and its clamp.
+    stride_h, stride_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
+    frames = (latent_frames - 1) * TEMPORAL_STRIDE + 1
+    pixel = 3 * frames * ratio * ratio * 4  # fp32 bytes of one latent cell's decoded pixels, all frames
+    tiles = [
+        h * w * pixel
+        for h in _tile_grid(latent_height, stride_h, tile_h)
+        for w in _tile_grid(latent_width, stride_w, tile_w)
+    ]
+    one_tile = _decode_untiled(vae, latent_frames, min(tile_h, latent_height), min(tile_w, latent_width))
+    video = latent_height * latent_width * pixel
+    return max(sum(tiles) - tiles[-1] + one_tile, sum(tiles) + 3 * video)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_untiled(vae, latent_frames: int, latent_height: int, latent_width: int) -> int:
+    dtype = next(vae.parameters()).dtype
+
+    def decode(count: int) -> int:
+        def run():
+            latent = torch.empty(1, vae.config.z_dim, count, latent_height, latent_width, device="meta")
+            return vae.decode(latent.to(dtype)).sample.float().clamp(-1, 1)
+
+        with untiled(vae):
+            return traced_peak(run)
+
+    return _affine(decode, latent_frames, DECODE_TRACED, 1)
+
+
+def vae_encode_bytes(vae, frames: int, height: int, width: int, tiled: bool, batch: int = 1) -> int:
+    """Peak bytes of encoding `batch` clips of `frames` pixel frames (the fp32 pixels on the device included)."""
+    tile_h, tile_w = vae.tile_sample_min_height, vae.tile_sample_min_width
+    if not tiled or (height <= tile_h and width <= tile_w):
+        return _encode_untiled(vae, frames, height, width, batch)
+    ratio = vae.spatial_compression_ratio
+    latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
+    latent = 2 * vae.config.z_dim * latent_frames * 4  # mean and log-variance of one latent cell, fp32
+    tiles = [
+        h * w * latent
+        for h in _tile_grid(height // ratio, vae.tile_sample_stride_height // ratio, tile_h // ratio)
+        for w in _tile_grid(width // ratio, vae.tile_sample_stride_width // ratio, tile_w // ratio)
+    ]
+    pixels = batch * 3 * frames * height * width * 4
+    return pixels + batch * (_encode_untiled(vae, frames, min(tile_h, height), min(tile_w, width), 1) + sum(tiles))
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_untiled(vae, frames: int, height: int, width: int, batch: int) -> int:
+    dtype = next(vae.parameters()).dtype
+
+    def encode(count: int) -> int:
+        def run():
+            pixels = torch.empty(batch, 3, count, height, width, device="meta")
+            return vae.encode(pixels.to(dtype)).latent_dist.mode().float()
+
+        with untiled(vae):
+            return traced_peak(run)
+
+    return _affine(encode, frames, ENCODE_TRACED, TEMPORAL_STRIDE)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. Encoders, traced
+# ------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def text_encoder_bytes(text_encoder, prompts: int, tokens: int) -> int:
+    """Peak bytes of encoding `prompts` prompts padded to `tokens` (the all-ones attention mask left out:
+    it only adds [prompts, tokens] integers)."""
+
+    def run():
+        input_ids = torch.zeros(prompts, tokens, dtype=torch.long, device="meta")
+        return text_encoder(input_ids=input_ids).last_hidden_state
+
+    return traced_peak(run)
+
+
+@functools.lru_cache(maxsize=16)
+def image_encoder_bytes(image_encoder, images: int) -> int:
+    """Peak bytes of the CLIP features of `images` reference images, every hidden state returned as the
+    pipeline asks for them."""
+    size = image_encoder.config.image_size
+    dtype = next(image_encoder.parameters()).dtype
+
+    def run():
+        pixels = torch.empty(images, 3, size, size, device="meta", dtype=dtype)
+        return image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+
+    return traced_peak(run)
