@@ -11,7 +11,7 @@ and over the whole call (encodes and the decode included), beside what the weigh
 placed.
 
 On a CPU (the defaults: tiny transformer, narrow VAE) the accelerator is the CPU itself, so the table reports the
-peak bytes of the tensors the run creates (`TensorBytesTracker`) instead: activations and copies, not weights.
+peak bytes of the tensors the run creates (`LiveTensorBytes`) instead: activations and copies, not weights.
 
     python -m benchmarks.bench_memory [--preset tiny] [--rows none/batched,group/sequential/tiled,...]
 """
@@ -27,7 +27,9 @@ import torch
 from benchmarks.common import random_transformer
 from scail2.conditioning import AnimationInputs
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
-from scail2.pipelines.memory import MemorySettings, TensorBytesTracker, pass_activation_bytes, transformer_tokens
+from scail2.pipelines.live_bytes import LiveTensorBytes
+from scail2.pipelines.memory import MemorySettings, pass_activation_bytes
+from scail2.pipelines.memory_activations import transformer_tokens
 from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline
 
 # offload/cfg[/tiled]: the options a 80, 48 and 24 GB card would try, lightest last
@@ -73,14 +75,14 @@ def weights_on(device: torch.device) -> float:
 
 
 def peak_bytes(device: torch.device, tracker) -> int:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else tracker.peak.get("cpu", 0)
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else tracker.peak
 
 
 def reset_peak(device: torch.device, tracker) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        tracker.peak["cpu"] = tracker.live.get("cpu", 0)
+        tracker.peak = tracker.live
 
 
 def run_row(args, memory: MemorySettings, device: torch.device) -> dict:
@@ -92,7 +94,7 @@ def run_row(args, memory: MemorySettings, device: torch.device) -> dict:
     inputs, embeds = inputs_and_embeds(pipe, args.frames, args.height, args.width)
     settings = SamplingSettings(sampler="unipc", steps=args.steps, guidance_scale=5.0, segment_length=args.frames)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    tracker, peaks = TensorBytesTracker(), {}
+    tracker, peaks = LiveTensorBytes("cpu"), {}
 
     def on_step(_pipe, step_index, _timestep, _kwargs):
         if step_index == 0:
@@ -135,11 +137,13 @@ def main() -> None:
     device = torch.device(args.device)
     with torch.device("meta"):
         cfg = SCAIL2Transformer3DModel.from_preset(args.preset).config
-    tokens = transformer_tokens(tuple(cfg.patch_size), (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    tokens = transformer_tokens(dict(cfg), args.frames, args.height, args.width).total
+    latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    precision = "bf16" if device.type == "cuda" else "fp32"
     unit = "GPU GiB" if device.type == "cuda" else "CPU MiB created"
     print(
         f"{args.preset} at {args.width}x{args.height}x{args.frames}: {tokens} tokens, one pass's activation "
-        f"estimate {pass_activation_bytes(tokens, cfg.dim) / 2**20:.1f} MiB; {device}"
+        f"estimate {pass_activation_bytes(dict(cfg), latent, 0, precision) / 2**20:.1f} MiB; {device}"
     )
     print(f"| offload | cfg | VAE tiling | weights on GPU GiB | steps peak {unit} | peak {unit} | s / step | total s |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -16,7 +16,6 @@ import torch
 
 from benchmarks.common import build_inputs, random_transformer
 from scail2.pipelines.live_bytes import peak_tensor_bytes
-from scail2.pipelines.memory_plan import GIB, JobShape, cards_table, choose_options, usable_gpu_bytes
 from scail2.pipelines.memory_activations import (
     transformer_forward_bytes,
     transformer_tokens,
@@ -24,6 +23,7 @@ from scail2.pipelines.memory_activations import (
     vae_encode_bytes,
 )
 from scail2.pipelines.memory_inventory import ModelFolder, meta_module
+from scail2.pipelines.memory_plan import GIB, JobShape, cards_table, choose_options, usable_gpu_bytes
 
 # (name, preset, overrides, frames x height x width): the tests' sizes on CPU, the released size on a GPU.
 FORWARDS = [

@@ -29,6 +29,7 @@ from scail2.errors import Scail2Error
 from scail2.models.quantize import pipeline_components
 from scail2.modes import parse_mode
 from scail2.pipelines.memory import MemorySettings
+from scail2.pipelines.memory_plan import RunOptions, check_fits
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -69,6 +70,7 @@ class AnimateRequest:
     quantize: str | None = None
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
+    memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
@@ -365,6 +367,40 @@ def load_inputs(request: AnimateRequest) -> LoadedInputs:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def planned_options(request: AnimateRequest, device: torch.device) -> RunOptions:
+    """The request's memory-relevant flags as the memory plan's options; `--cfg-mode auto` counts as sequential,
+    since auto turns sequential when memory is short."""
+    memory = request.memory
+    return RunOptions(
+        dtype="fp32" if weights_dtype(request.dtype, device) == torch.float32 else "bf16",
+        quantize=request.quantize or "none",
+        offload=memory.offload,
+        cfg_mode="sequential" if memory.cfg_mode == "auto" else memory.cfg_mode,
+        vae_tiling=memory.vae_tiling,
+        encoders="cpu" if memory.encoders_on_cpu else "offload",
+    )
+
+
+def check_memory(request: AnimateRequest, device: torch.device) -> None:
+    """Predict the job's GPU memory from the model folder's configs and refuse it, before loading anything, with
+    one line naming the options that would make it fit (`scail2 plan` prints the whole plan)."""
+    height, width = choose_target_size(video_io.read_image(request.ref).rgb.shape[:2], request.height, request.width)
+    frames = video_io.probe_video(request.driving).declared_frames or request.settings.segment_length
+    frames = min(frames, request.max_frames or frames)
+    settings = request.settings
+    check_fits(
+        request.model,
+        height,
+        width,
+        frames,
+        planned_options(request, device),
+        segment_length=settings.segment_length,
+        overlap=settings.overlap,
+        extra_refs=len(request.extra_refs),
+        guided=settings.guidance_scale > 1,
+    )
+
+
 def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
     """Generate one video from files; returns the manifest (also written beside the video)."""
     start = time.perf_counter()
@@ -375,6 +411,8 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
+        if request.memory_check and device.type == "cuda":
+            check_memory(request, device)
         pipeline = load_pipeline(
             request.model,
             device,

@@ -18,13 +18,14 @@ from PIL import Image
 
 from scail2.cli import main
 from scail2.errors import Scail2Error
+from scail2.models.transformer_scail2 import SCAIL2_PRESETS
+from scail2.pipelines.live_bytes import LiveTensorBytes
 from scail2.pipelines.memory import (
     MemorySettings,
-    TensorBytesTracker,
     choose_cfg_mode,
     pass_activation_bytes,
-    transformer_tokens,
 )
+from scail2.pipelines.memory_activations import transformer_forward_bytes, transformer_tokens
 from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline
 from tests.pipelines.components import tiny_pipeline
 from tests.pipelines.media import (
@@ -72,10 +73,11 @@ def test_bad_settings_are_one_line_errors(fields, message):
 
 
 def test_the_14b_segment_has_48832_tokens_and_auto_turns_sequential_when_memory_is_short():
-    tokens = transformer_tokens((1, 2, 2), frames=21, height=64, width=112)  # 81 x 512 x 896
-    assert tokens == 48832
-    per_pass = pass_activation_bytes(tokens, 5120)
-    assert per_pass == 8 * 48832 * 5120 * 4  # ~8 GB
+    config = SCAIL2_PRESETS["14b"]
+    assert transformer_tokens(config, 81, 512, 896).total == 48832
+    per_pass = pass_activation_bytes(config, (21, 64, 112), 0, "bf16")  # the latent of 81 x 512 x 896
+    assert per_pass == transformer_forward_bytes(config, transformer_tokens(config, 81, 512, 896), 1, "bf16")
+    assert 4 * 2**30 < per_pass < 12 * 2**30  # one pass: several GiB, half of a batched step
     assert choose_cfg_mode("auto", 2, 2 * per_pass, per_pass) == "batched"
     assert choose_cfg_mode("auto", 2, 2 * per_pass - 1, per_pass) == "sequential"
     assert choose_cfg_mode("auto", 2, None, per_pass) == "batched"  # unmeasurable (CPU): never short
@@ -265,10 +267,10 @@ def test_a_finished_segment_leaves_only_its_output_and_history_frames():
 
     def at_first_step(_pipe, step_index, _timestep, _kwargs):
         if step_index == 0:
-            live_at_start.append(tracker.live.get("cpu", 0))
+            live_at_start.append(tracker.live)
         return {}
 
-    with TensorBytesTracker() as tracker:
+    with LiveTensorBytes("cpu") as tracker:
         frames = pipe(inputs, settings, seed=1, progress=False, callback_on_step_end=at_first_step).frames
     assert frames.shape[0] == 45 and len(live_at_start) == 4
     height, width = inputs.reference.shape[1:]

@@ -13,17 +13,6 @@ from scail2.conditioning import AnimationInputs
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
 from scail2.pipelines.live_bytes import LiveTensorBytes, peak_tensor_bytes, traced_peak
-from scail2.pipelines.memory_plan import (
-    GGUF_BITS,
-    GIB,
-    JobShape,
-    RunOptions,
-    check_fits,
-    choose_options,
-    predict,
-    transformer_sizes,
-    usable_gpu_bytes,
-)
 from scail2.pipelines.memory_activations import (
     BLOCK_MEMORY,
     measure_block_memory,
@@ -39,6 +28,17 @@ from scail2.pipelines.memory_inventory import (
     meta_module,
     read_component,
     write_config_folder,
+)
+from scail2.pipelines.memory_plan import (
+    GGUF_BITS,
+    GIB,
+    JobShape,
+    RunOptions,
+    check_fits,
+    choose_options,
+    predict,
+    transformer_sizes,
+    usable_gpu_bytes,
 )
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 from tests.pipelines.components import tiny_pipeline

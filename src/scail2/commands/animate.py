@@ -110,6 +110,12 @@ def _add_memory_arguments(parser) -> None:
     parser.add_argument(
         "--encoders-on-cpu", action="store_true", help="run the text and image encoders on the CPU (never the GPU)"
     )
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="on a GPU, skip the memory plan that refuses a job the card cannot hold before loading (`scail2 plan`)",
+    )
 
 
 def register(subparsers) -> None:
@@ -181,6 +187,7 @@ def run(args) -> int:
         quantize=args.quantize,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
+        memory_check=args.memory_check,
     )
     manifest = run_animate(request)
     print(

@@ -61,6 +61,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from scail2.errors import Scail2Error
+    from scail2.pipelines.memory_inventory import ModelFolder
     from scail2.pipelines.memory_plan import (
         GIB,
         JobShape,
@@ -72,7 +73,6 @@ def run(args) -> int:
         predict,
         usable_gpu_bytes,
     )
-    from scail2.pipelines.memory_inventory import ModelFolder
     from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS
 
     folder = ModelFolder.read(args.model)

@@ -16,23 +16,17 @@
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE
 from scail2.errors import Scail2Error
+from scail2.pipelines.memory_activations import transformer_forward_bytes, transformer_tokens
 
 OFFLOAD_MODES = ("none", "model", "group", "sequential")
 CFG_MODES = ("batched", "sequential", "auto")
-
-# One pass of the transformer holds about this many fp32 copies of its [tokens, dim] residual stream at its peak
-# (the residual, the normed and modulated input, q, k, v, their rotated copies, the attention output); the FFN's
-# wider hidden state is bf16 and fits in the same budget. A deliberately rough, slightly generous figure.
-ACTIVATION_COPIES_PER_PASS = 8
 
 
 @dataclass(frozen=True)
@@ -63,20 +57,13 @@ class MemorySettings:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def transformer_tokens(
-    patch_size: tuple[int, int, int], frames: int, height: int, width: int, extra_refs: int = 0
-) -> int:
-    """Tokens per sample of one forward on a [z, frames, height, width] latent: the extra views, the reference
-    and the video at full latent size, the driving stream at half size (docs/architecture.md, Token layout)."""
-    p_t, p_h, p_w = patch_size
-    full = (height // p_h) * (width // p_w)
-    half = (height // 2 // p_h) * (width // 2 // p_w)
-    return (extra_refs + 1 + frames // p_t) * full + frames // p_t * half
-
-
-def pass_activation_bytes(tokens: int, dim: int) -> int:
-    """The activation peak of one transformer pass, by the rule of `ACTIVATION_COPIES_PER_PASS`."""
-    return ACTIVATION_COPIES_PER_PASS * tokens * dim * 4
+def pass_activation_bytes(config: dict, latent_shape: tuple[int, int, int], extra_refs: int, precision: str) -> int:
+    """The activation peak of one transformer pass over a latent [z, T_lat, h, w] (`latent_shape` = (T_lat, h,
+    w)), by the memory plan's model of a forward (`scail2.pipelines.memory_activations`)."""
+    frames, height, width = latent_shape
+    pixels = ((frames - 1) * TEMPORAL_STRIDE + 1, height * SPATIAL_STRIDE, width * SPATIAL_STRIDE)
+    tokens = transformer_tokens(config, *pixels, extra_refs)
+    return transformer_forward_bytes(config, tokens, 1, precision)
 
 
 def available_accelerator_bytes(device: torch.device) -> int | None:
@@ -136,49 +123,3 @@ def detach_accelerate_hooks(module: torch.nn.Module) -> None:
 
     remove_hook_from_module(module, recurse=True)
     module.to("cpu")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Measuring tensor bytes without an accelerator
-# ---------------------------------------------------------------------------------------------------------
-
-
-class TensorBytesTracker(TorchDispatchMode):
-    """Live and peak bytes of the tensors that operations create inside the block, per device type.
-
-    Counts storages (views share their base's bytes) from the moment an operation returns them until the last
-    tensor created on them is freed. Tensors that exist before the block (weights) are not counted. This is what
-    the CPU can measure in place of `torch.cuda.max_memory_allocated`.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[str, int] = {}
-        self.peak: dict[str, int] = {}
-        self._owners: dict[tuple[str, int], list[int]] = {}  # storage -> [tensors holding it, bytes]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        output = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(output):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                self._track(tensor)
-        return output
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        kind, key = tensor.device.type, (tensor.device.type, storage.data_ptr())
-        if storage.nbytes() == 0:
-            return
-        if key not in self._owners:
-            self._owners[key] = [0, storage.nbytes()]
-            self.live[kind] = self.live.get(kind, 0) + storage.nbytes()
-            self.peak[kind] = max(self.peak.get(kind, 0), self.live[kind])
-        self._owners[key][0] += 1
-        weakref.finalize(tensor, self._release, key)
-
-    def _release(self, key: tuple[str, int]) -> None:
-        owner = self._owners[key]
-        owner[0] -= 1
-        if owner[0] == 0:
-            self.live[key[0]] -= owner[1]
-            del self._owners[key]

@@ -59,7 +59,6 @@ from scail2.pipelines.memory import (
     has_accelerate_hooks,
     pass_activation_bytes,
     tiled_decoding,
-    transformer_tokens,
 )
 from scail2.pipelines.segments import Segment, plan_segments
 
@@ -486,12 +485,11 @@ class SCAIL2Pipeline(DiffusionPipeline):
         token count."""
         if cfg_mode != "auto":
             return cfg_mode
-        cfg = self.transformer.config
-        frames, (height, width) = conditions.pose_latents.shape[2], reference.latent.shape[-2:]
+        latent_shape = (conditions.pose_latents.shape[2], *reference.latent.shape[-2:])
         extra = 0 if reference.extra_latents is None else reference.extra_latents.shape[2]
-        tokens = transformer_tokens(tuple(cfg.patch_size), frames, height, width, extra)
-        available = available_accelerator_bytes(self._execution_device)
-        return choose_cfg_mode(cfg_mode, passes, available, pass_activation_bytes(tokens, cfg.dim))
+        precision = "fp32" if self.transformer.dtype == torch.float32 else "bf16"
+        per_pass = pass_activation_bytes(dict(self.transformer.config), latent_shape, extra, precision)
+        return choose_cfg_mode(cfg_mode, passes, available_accelerator_bytes(self._execution_device), per_pass)
 
     def denoise_segment(
         self,
