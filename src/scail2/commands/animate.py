@@ -71,6 +71,13 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         action="store_true",
         help="compile the transformer block with torch.compile (once, reused by every block; the first step is slower)",
     )
+    parser.add_argument(
+        "--cache",
+        default="none",
+        metavar="KIND",
+        help="step cache, which skips transformer blocks on steps that change little: none (default) or "
+        "fbc[:THRESHOLD] (First Block Cache; 0 skips nothing, larger skips more, default 0.1)",
+    )
 
 
 def register(subparsers) -> None:
@@ -126,6 +133,7 @@ def run(args) -> int:
         dtype=args.dtype,
         attention=args.attention,
         compile=args.compile,
+        cache=args.cache,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
     )

@@ -42,6 +42,7 @@ from scail2.conditioning import (
 from scail2.diffusion.samplers import SAMPLERS, FlowSampler, sample
 from scail2.errors import Scail2Error
 from scail2.models.encoders import clip_image_features, clip_pixel_values, encode_prompts
+from scail2.models.step_cache import cache_pass, reset_step_cache
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.modes import MODES
 from scail2.pipelines.segments import Segment, plan_segments
@@ -120,9 +121,10 @@ def transformer_velocity(
 
     def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            return transformer(
-                latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch), **kwargs
-            ).sample.float()
+            with cache_pass(transformer, "guided" if batch == 2 else "cond"):  # a step cache's state per pass
+                return transformer(
+                    latent.expand(batch, *latent.shape[1:]), timestep.to(device).expand(batch), **kwargs
+                ).sample.float()
 
     return velocity
 
@@ -359,6 +361,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return None if callback is None else callback(index, timestep, latent)
 
         sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
+        reset_step_cache(self.transformer)  # a step cache starts each segment afresh
         return sample(
             velocity,
             noise.to(self.device),
