@@ -4,7 +4,7 @@
     python -m benchmarks.gpu_check --cpu-tiny --out /tmp/check.json     # every section at tiny sizes on a CPU
     python -m benchmarks.gpu_check --table gpu_check.json               # print the table of an earlier run
 
-Sections, in order (`--sections` runs a subset):
+Sections, in order (`--sections` names a subset; `train` runs only when named):
 
     device       ceilings: a large bf16 matmul (TFLOP/s), device copy and host<->device bandwidth (GB/s)
     attention    q/k/v [1, 48832, 40, 128] bf16 through SDPA and each diffusers attention backend installed
@@ -18,11 +18,15 @@ Sections, in order (`--sections` runs a subset):
     vae          AutoencoderKLWan (Wan2.1 config, random weights) decoding 81 frames at 512x896, untiled and tiled
     segment      one whole segment of the pipeline under a 24 GB cap (`set_per_process_memory_fraction`) with the
                  fp8 transformer and block-level group offload (`MemorySettings`), a few sampler steps
+    train        one LoRA training step (rank 128 on every block linear, activation checkpointing, AdamW) of
+                 the bf16 model: seconds, peak memory (its checkpointed activations alone take ~40 GB)
 
 Every section is guarded: an error is recorded (with the end of its traceback) and the next section runs. The
 JSON at `--out` is rewritten after every section (a section in progress reads "running"), so a run that is cut
 off keeps what finished. A section that would start after `--budget-s` seconds is recorded as skipped. The FLOP
-counts are those of the transformer blocks' matmuls and attention (embeddings and head left out).
+counts are those of the transformer blocks' matmuls and attention (embeddings and head left out). The weights
+are random: the fp8 error here is that of random weights, not a trained model's.
+--preset/--frames/--height/--width measure other sizes (the Wan model then takes the preset's sizes too).
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ import torch
 
 from benchmarks.common import build_inputs, materialise, timed
 
-SECTIONS = ("device", "attention", "transformer", "fp8", "wan", "vae", "segment")
+SECTIONS = ("device", "attention", "transformer", "fp8", "wan", "vae", "segment", "train")
+# `train` runs only when named: at 48,832 tokens its checkpointed activations alone take about 40 GB.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 GiB = 2**30
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity), by device name.
@@ -86,27 +92,12 @@ class Sizes:
     attention_shape: tuple[int, int, int, int] = (1, 48832, 40, 128)
     matmul_n: int = 8192
     copy_mib: int = 1024
-    wan_config: dict = field(
-        default_factory=lambda: dict(
-            num_attention_heads=40,
-            attention_head_dim=128,
-            in_channels=36,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=13824,
-            num_layers=40,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            image_dim=1280,
-            added_kv_proj_dim=5120,
-        )
-    )
     vae_config: dict = field(default_factory=dict)  # diffusers' defaults: Wan2.1's VAE
     vae_tiles: dict = field(default_factory=dict)  # diffusers' default tiles (256 px every 192 px)
     segment_steps: int = 2
     memory_cap_gib: float = 24.0
+    lora_rank: int = 128
+    train_steps: int = 1
     repeats: int = 1
 
 
@@ -121,18 +112,6 @@ def tiny_sizes() -> Sizes:
         attention_shape=(1, 96, 2, 16),
         matmul_n=128,
         copy_mib=4,
-        wan_config=dict(
-            num_attention_heads=2,
-            attention_head_dim=16,
-            in_channels=36,
-            out_channels=16,
-            text_dim=20,
-            freq_dim=32,
-            ffn_dim=56,
-            num_layers=2,
-            image_dim=24,
-            added_kv_proj_dim=32,
-        ),
         vae_config=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
         vae_tiles=dict(
             tile_sample_min_height=32,
@@ -141,6 +120,33 @@ def tiny_sizes() -> Sizes:
             tile_sample_stride_width=16,
         ),
         segment_steps=2,
+        lora_rank=4,
+        train_steps=2,
+    )
+
+
+def wan_config_like(preset: str) -> dict:
+    """diffusers' `WanTransformer3DModel` config with the sizes of a SCAIL-2 preset: for `14b`, the Wan2.1 I2V
+    14B config (SCAIL-2 is its fine-tune: the same blocks, plus the driving stream's embeddings)."""
+    from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+
+    with torch.device("meta"):
+        cfg = SCAIL2Transformer3DModel.from_preset(preset).config
+    i2v = cfg.model_type == "i2v"
+    return dict(
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.dim // cfg.num_heads,
+        in_channels=36 if i2v else 16,  # i2v: noise, plus the image condition's latent and mask
+        out_channels=cfg.out_dim,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        cross_attn_norm=cfg.cross_attn_norm,
+        qk_norm="rms_norm_across_heads" if cfg.qk_norm else None,
+        eps=cfg.eps,
+        image_dim=cfg.image_dim if i2v else None,
+        added_kv_proj_dim=cfg.dim if i2v else None,
     )
 
 
@@ -288,17 +294,12 @@ def datasheet_peak(name: str) -> float | None:
 
 
 def fp8_quantizer():
-    """`scail2.models.quantize.quantize_transformer`, or an ImportError that the section records."""
+    """`scail2.models.quantize.quantize_transformer`, or NotAvailable where this checkout has no such module."""
     try:
         from scail2.models.quantize import quantize_transformer
     except ImportError as error:
         raise NotAvailable(f"scail2.models.quantize ({error})") from None
     return quantize_transformer
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -412,7 +413,7 @@ def section_attention(check: Check) -> dict:
             results[name] = {"status": "error", "error": one_line(error)}
         check.free()
     exact = {n: r for n, r in results.items() if r["status"] == "ok" and r["rel_error"] <= EXACT_ATTENTION_ERROR}
-    best = min(exact, key=lambda n: exact[n]["ms"])
+    best = min(exact, key=lambda n: exact[n]["ms"]) if exact else None
     check.report["meta"]["best_exact_attention"] = best
     rows = [
         [name, r["status"], fmt(r.get("ms")), fmt(r.get("tflops"), 1), fmt(r.get("rel_error"), 5), r.get("reason")]
@@ -449,22 +450,24 @@ def scail2_inputs(check: Check, model, batch: int) -> dict:
     return inputs
 
 
-def forward_row(check: Check, label: str, model, batch: int, config: dict, text: int, image: int) -> dict:
-    """One timed forward at `batch`: seconds, peak memory, TFLOP/s and the share of the matmul ceiling."""
-    s, device = check.sizes, check.device
+def forward_row(check: Check, label: str, model, batch: int) -> tuple[dict, torch.Tensor]:
+    """One timed forward at `batch` (after a warm-up): its speed row and its output (on the CPU)."""
+    s, device, cfg = check.sizes, check.device, model.config
     tokens = scail2_tokens(s.frames, s.height, s.width)
     inputs = scail2_inputs(check, model, batch)
     with torch.no_grad():
         model(**inputs)  # warm-up: kernels chosen, RoPE tables built
         reset_peak(device)
-        seconds = min(timed(lambda: model(**inputs), device)[1] for _ in range(s.repeats))
-    flops = block_flops(config["dim"], config["ffn_dim"], config["num_layers"], tokens, text, image, batch)
-    return speed_row(check, label, batch, tokens, seconds, flops)
+        runs = [timed(lambda: model(**inputs).sample, device) for _ in range(s.repeats)]
+    image = s.image_tokens if cfg.model_type == "i2v" else 0
+    flops = block_flops(cfg.dim, cfg.ffn_dim, cfg.num_layers, tokens, cfg.text_len, image, batch)
+    row = speed_row(check, label, batch, tokens, min(seconds for _, seconds in runs), flops)
+    return row, runs[-1][0].float().cpu()
 
 
 def speed_row(check: Check, label: str, batch: int, tokens: int, seconds: float, flops: float) -> dict:
     tflops = flops / seconds / 1e12
-    ceiling = matmul_ceiling(check)
+    ceiling, datasheet = matmul_ceiling(check), check.report["meta"].get("datasheet_bf16_tflops")
     return {
         "variant": label,
         "batch": batch,
@@ -473,68 +476,55 @@ def speed_row(check: Check, label: str, batch: int, tokens: int, seconds: float,
         "peak_gib": peak_gib(check.device),
         "tflops": round(tflops, 1),
         "of_matmul_ceiling": round(tflops / ceiling, 3) if ceiling else None,
+        "of_datasheet_peak": round(tflops / datasheet, 3) if datasheet else None,
     }
 
 
+def percent(fraction: float | None) -> str:
+    return fmt(None) if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def speed_table(rows: list[dict]) -> dict:
-    header = ["variant", "batch", "tokens", "s", "peak GiB", "TFLOP/s", "of matmul ceiling"]
-    return table(
-        header,
-        [
-            [
-                r["variant"],
-                r["batch"],
-                f"{r['tokens']:,}",
-                fmt(r["seconds"], 3),
-                fmt(r["peak_gib"]),
-                fmt(r["tflops"], 1),
-            ]
-            + [fmt(None) if r["of_matmul_ceiling"] is None else f"{100 * r['of_matmul_ceiling']:.0f}%"]
-            for r in rows
-        ],
-    )
+    header = ["variant", "batch", "tokens", "s", "peak GiB", "TFLOP/s", "of matmul ceiling", "of datasheet peak"]
+    body = [
+        [r["variant"], r["batch"], f"{r['tokens']:,}", fmt(r["seconds"], 3), fmt(r["peak_gib"]), fmt(r["tflops"], 1)]
+        + [percent(r["of_matmul_ceiling"]), percent(r["of_datasheet_peak"])]
+        for r in rows
+    ]
+    return table(header, body)
 
 
 def section_transformer(check: Check) -> dict:
     from scail2.models.attention import set_attention
 
     model = check.scail2_model("bf16")
-    config, weights = dict(model.config), allocated_gib(check.device)
-    text, image = model.config.text_len, check.sizes.image_tokens if model.config.model_type == "i2v" else 0
-    rows = [forward_row(check, "bf16, sdpa", model, batch, config, text, image) for batch in (1, 2)]
-    with torch.no_grad():
-        check.bf16_output = model(**scail2_inputs(check, model, 1)).sample.float().cpu()
+    weights = allocated_gib(check.device)
+    (one, check.bf16_output), (two, _) = (forward_row(check, "bf16, sdpa", model, batch) for batch in (1, 2))
+    rows = [one, two]
     best = check.report["meta"].get("best_exact_attention")
     if best and best != "sdpa":
         set_attention(model, best, check.device)
         try:
-            rows.append(forward_row(check, f"bf16, {best}", model, 1, config, text, image))
+            rows.append(forward_row(check, f"bf16, {best}", model, 1)[0])
         finally:
             set_attention(model, None, check.device)
     return {"weights_gib": weights, "rows": rows, "table": speed_table(rows)}
 
 
 def section_fp8(check: Check) -> dict:
-    model = check.scail2_model("bf16")
-    config = dict(model.config)
     if check.bf16_output is None:
-        with torch.no_grad():
-            check.bf16_output = model(**scail2_inputs(check, model, 1)).sample.float().cpu()
+        check.bf16_output = forward_row(check, "bf16, sdpa", check.scail2_model("bf16"), 1)[1]
     model = check.scail2_model("fp8")
     weights = allocated_gib(check.device)
-    text, image = model.config.text_len, check.sizes.image_tokens if model.config.model_type == "i2v" else 0
-    row = forward_row(check, "fp8 block linears", model, 1, config, text, image)
-    with torch.no_grad():
-        output = model(**scail2_inputs(check, model, 1)).sample.float().cpu()
+    row, output = forward_row(check, "fp8 block linears", model, 1)
     error = {
         "rel_l2_vs_bf16": ((output - check.bf16_output).norm() / check.bf16_output.norm()).item(),
         "psnr_db_vs_bf16": output_psnr(output, check.bf16_output),
     }
-    rows = [row]
-    result_table = speed_table(rows)
+    result_table = speed_table([row])
     result_table["header"] += ["rel. L2 vs bf16", "PSNR dB vs bf16"]
     result_table["rows"][0] += [fmt(error["rel_l2_vs_bf16"], 4), fmt(error["psnr_db_vs_bf16"], 1)]
-    return {"weights_gib": weights, "rows": rows, **error, "table": result_table}
+    return {"weights_gib": weights, "rows": [row], **error, "table": result_table}
 
 
 def output_psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
@@ -556,31 +546,31 @@ def section_wan(check: Check) -> dict:
     park_scail2(check)
     s, device = check.sizes, check.device
     with init_empty_weights(include_buffers=False):  # parameters on meta, the RoPE buffers computed
-        model = WanTransformer3DModel(**s.wan_config)
+        model = WanTransformer3DModel(**wan_config_like(s.preset))
     model = materialise(model, device, torch.bfloat16, model._keep_in_fp32_modules).eval()
     tokens = scail2_tokens(s.frames, s.height, s.width)
     latent = wan_latent_for(tokens, s.height, s.width)
-    inputs = wan_inputs(model, latent, s.text_tokens, s.image_tokens, device)
+    image = s.image_tokens if model.config.image_dim else 0
+    inputs = wan_inputs(model, latent, s.text_tokens, image, device)
     with torch.no_grad():
         model(**inputs)  # warm-up
         reset_peak(device)
         seconds = min(timed(lambda: model(**inputs), device)[1] for _ in range(s.repeats))
     cfg = model.config
     dim = cfg.num_attention_heads * cfg.attention_head_dim
-    flops = block_flops(dim, cfg.ffn_dim, cfg.num_layers, tokens, s.text_tokens, s.image_tokens, 1)
-    rows = [speed_row(check, "diffusers Wan I2V, bf16, native", 1, tokens, seconds, flops)]
+    flops = block_flops(dim, cfg.ffn_dim, cfg.num_layers, tokens, s.text_tokens, image, 1)
+    rows = [speed_row(check, "diffusers Wan, bf16, native", 1, tokens, seconds, flops)]
     ours = check.report["sections"].get("transformer", {}).get("result", {}).get("rows", [])[:1]
     return {"latent": list(latent), "rows": rows, "table": speed_table(ours + rows)}
 
 
 def wan_inputs(model, latent: tuple[int, int, int], text: int, image: int, device: torch.device) -> dict:
-    """Random bf16 i2v inputs of batch 1: a [in_channels, *latent] video (noise and image condition)."""
+    """Random bf16 inputs of batch 1: a [in_channels, *latent] video (for i2v, noise and the image condition),
+    text tokens and, for i2v, CLIP tokens."""
     cfg, generator = model.config, torch.Generator(device).manual_seed(0)
-    shapes = {
-        "hidden_states": (1, cfg.in_channels, *latent),
-        "encoder_hidden_states": (1, text, cfg.text_dim),
-        "encoder_hidden_states_image": (1, image, cfg.image_dim),
-    }
+    shapes = {"hidden_states": (1, cfg.in_channels, *latent), "encoder_hidden_states": (1, text, cfg.text_dim)}
+    if image:
+        shapes["encoder_hidden_states_image"] = (1, image, cfg.image_dim)
     inputs = {
         name: torch.randn(shape, generator=generator, device=device).to(torch.bfloat16)
         for name, shape in shapes.items()
@@ -641,8 +631,8 @@ def section_segment(check: Check) -> dict:
     memory = MemorySettings(offload="group", cfg_mode="sequential", vae_tiling=True)
     try:
         transformer, kind = check.scail2_model("fp8"), "fp8"
-    except NotAvailable as error:
-        transformer, kind = check.scail2_model("bf16"), f"bf16 (fp8 not available: {error})"
+    except NotAvailable:  # recorded by the fp8 section; the segment still measures the offload in bf16
+        transformer, kind = check.scail2_model("bf16"), "bf16"
     transformer.to("cpu")
     check.free()
     pipe, call = segment_pipeline(check, transformer, memory)
@@ -715,10 +705,10 @@ class memory_cap:
 
 
 def segment_result(check: Check, kind, memory, cap_gib, steps: list[float], total: float, timings: dict) -> dict:
-    fp8 = check.report["sections"].get("fp8", {}).get("result", {}).get("rows", [{}])[0].get("seconds")
     steady = min(steps[1:]) if len(steps) > 1 else steps[0]
-    # without offload, a sequential-guidance step is two batch-1 forwards of the fp8 model
-    ratio = steady / (2 * fp8) if fp8 else None
+    # without offload, a sequential-guidance step is two batch-1 forwards of the same weights
+    plain = no_offload_forward_seconds(check, kind)
+    ratio = steady / (2 * plain) if plain else None
     result = {
         "transformer": kind,
         "memory": asdict(memory),
@@ -728,18 +718,9 @@ def segment_result(check: Check, kind, memory, cap_gib, steps: list[float], tota
         "total_seconds": round(total, 2),
         "timings": timings,
         "peak_gib": peak_gib(check.device),
-        "step_vs_no_offload_fp8": round(ratio, 3) if ratio else None,
+        "step_vs_no_offload": round(ratio, 3) if ratio else None,
     }
-    header = [
-        "transformer",
-        "offload",
-        "cap GiB",
-        "steps",
-        "s / step (steady)",
-        "vs no-offload fp8",
-        "total s",
-        "peak GiB",
-    ]
+    header = ["transformer", "offload", "cap GiB", "steps", "s / step (steady)", "vs no offload", "total s", "peak GiB"]
     row = [
         kind,
         memory.offload,
@@ -751,6 +732,69 @@ def segment_result(check: Check, kind, memory, cap_gib, steps: list[float], tota
         fmt(result["peak_gib"]),
     ]
     return {**result, "table": table(header, [row])}
+
+
+def no_offload_forward_seconds(check: Check, kind: str) -> float | None:
+    """The batch-1 forward time of the `kind` weights without offload, from the fp8 or transformer section."""
+    section = "fp8" if kind == "fp8" else "transformer"
+    rows = check.report["sections"].get(section, {}).get("result", {}).get("rows", [])
+    return rows[0]["seconds"] if rows else None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 8. One LoRA training step (only when named)
+# ------------------------------------------------------------------------------------------------------------
+
+LORA_TARGETS = ["q", "k", "v", "o", "ffn.0", "ffn.2"]
+
+
+def section_train(check: Check) -> dict:
+    """Forward, backward and AdamW of LoRA adapters (fp32, every block linear) on the frozen bf16 model, with
+    per-block activation checkpointing, as `scail2 train` runs a 14B fine-tune. Each step is timed (the first
+    included: its one-time costs are small beside a step)."""
+    from scail2.diffusion import flow_matching
+
+    check.drop_model()  # a fresh bf16 model: the adapters stay on it, so it is dropped afterwards
+    model = lora_model(check.scail2_model("bf16"), check.sizes.lora_rank)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95))
+    inputs = scail2_inputs(check, model, 1)
+    target = torch.randn_like(inputs["hidden_states"])
+
+    def step():
+        prediction = model(**inputs).sample
+        loss = flow_matching.masked_velocity_loss(prediction.float(), target, torch.ones_like(target[:, :1])).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    try:
+        reset_peak(check.device)
+        seconds = [timed(step, check.device)[1] for _ in range(check.sizes.train_steps)]
+    finally:
+        check.drop_model()
+    s, cfg = check.sizes, model.config
+    tokens = scail2_tokens(s.frames, s.height, s.width)
+    image = s.image_tokens if cfg.model_type == "i2v" else 0
+    # model FLOPs: forward and a backward of twice its cost (the checkpointed recomputation not counted)
+    flops = 3 * block_flops(cfg.dim, cfg.ffn_dim, cfg.num_layers, tokens, cfg.text_len, image, 1)
+    row = speed_row(check, f"LoRA r{s.lora_rank}, checkpointing", 1, tokens, min(seconds), flops)
+    row.update(trainable_params=sum(p.numel() for p in trainable), step_seconds=[round(x, 3) for x in seconds])
+    return {"rows": [row], "table": speed_table([row])}
+
+
+def lora_model(model, rank: int):
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS))
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+    model.enable_gradient_checkpointing()
+    return model.train()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -779,12 +823,20 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="JSON written after every section")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all but train)",
     )
     parser.add_argument("--cpu-tiny", "--dry-run", action="store_true", help="every section at tiny sizes on the CPU")
     parser.add_argument("--budget-s", type=float, default=285.0, help="start no section after this many seconds")
+    parser.add_argument("--preset", help="SCAIL-2 preset of the model sections (default 14b, tiny with --cpu-tiny)")
+    parser.add_argument("--frames", type=int, help="segment frames, 4n+1 (default 81)")
+    parser.add_argument("--height", type=int, help="segment height, a multiple of 32 (default 512)")
+    parser.add_argument("--width", type=int, help="segment width, a multiple of 32 (default 896)")
     parser.add_argument("--repeats", type=int, help="timed repeats of each forward (default 1)")
     parser.add_argument("--segment-steps", type=int, help="sampler steps of the segment section (default 2)")
+    parser.add_argument("--lora-rank", type=int, help="LoRA rank of the train section (default 128)")
+    parser.add_argument("--train-steps", type=int, help="timed steps of the train section (default 1)")
     parser.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
@@ -803,8 +855,9 @@ def main(argv=None) -> dict:
     if not args.cpu_tiny and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device; run with --cpu-tiny to check the script on a CPU")
     sizes = tiny_sizes() if args.cpu_tiny else Sizes()
-    sizes.repeats = args.repeats or sizes.repeats
-    sizes.segment_steps = args.segment_steps or sizes.segment_steps
+    for name in ("preset", "frames", "height", "width", "repeats", "segment_steps", "lora_rank", "train_steps"):
+        if getattr(args, name) is not None:
+            setattr(sizes, name, getattr(args, name))
     device = torch.device("cpu" if args.cpu_tiny else "cuda")
     check = Check(args, sizes, device)
     functions = {name: globals()[f"section_{name}"] for name in SECTIONS}
