@@ -355,7 +355,11 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if out.suffix.lower() != ".mp4":
         raise Scail2Error(f"{out}: the output must be an .mp4 file")
     device = resolve_device(request.device)
-    step_cache.parse_step_cache(request.cache)  # a bad --cache fails before any weights load
+    if step_cache.parse_step_cache(request.cache) and request.compile:  # a bad --cache fails before loading too
+        raise Scail2Error(
+            f"--cache {request.cache} cannot be combined with --compile: the cache decides in Python whether to "
+            "skip blocks, which the full-graph compile refuses; drop one of them"
+        )
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request

@@ -36,9 +36,23 @@ def test_cache_zero_gives_the_uncached_video_and_a_large_threshold_skips_blocks(
     assert caches["fbc:1e9"]["blocks_skipped"] == 2 * (FAST.steps - 1) * (layers - 1)
 
 
-def test_an_unknown_cache_is_a_one_line_error_before_anything_runs(bundled_tiny, files, tmp_path, capsys):  # noqa: F811
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cache", "teacache"], "--cache 'teacache' is not one of: none, or fbc[:THRESHOLD]"),
+        (["--cache", "fbc", "--compile"], "--cache fbc cannot be combined with --compile"),
+    ],
+)
+def test_bad_cache_flags_are_one_line_errors_before_anything_runs(
+    flags,
+    message,
+    bundled_tiny,
+    files,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     out = tmp_path / "o.mp4"
-    assert animate(files, out, "--cache", "teacache") == 2
+    assert animate(files, out, *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cache 'teacache' is not one of" in err[0] and "fbc[:THRESHOLD]" in err[0]
+    assert len(err) == 1 and message in err[0]
     assert not list(tmp_path.glob("o.*"))

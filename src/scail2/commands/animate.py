@@ -76,7 +76,7 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         default="none",
         metavar="KIND",
         help="step cache, which skips transformer blocks on steps that change little: none (default) or "
-        "fbc[:THRESHOLD] (First Block Cache; 0 skips nothing, larger skips more, default 0.1)",
+        "fbc[:THRESHOLD] (First Block Cache; 0 skips nothing, larger skips more, default 0.1; not with --compile)",
     )
 
 
