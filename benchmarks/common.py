@@ -12,16 +12,34 @@ from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 def random_transformer(
     preset: str, device: torch.device, storage_dtype: torch.dtype = torch.float32, **overrides
 ) -> SCAIL2Transformer3DModel:
-    """A preset built on the meta device, materialised on `device` with N(0, 0.02) weights, stored in
+    """A preset built on the meta device, materialised on `device` with random weights, stored in
     `storage_dtype` except the model's declared fp32 modules."""
     with torch.device("meta"):
         model = SCAIL2Transformer3DModel.from_preset(preset, **overrides)
+    return materialise(model, device, storage_dtype, model._keep_in_fp32_modules)
+
+
+def materialise(model: torch.nn.Module, device: torch.device, storage_dtype: torch.dtype, keep_fp32=()):
+    """Allocate a model whose parameters are on the meta device straight in their storage dtype on `device`
+    (a 14B model never passes through fp32) and fill it: linear and conv weights N(0, 0.02), biases 0, norm
+    scales 1. Parameters named by a whole name part in `keep_fp32` stay fp32, as diffusers' loader keeps them;
+    buffers built on a real device (RoPE tables) keep their values."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers() if not b.is_meta}
+    for name, param in model.named_parameters():
+        if not any(part in keep_fp32 for part in name.split(".")):
+            param.data = param.data.to(storage_dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, 0.02)
-            if not any(keep in name for keep in model._keep_in_fp32_modules):
-                p.data = p.data.to(storage_dtype)
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim == 1 and "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0, 0.02)
+        for name, buffer in model.named_buffers():
+            if name in buffers:
+                buffer.copy_(buffers[name])
     return model
 
 

@@ -26,6 +26,7 @@ from scail2 import __version__, bundled
 from scail2.conditioning import AnimationInputs
 from scail2.data.format import atomic_write_bytes, read_json
 from scail2.errors import Scail2Error
+from scail2.models import step_cache
 from scail2.models.quantize import pipeline_components
 from scail2.modes import parse_mode
 from scail2.pipelines.memory import MemorySettings
@@ -68,6 +69,7 @@ class AnimateRequest:
     attention: str | None = None
     compile: bool = False
     quantize: str | None = None
+    cache: str = "none"  # step cache (scail2.models.step_cache): "none" or "fbc[:THRESHOLD]"
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
     memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
@@ -408,6 +410,11 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if out.suffix.lower() != ".mp4":
         raise Scail2Error(f"{out}: the output must be an .mp4 file")
     device = resolve_device(request.device)
+    if step_cache.parse_step_cache(request.cache) and request.compile:  # a bad --cache fails before loading too
+        raise Scail2Error(
+            f"--cache {request.cache} cannot be combined with --compile: the cache decides in Python whether to "
+            "skip blocks, which the full-graph compile refuses; drop one of them"
+        )
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
@@ -427,12 +434,16 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     loaded = load_inputs(request)
-    result = pipeline(
-        loaded.inputs,
-        request.settings,
-        seed=request.seed,
-        autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
-    )
+    with (
+        step_cache.step_cache_enabled(pipeline.transformer, request.cache),
+        step_cache.count_block_evaluations(pipeline.transformer) as blocks,
+    ):
+        result = pipeline(
+            loaded.inputs,
+            request.settings,
+            seed=request.seed,
+            autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)
     if request.frames_dir is not None:
@@ -450,6 +461,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         "model_fingerprint": model_fingerprint(request.model) if request.model else None,
         "bundled_model": use_bundled,
         "device": str(device),
+        "step_cache": {"cache": request.cache, **blocks.as_dict()},
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }
     # settings in the order they were given (paths as strings), not the sorted keys of the data formats

@@ -80,6 +80,13 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         help="compile the transformer block with torch.compile (once, reused by every block; the first step is slower)",
     )
     parser.add_argument(
+        "--cache",
+        default="none",
+        metavar="KIND",
+        help="step cache, which skips transformer blocks on steps that change little: none (default) or "
+        "fbc[:THRESHOLD] (First Block Cache; 0 skips nothing, larger skips more, default 0.1; not with --compile)",
+    )
+    parser.add_argument(
         "--quantize",
         choices=["fp8"],
         help="quantise the transformer's block linears while loading (fp8: e4m3 with per-channel scales, fp8 "
@@ -185,6 +192,7 @@ def run(args) -> int:
         attention=args.attention,
         compile=args.compile,
         quantize=args.quantize,
+        cache=args.cache,
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
         memory_check=args.memory_check,

@@ -21,8 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
@@ -428,7 +430,7 @@ class SCAIL2TransformerBlock(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        hidden_states: torch.Tensor,
         time_modulation: torch.Tensor,
         context: torch.Tensor,
         rope: torch.Tensor,
@@ -440,12 +442,17 @@ class SCAIL2TransformerBlock(nn.Module):
         )
         # Matmul inputs take the projections' compute dtype; norms and modulation stay in fp32 (see
         # docs/architecture.md, "Precision").
-        attn_in = modulate(self.norm1(x), shift_sa, scale_sa)
-        x = x + self.self_attn(attn_in.to(compute_dtype(self.self_attn.q)), rope) * gate_sa
-        cross_in = self.norm3(x).to(compute_dtype(self.cross_attn.q))
-        x = x + self.cross_attn(cross_in, context, num_image_tokens)
-        ffn_in = modulate(self.norm2(x), shift_ff, scale_ff)
-        return x + feed(self.ffn, ffn_in) * gate_ff
+        attn_in = modulate(self.norm1(hidden_states), shift_sa, scale_sa)
+        hidden_states = hidden_states + self.self_attn(attn_in.to(compute_dtype(self.self_attn.q)), rope) * gate_sa
+        cross_in = self.norm3(hidden_states).to(compute_dtype(self.cross_attn.q))
+        hidden_states = hidden_states + self.cross_attn(cross_in, context, num_image_tokens)
+        ffn_in = modulate(self.norm2(hidden_states), shift_ff, scale_ff)
+        return hidden_states + feed(self.ffn, ffn_in) * gate_ff
+
+
+# diffusers' step caches (FirstBlockCache, MagCache, ...) find a block's residual stream through this entry: the
+# `hidden_states` argument in, the returned tensor out (there is no separate text stream to carry).
+TransformerBlockRegistry.register(SCAIL2TransformerBlock, TransformerBlockMetadata(return_hidden_states_index=0))
 
 
 class SCAIL2Head(nn.Module):
@@ -476,13 +483,14 @@ class SCAIL2TransformerOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin):
     r"""The SCAIL-2 diffusion transformer.
 
     Config fields carry upstream's constructor names (`config-14b.json`), plus `image_dim` (CLIP width),
     `rope_theta` and `rope_offset` (the +120 patch shift that separates the driving stream and, in replacement,
     the references). `model_type` "i2v" adds the CLIP image tokens; "t2v" leaves them out (small models).
-    LoRA adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `set_adapters`, ...).
+    LoRA adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `set_adapters`, ...), step caches
+    through its `CacheMixin` (`enable_cache(FirstBlockCacheConfig(...))`; scail2.models.step_cache).
     """
 
     _supports_gradient_checkpointing = True

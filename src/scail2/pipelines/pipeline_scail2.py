@@ -49,6 +49,7 @@ from scail2.conditioning import (
 from scail2.diffusion.samplers import SAMPLERS, FlowSampler, sample
 from scail2.errors import Scail2Error
 from scail2.models.encoders import clip_image_features, clip_pixel_values, encode_prompts
+from scail2.models.step_cache import cache_pass, reset_step_cache
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.modes import MODES
 from scail2.pipelines.memory import (
@@ -142,6 +143,9 @@ def transformer_velocity(
     if history_frames:
         shared["history_mask"] = history_mask(frames, history_frames, height, width, device=device)[None]
     passes = [text.to(device)] if cfg_mode == "batched" else list(text.to(device).split(1))
+    pass_names = (
+        ["guided" if text.shape[0] == 2 else "cond"] if cfg_mode == "batched" else ["uncond", "cond"][-len(passes) :]
+    )
 
     def forward(latent: torch.Tensor, timestep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         batch = rows.shape[0]
@@ -153,7 +157,10 @@ def transformer_velocity(
 
     def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            outputs = [forward(latent, timestep, rows) for rows in passes]
+            outputs = []
+            for name, rows in zip(pass_names, passes):
+                with cache_pass(transformer, name):  # a step cache keeps its state per guidance pass
+                    outputs.append(forward(latent, timestep, rows))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     return velocity
@@ -518,6 +525,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return None if callback is None else callback(index, timestep, latent)
 
         sampler = FlowSampler(settings.sampler, settings.steps, settings.shift)
+        reset_step_cache(self.transformer)  # a step cache starts each segment afresh
         return sample(
             velocity,
             noise.to(device),
