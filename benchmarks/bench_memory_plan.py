@@ -4,7 +4,8 @@
     python -m benchmarks.bench_memory_plan --device cuda   # GPU: torch.cuda.max_memory_allocated, 14B included
 
 Measured: one transformer forward under no_grad (its RoPE table included), a VAE decode and encode of one
-segment, each above the weights and inputs that existed before. Then `scail2 plan --model 14b` for 24, 48 and
+segment, each above the weights and inputs that existed before. Then the units one transformer block holds per
+stage, chunked and as one chunk, beside the unchunked forward's; then `scail2 plan --model 14b` for 24, 48 and
 80 GiB cards at 81x512x896. Prints Markdown tables.
 """
 
@@ -15,8 +16,10 @@ import argparse
 import torch
 
 from benchmarks.common import build_inputs, random_transformer
+from scail2.models.transformer_scail2 import SCAIL2TransformerBlock
 from scail2.pipelines.live_bytes import peak_tensor_bytes
 from scail2.pipelines.memory_activations import (
+    measure_block_memory,
     transformer_forward_bytes,
     transformer_tokens,
     vae_decode_bytes,
@@ -106,6 +109,37 @@ def vae_rows(device: torch.device, vaes) -> list[tuple]:
     return rows
 
 
+# Units of the block before it ran in chunks (the whole-sequence forward, measured with `measure_block_memory`
+# at dim 256, 2048 tokens): (stage, precision) -> units.
+UNCHUNKED_UNITS = {
+    ("attention", "fp32"): 7.0,
+    ("attention", "bf16"): 6.5,
+    ("ffn (ffn_dim 4 dim)", "fp32"): 12.0,
+    ("ffn (ffn_dim 4 dim)", "bf16"): 8.0,
+    ("cross-attention (context 2 S)", "fp32"): 10.0,
+    ("cross-attention (context 2 S)", "bf16"): 11.5,
+}
+BLOCK_STAGES = {
+    "attention": {},
+    "ffn (ffn_dim 4 dim)": {"ffn_dim": 1024},
+    "cross-attention (context 2 S)": {"context": 4096},
+}
+
+
+def block_rows() -> list[tuple]:
+    """(stage, precision, unchunked, one chunk, chunked) units of one block at dim 256, 2048 tokens, on CPU."""
+    rows = []
+    for (stage, precision), unchunked in UNCHUNKED_UNITS.items():
+        chunked = measure_block_memory(precision, **BLOCK_STAGES[stage])
+        units, SCAIL2TransformerBlock.chunk_units = SCAIL2TransformerBlock.chunk_units, 1e9
+        try:
+            one_chunk = measure_block_memory(precision, **BLOCK_STAGES[stage])
+        finally:
+            SCAIL2TransformerBlock.chunk_units = units
+        rows.append((stage, precision, unchunked, one_chunk, chunked))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -119,6 +153,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for what, size, predicted, measured in rows:
         print(f"| {what} | {size} | {predicted / 2**20:.1f} | {measured / 2**20:.1f} | {predicted / measured:.3f} |")
+
+    print("\n| block stage (dim 256, 2048 tokens, CPU) | precision | unchunked units | one chunk | chunked |")
+    print("|---|---|---:|---:|---:|")
+    for stage, precision, unchunked, one_chunk, chunked in block_rows():
+        print(f"| {stage} | {precision} | {unchunked:.2f} | {one_chunk:.2f} | {chunked:.2f} |")
 
     folder = ModelFolder.from_preset("14b")
     job = JobShape(512, 896, 81)

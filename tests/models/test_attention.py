@@ -90,6 +90,8 @@ def test_a_new_model_runs_sdpa_on_every_attention_module(kernel_calls):
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_two_models_in_one_process_keep_their_own_backend(backend, kernel_calls):
     default, chosen = tiny_model(), tiny_model()
+    for block in chosen.blocks:
+        block.chunk_units = 1e9  # the whole sequence as one chunk: one kernel call per attention
     chosen.set_attention_backend(backend)
     inputs = tiny_inputs(default)
     with torch.no_grad():
@@ -119,6 +121,7 @@ def test_reset_attention_backend_returns_to_sdpa(kernel_calls):
 
 def test_one_module_can_take_its_own_backend(kernel_calls):
     model = tiny_model()
+    model.blocks[0].chunk_units = 1e9  # the whole sequence as one chunk: one kernel call
     model.blocks[0].self_attn.set_attention_backend("_native_math")
     with torch.no_grad():
         model(**tiny_inputs(model))

@@ -357,10 +357,22 @@ class SelfAttention(nn.Module, AttentionModuleMixin):
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, heads, head_dim]
+        k, v = self.keys_values(x, rope)
+        q = apply_rope(q, rope).to(v.dtype)
+        return self.o(self.processor(q, k, v).flatten(2))  # [B, S, dim]
+
+    def keys_values(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised, rotated keys and the values [B, S, heads, head_dim] of `x`, in the values' dtype."""
+        heads = (self.num_heads, -1)
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
         v = self.v(x).unflatten(-1, heads)
-        q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)
-        return self.o(self.processor(q, k, v).flatten(2))  # [B, S, dim]
+        return apply_rope(k, rope).to(v.dtype), v
+
+    def attend(self, x: torch.Tensor, rope: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The output [B, S', dim] of the queries of `x` (S' tokens, `rope` their rows) over given keys and values:
+        `forward` for one chunk of query tokens."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        return self.o(self.processor(apply_rope(q, rope).to(v.dtype), k, v).flatten(2))
 
 
 class CrossAttention(nn.Module, AttentionModuleMixin):
@@ -384,16 +396,29 @@ class CrossAttention(nn.Module, AttentionModuleMixin):
             self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+        return self.attend(x, self.keys_values(context, num_image_tokens))
+
+    def keys_values(self, context: torch.Tensor, num_image_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) [B, L, heads, head_dim] of the text tokens, then of the image tokens if any, each pair in
+        its values' dtype."""
         heads = (self.num_heads, -1)
         image_context, text_context = context[:, :num_image_tokens], context[:, num_image_tokens:]
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, heads, head_dim]
         k = self.norm_k(feed(self.k, text_context)).unflatten(-1, heads)
         v = feed(self.v, text_context).unflatten(-1, heads)
-        out = self.processor(q.to(v.dtype), k.to(v.dtype), v)
+        pairs = [(k.to(v.dtype), v)]
         if num_image_tokens:
             k_img = self.norm_k_img(feed(self.k_img, image_context)).unflatten(-1, heads)
             v_img = feed(self.v_img, image_context).unflatten(-1, heads)
-            out = out + self.processor(q.to(v_img.dtype), k_img.to(v_img.dtype), v_img)
+            pairs.append((k_img.to(v_img.dtype), v_img))
+        return pairs
+
+    def attend(self, x: torch.Tensor, keys_values: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The output [B, S, dim] of the queries of `x` over the text and the image tokens, summed."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, heads, head_dim]
+        out = None
+        for k, v in keys_values:
+            part = self.processor(q.to(v.dtype), k, v)
+            out = part if out is None else out + part
         return self.o(out.flatten(2))
 
 
@@ -406,8 +431,36 @@ def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> 
     return normed.float() * (1 + scale) + shift
 
 
+def token_chunks(tokens: int, chunk: int) -> list[slice]:
+    """Consecutive slices of at most `chunk` tokens covering 0 .. tokens-1."""
+    return [slice(start, min(start + chunk, tokens)) for start in range(0, tokens, chunk)]
+
+
+def rope_rows(rope: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The rotations of some tokens: rows of a [S, D/2, 2] table or of a per-sample [B, S, D/2, 2] one."""
+    return rope[rows] if rope.ndim == 3 else rope[:, rows]
+
+
+def write_rows(buffer: torch.Tensor | None, rows: slice, values: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Write `values` [B, len(rows), ...] into rows of `buffer` [B, tokens, ...], allocated like `values` when None."""
+    if buffer is None:
+        buffer = values.new_empty(values.shape[0], tokens, *values.shape[2:])
+    buffer[:, rows] = values
+    return buffer
+
+
 class SCAIL2TransformerBlock(nn.Module):
     """Self-attention and FFN under adaLN modulation from the timestep; ungated cross-attention between them."""
+
+    # Without autograd the block runs in token chunks (`forward_chunked`) whose temporaries total at most this
+    # many fp32 [S, dim] tensors: well under the keys, values and output stream (3 units in fp32) it runs beside,
+    # so the block's peak stays theirs, while the 14B model's 48,832 tokens still make chunks of ~1,700 tokens,
+    # matmuls large enough to fill a GPU.
+    chunk_units = 0.5
+    # The fp32 rows of `dim` one chunk's token holds at its widest besides the FFN's hidden rows (measured
+    # with `scail2.pipelines.memory_activations.measure_block_memory`): the modulated input, the projected and
+    # normalised query, its rotation's halves, the attention output and its projection.
+    chunk_temporaries = 6.0
 
     def __init__(
         self,
@@ -436,6 +489,8 @@ class SCAIL2TransformerBlock(nn.Module):
         rope: torch.Tensor,
         num_image_tokens: int,
     ) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self.forward_chunked(x, time_modulation, context, rope, num_image_tokens)
         # time_modulation [B, 6, dim] fp32 -> six [B, 1, dim] vectors; the residual stream stays fp32.
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_modulation).chunk(
             6, dim=1
@@ -453,6 +508,55 @@ class SCAIL2TransformerBlock(nn.Module):
 # diffusers' step caches (FirstBlockCache, MagCache, ...) find a block's residual stream through this entry: the
 # `hidden_states` argument in, the returned tensor out (there is no separate text stream to carry).
 TransformerBlockRegistry.register(SCAIL2TransformerBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+
+    def forward_chunked(
+        self,
+        x: torch.Tensor,
+        time_modulation: torch.Tensor,
+        context: torch.Tensor,
+        rope: torch.Tensor,
+        num_image_tokens: int,
+    ) -> torch.Tensor:
+        """`forward` without autograd, in chunks of query tokens: the same operations on the same values (up to
+        the rounding of matmuls over fewer rows), holding beyond the input only the keys, the values, the output
+        stream and one chunk's temporaries (docs/architecture.md, "Memory plan").
+
+        Everything but the keys and values of self-attention is row-wise: each token's queries, attention output,
+        cross-attention and FFN depend on its own row of the stream, so a chunk runs all of them at once.
+        """
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_modulation).chunk(
+            6, dim=1
+        )
+        attn, cross, attn_dtype = self.self_attn, self.cross_attn, compute_dtype(self.self_attn.q)
+        chunks = token_chunks(x.shape[1], self.chunk_tokens(x.shape[1]))
+
+        def attention_input(rows: slice) -> torch.Tensor:
+            return modulate(self.norm1(x[:, rows]), shift_sa, scale_sa).to(attn_dtype)
+
+        # 1. Keys and values of the whole sequence.
+        k = v = None
+        for rows in chunks:
+            k_rows, v_rows = attn.keys_values(attention_input(rows), rope_rows(rope, rows))
+            k, v = write_rows(k, rows, k_rows, x.shape[1]), write_rows(v, rows, v_rows, x.shape[1])
+        # 2. Per chunk of queries: self-attention into a new fp32 stream, then cross-attention and FFN in place.
+        context_kv = cross.keys_values(context, num_image_tokens)
+        out = None
+        for rows in chunks:
+            attended = attn.attend(attention_input(rows), rope_rows(rope, rows), k, v)
+            stream = x[:, rows] + attended * gate_sa
+            del attended
+            stream = stream + cross.attend(self.norm3(stream).to(compute_dtype(cross.q)), context_kv)
+            ffn_in = modulate(self.norm2(stream), shift_ff, scale_ff)
+            out = write_rows(out, rows, stream + feed(self.ffn, ffn_in) * gate_ff, x.shape[1])
+        return out
+
+    def chunk_tokens(self, tokens: int) -> int:
+        """Tokens per chunk of `forward_chunked`: one chunk's temporaries, about `chunk_temporaries` fp32 rows
+        of `dim` plus the FFN's two hidden rows of `ffn_dim` per token, stay within `chunk_units` of one fp32
+        [tokens, dim] tensor."""
+        dim, ffn_dim = self.ffn[0].in_features, self.ffn[0].out_features
+        per_token = self.chunk_temporaries + 2 * ffn_dim / dim
+        return max(1, int(tokens * self.chunk_units / per_token))
 
 
 class SCAIL2Head(nn.Module):

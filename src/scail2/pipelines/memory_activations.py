@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,11 +74,11 @@ class BlockMemory:
     The block's peak is the largest of its three stages; `measure_block_memory` re-derives every field.
     """
 
-    attention: float  # self-attention: q, k, v, the rotated q and both halves of the rotated k at once
-    cross_base: float  # cross-attention: its query-side tensors ...
+    attention: float  # self-attention: keys, values, the block's output stream and one token chunk's temporaries
+    cross_base: float  # cross-attention: the same tensors ...
     cross_per_context: float  # ... plus this many units per context token / S (keys and values of the context)
-    ffn_base: float  # FFN: its input and the updated residual ...
-    ffn_per_hidden: float  # ... plus this many units per ffn_dim / dim (the hidden layer and its GELU)
+    ffn_base: float  # FFN: the same tensors ...
+    ffn_per_hidden: float  # ... plus this many units per ffn_dim / dim (none: chunks shrink as the FFN widens)
 
     def units(self, ffn_ratio: float, context_ratio: float) -> float:
         return max(
@@ -88,21 +89,31 @@ class BlockMemory:
 
 
 # Measured on this package's forward (`measure_block_memory`): fp32 weights; bf16 weights under bf16 autocast.
-# In bf16 the residual stream, norms and RoPE stay fp32 (docs/architecture.md, "Precision"), so the
-# attention stage barely shrinks while the FFN hidden layer halves.
+# Without autograd a block runs in token chunks (`SCAIL2TransformerBlock.forward_chunked`): it holds the keys and
+# values of the sequence, its fp32 output stream, and one chunk's temporaries (`chunk_units` = 0.5), so every
+# stage peaks alike; only a context longer than the sequence (never a video's) adds its own keys and values.
 BLOCK_MEMORY = {
-    "fp32": BlockMemory(attention=7.0, cross_base=5.5, cross_per_context=2.5, ffn_base=3.0, ffn_per_hidden=2.0),
-    "bf16": BlockMemory(attention=7.0, cross_base=4.0, cross_per_context=4.0, ffn_base=3.5, ffn_per_hidden=1.0),
+    "fp32": BlockMemory(attention=3.5, cross_base=3.0, cross_per_context=2.5, ffn_base=3.4, ffn_per_hidden=0.0),
+    "bf16": BlockMemory(attention=2.5, cross_base=1.0, cross_per_context=4.0, ffn_base=2.25, ffn_per_hidden=0.0),
 }
 COMPUTE_BYTES = {"fp32": 4, "bf16": 2}
+# Patch embedding, in units: the embedded streams and their concatenation, plus this many units per input value
+# of a token (latent and mask channels over its patch) / dim, for the inputs' concatenated copies (measured on
+# the tiny configs, where dim is as small as the inputs; at 14B the term is 0.02 units).
+EMBEDDING_UNITS = 2.0
+EMBEDDING_UNITS_PER_INPUT = 0.65
 
 
 def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, precision: str) -> int:
-    """Peak bytes one forward allocates beyond its weights and inputs: the fp32 residual stream, one block's
-    stages (blocks run one after another under no_grad), the embedded context and the RoPE table."""
+    """Peak bytes one forward allocates beyond its weights and inputs: the fp32 residual stream and one block's
+    stages (blocks run one after another under no_grad) or, where the model is narrower than its inputs, the
+    patch embedding; plus the embedded context and the RoPE table."""
     dim, heads = config["dim"], config["num_heads"]
     unit = batch * tokens.total * dim * 4
+    inputs = (config.get("in_dim", 20) + config.get("mask_dim", 28)) * math.prod(config.get("patch_size", (1, 2, 2)))
+    embedding = EMBEDDING_UNITS + EMBEDDING_UNITS_PER_INPUT * inputs / dim - 1  # the stream's own unit is below
     block = BLOCK_MEMORY[precision].units(config["ffn_dim"] / dim, tokens.context / tokens.total)
+    block = max(block, embedding)
     context = batch * tokens.context * dim * COMPUTE_BYTES[precision]
     rope = tokens.total * (dim // heads) * 4  # [S, head_dim/2, 2] fp32
     return int((1 + block) * unit) + context + rope
