@@ -18,7 +18,8 @@ def test_plan_prints_the_phases_and_the_options_for_one_card(tmp_path, capsys):
     assert "options: bf16, group offload, batched CFG  (--offload group)" in out
     for phase in ("text encoder", "image encoder", "vae encode", "denoise", "vae decode"):
         assert f"| {phase} |" in out
-    assert "| **GPU peak** (denoise) | | | **17.8** of 21.8 usable |" in out
+    # with group offload the denoise needs 9.5 GiB; umT5-XXL, on the GPU while it encodes, is the peak
+    assert "| **GPU peak** (text encoder) | | | **10.7** of 21.8 usable |" in out
     assert "| host RAM |" in out
 
 
@@ -27,7 +28,7 @@ def test_plan_compares_cards_in_one_table(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| GPU | options picked |")
     assert rows[1].startswith("| 24 GiB | bf16, group offload, batched CFG | `--offload group` |")
-    assert rows[2].startswith("| 48 GiB | bf16, sequential CFG | `--cfg-mode sequential` |")
+    assert rows[2].startswith("| 48 GiB | bf16, batched CFG | (defaults) |")
     assert rows[3].startswith("| 80 GiB | bf16, batched CFG | (defaults) |")
 
 
@@ -39,17 +40,17 @@ def test_without_guidance_one_pass_fits_a_48_gib_card_as_it_is(capsys):
 
 def test_options_given_on_the_command_line_are_kept(capsys):
     assert main(["plan", "--model", "14b", "--gpu-memory", "24", "--quantize", "fp8", "--vae-tiling"]) == 0
-    assert "options: fp8, group offload, batched CFG, VAE tiling" in capsys.readouterr().out
+    assert "options: fp8, sequential CFG, VAE tiling" in capsys.readouterr().out
 
 
 def test_a_job_that_cannot_fit_is_refused_in_one_line_with_the_fix(capsys):
-    assert main(["plan", "--model", "14b", "--gpu-memory", "8"]) == 2
+    assert main(["plan", "--model", "14b", "--gpu-memory", "4"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("scail2 plan: error: 14b: 81 frames at 512x896 needs 8.2 GiB of GPU memory")
-    assert "it fits at --height 448 --width 768" in lines[0]
+    assert lines[0].startswith("scail2 plan: error: 14b: 81 frames at 512x896 needs 4.0 GiB of GPU memory")
+    assert "it fits at --height 384 --width 672" in lines[0]
 
 
 def test_without_a_gpu_the_plan_of_the_given_options_is_printed_unchecked(tiny_model, capsys, monkeypatch):

@@ -237,6 +237,9 @@ def test_segmented_generation_equals_segments_built_by_hand(pipeline):
     reference = pipeline.encode_reference(inputs)
     generator = torch.Generator().manual_seed(11)
     pieces, previous = [], None
+    # without autograd, as the pipeline runs: blocks then take their chunked path, equal to the autograd path only
+    # up to float rounding (8e-7 on these latents)
+    torch.set_grad_enabled(False)
     for segment in segments:
         conditions = pipeline.prepare_segment(inputs, segment)
         history = None
@@ -249,6 +252,7 @@ def test_segmented_generation_equals_segments_built_by_hand(pipeline):
             torch.testing.assert_close(latent[:, :, :2], history, rtol=0, atol=0)  # clean history kept exactly
         previous = pipeline.decode_segment(latent)
         pieces.append(previous[:, segment.history_frames : segment.real_frames])
+    torch.set_grad_enabled(True)
     by_hand = ((torch.cat(pieces, dim=1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
     assert torch.equal(result.frames, by_hand)
 

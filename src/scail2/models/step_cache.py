@@ -103,8 +103,9 @@ class BlockEvaluations:
 def count_block_evaluations(transformer) -> Iterator[BlockEvaluations]:
     """Count transformer forwards and real block evaluations while the context is open.
 
-    A block counts as evaluated when its self-attention runs: a cache that skips the block returns before its
-    original forward, so the hook on the block's own submodule never fires.
+    A block counts as evaluated when its own forward runs: a cache that skips the block returns before its
+    original forward. With autograd the forward calls the self-attention module (hooked here); without it the block
+    runs `forward_chunked` (wrapped here for the time of the context).
     """
     counts = BlockEvaluations(num_layers=len(transformer.blocks))
 
@@ -114,10 +115,21 @@ def count_block_evaluations(transformer) -> Iterator[BlockEvaluations]:
     def block_done(*_):
         counts.evaluated += 1
 
+    def counted(chunked):
+        def run(*args, **kwargs):
+            block_done()
+            return chunked(*args, **kwargs)
+
+        return run
+
     handles = [transformer.register_forward_hook(forward_done)]
     handles += [block.self_attn.register_forward_hook(block_done) for block in transformer.blocks]
+    for block in transformer.blocks:
+        block.forward_chunked = counted(block.forward_chunked)  # an instance attribute over the method
     try:
         yield counts
     finally:
         for handle in handles:
             handle.remove()
+        for block in transformer.blocks:
+            del block.forward_chunked

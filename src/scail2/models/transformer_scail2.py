@@ -490,7 +490,7 @@ class SCAIL2TransformerBlock(nn.Module):
         num_image_tokens: int,
     ) -> torch.Tensor:
         if not torch.is_grad_enabled():
-            return self.forward_chunked(x, time_modulation, context, rope, num_image_tokens)
+            return self.forward_chunked(hidden_states, time_modulation, context, rope, num_image_tokens)
         # time_modulation [B, 6, dim] fp32 -> six [B, 1, dim] vectors; the residual stream stays fp32.
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_modulation).chunk(
             6, dim=1
@@ -503,11 +503,6 @@ class SCAIL2TransformerBlock(nn.Module):
         hidden_states = hidden_states + self.cross_attn(cross_in, context, num_image_tokens)
         ffn_in = modulate(self.norm2(hidden_states), shift_ff, scale_ff)
         return hidden_states + feed(self.ffn, ffn_in) * gate_ff
-
-
-# diffusers' step caches (FirstBlockCache, MagCache, ...) find a block's residual stream through this entry: the
-# `hidden_states` argument in, the returned tensor out (there is no separate text stream to carry).
-TransformerBlockRegistry.register(SCAIL2TransformerBlock, TransformerBlockMetadata(return_hidden_states_index=0))
 
     def forward_chunked(
         self,
@@ -557,6 +552,11 @@ TransformerBlockRegistry.register(SCAIL2TransformerBlock, TransformerBlockMetada
         dim, ffn_dim = self.ffn[0].in_features, self.ffn[0].out_features
         per_token = self.chunk_temporaries + 2 * ffn_dim / dim
         return max(1, int(tokens * self.chunk_units / per_token))
+
+
+# diffusers' step caches (FirstBlockCache, MagCache, ...) find a block's residual stream through this entry: the
+# `hidden_states` argument in, the returned tensor out (there is no separate text stream to carry).
+TransformerBlockRegistry.register(SCAIL2TransformerBlock, TransformerBlockMetadata(return_hidden_states_index=0))
 
 
 class SCAIL2Head(nn.Module):
