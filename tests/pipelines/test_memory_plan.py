@@ -15,6 +15,7 @@ from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3D
 from scail2.pipelines.live_bytes import LiveTensorBytes, peak_tensor_bytes, traced_peak
 from scail2.pipelines.memory_activations import (
     BLOCK_MEMORY,
+    BLOCK_MEMORY_WHOLE,
     measure_block_memory,
     transformer_forward_bytes,
     transformer_tokens,
@@ -226,12 +227,14 @@ def test_one_forward_peaks_where_the_plan_says(config, size, precision, batch):
         ("cross-attention", {"context": 4096}, (1.0, 2.0)),
     ],
 )
-def test_the_block_table_is_what_the_forward_holds(precision, stage, kwargs, ratios):
-    measured = measure_block_memory(precision, **kwargs)
-    table = BLOCK_MEMORY[precision].units(*ratios)
+@pytest.mark.parametrize("chunked", [True, False])
+def test_the_block_table_is_what_the_forward_holds(precision, stage, kwargs, ratios, chunked):
+    measured = measure_block_memory(precision, chunked=chunked, **kwargs)
+    name = "BLOCK_MEMORY" if chunked else "BLOCK_MEMORY_WHOLE"
+    table = (BLOCK_MEMORY if chunked else BLOCK_MEMORY_WHOLE)[precision].units(*ratios)
     assert abs(table / measured - 1) <= TOLERANCE, (
-        f"{stage} stage of a {precision} block holds {measured:.2f} units, BLOCK_MEMORY says {table:.2f}: "
-        "update BLOCK_MEMORY from measure_block_memory"
+        f"{stage} stage of a {precision} block holds {measured:.2f} units, {name} says {table:.2f}: "
+        "update it from measure_block_memory"
     )
 
 

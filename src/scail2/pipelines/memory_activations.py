@@ -96,7 +96,22 @@ BLOCK_MEMORY = {
     "fp32": BlockMemory(attention=3.5, cross_base=3.0, cross_per_context=2.5, ffn_base=3.4, ffn_per_hidden=0.0),
     "bf16": BlockMemory(attention=2.5, cross_base=1.0, cross_per_context=4.0, ffn_base=2.25, ffn_per_hidden=0.0),
 }
+# Below `SCAIL2TransformerBlock.chunk_min_unit_bytes` per unit a block runs whole, with these peaks instead.
+BLOCK_MEMORY_WHOLE = {
+    "fp32": BlockMemory(attention=6.0, cross_base=5.0, cross_per_context=2.5, ffn_base=4.0, ffn_per_hidden=2.0),
+    "bf16": BlockMemory(attention=6.5, cross_base=2.5, cross_per_context=4.0, ffn_base=4.0, ffn_per_hidden=1.0),
+}
 COMPUTE_BYTES = {"fp32": 4, "bf16": 2}
+
+
+def block_memory(precision: str, unit_bytes: int) -> BlockMemory:
+    """The block table that applies to a forward whose fp32 [B, S, dim] tensor has `unit_bytes` bytes."""
+    from scail2.models.transformer_scail2 import SCAIL2TransformerBlock
+
+    chunked = unit_bytes >= SCAIL2TransformerBlock.chunk_min_unit_bytes
+    return (BLOCK_MEMORY if chunked else BLOCK_MEMORY_WHOLE)[precision]
+
+
 # Patch embedding, in units: the embedded streams and their concatenation, plus this many units per input value
 # of a token (latent and mask channels over its patch) / dim, for the inputs' concatenated copies (measured on
 # the tiny configs, where dim is as small as the inputs; at 14B the term is 0.02 units).
@@ -112,7 +127,7 @@ def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, pre
     unit = batch * tokens.total * dim * 4
     inputs = (config.get("in_dim", 20) + config.get("mask_dim", 28)) * math.prod(config.get("patch_size", (1, 2, 2)))
     embedding = EMBEDDING_UNITS + EMBEDDING_UNITS_PER_INPUT * inputs / dim - 1  # the stream's own unit is below
-    block = BLOCK_MEMORY[precision].units(config["ffn_dim"] / dim, tokens.context / tokens.total)
+    block = block_memory(precision, unit).units(config["ffn_dim"] / dim, tokens.context / tokens.total)
     block = max(block, embedding)
     context = batch * tokens.context * dim * COMPUTE_BYTES[precision]
     rope = tokens.total * (dim // heads) * 4  # [S, head_dim/2, 2] fp32
@@ -120,7 +135,7 @@ def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, pre
 
 
 def measure_block_memory(
-    precision: str, dim: int = 256, ffn_dim: int = 256, tokens: int = 2048, context: int = 1
+    precision: str, dim: int = 256, ffn_dim: int = 256, tokens: int = 2048, context: int = 1, chunked: bool = True
 ) -> float:
     """Units one block of this package's transformer holds beyond its input on CPU (real tensors, this tracker).
 
@@ -136,6 +151,7 @@ def measure_block_memory(
         model_type="t2v", dim=dim, ffn_dim=ffn_dim, num_heads=dim // 64, num_layers=1, freq_dim=64, text_dim=8
     ).eval()
     block = model.blocks[0].to(dtype)
+    block.chunk_min_unit_bytes = 0 if chunked else float("inf")  # this size runs whole otherwise
     for name, parameter in block.named_parameters():
         if "modulation" in name or "norm" in name:
             parameter.data = parameter.data.float()  # the declared fp32 modules
