@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import build_inputs, random_transformer, timed
+from scail2.models.state_dict_io import kept_in_fp32
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel, scail2_rope_table
 
 CAST_OPS = {torch.ops.aten._to_copy, torch.ops.aten.copy_, torch.ops.aten._autocast_to_reduced_precision}
@@ -52,8 +53,8 @@ def weight_bytes_table() -> None:
             model = SCAIL2Transformer3DModel.from_preset(preset)
         keep = model._keep_in_fp32_modules
         total = sum(p.numel() for p in model.parameters())
-        kept = sum(p.numel() for n, p in model.named_parameters() if any(k in n.split(".") for k in keep))
-        matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim >= 2 and not any(k in n for k in keep))
+        kept = sum(p.numel() for n, p in model.named_parameters() if kept_in_fp32(n, keep))
+        matmul = sum(p.numel() for n, p in model.named_parameters() if p.ndim >= 2 and not kept_in_fp32(n, keep))
         print(
             f"| {preset} | {total:,} | {kept:,} | {4 * total / 1e9:.2f} | {(2 * (total - kept) + 4 * kept) / 1e9:.2f} "
             f"| {(4 * total + 2 * matmul) / 1e9:.2f} |"

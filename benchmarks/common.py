@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from scail2.models.state_dict_io import kept_in_fp32
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 
 
@@ -26,7 +27,7 @@ def materialise(model: torch.nn.Module, device: torch.device, storage_dtype: tor
     buffers built on a real device (RoPE tables) keep their values."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers() if not b.is_meta}
     for name, param in model.named_parameters():
-        if not any(part in keep_fp32 for part in name.split(".")):
+        if not kept_in_fp32(name, keep_fp32):
             param.data = param.data.to(storage_dtype)
     model = model.to_empty(device=device)
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 
 from scail2.conditioning import AnimationInputs
 from scail2.errors import Scail2Error
+from scail2.models.state_dict_io import kept_in_fp32
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
 from scail2.pipelines.live_bytes import LiveTensorBytes, peak_tensor_bytes, traced_peak
 from scail2.pipelines.memory_activations import (
@@ -25,7 +26,6 @@ from scail2.pipelines.memory_activations import (
 from scail2.pipelines.memory_inventory import (
     ModelFolder,
     is_block_linear,
-    is_kept_fp32,
     meta_module,
     read_component,
     write_config_folder,
@@ -64,7 +64,7 @@ def transformer(config: dict, precision: str) -> SCAIL2Transformer3DModel:
     model = SCAIL2Transformer3DModel(**config).eval()
     if precision == "bf16":
         for name, parameter in model.named_parameters():
-            if not is_kept_fp32(name, model._keep_in_fp32_modules):
+            if not kept_in_fp32(name, model._keep_in_fp32_modules):
                 parameter.data = parameter.data.bfloat16()
     return model
 

@@ -351,6 +351,24 @@ def fuse_deltas(model: nn.Module, deltas: Sequence[LoraDelta], scale: float) -> 
         parameter.copy_(updated.to(parameter.dtype))
 
 
+def lora_deltas(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: Path, adapter_config: Mapping[str, Any] | None
+) -> tuple[list[LoraDelta], list[str]]:
+    """One loaded LoRA parsed and planned against `model` (strict), with a warning for each update it skips;
+    fused or attached unfused alike."""
+    updates = parse_lora_state_dict(state_dict, source=source)
+    deltas, skipped = plan_lora(model, updates, source=source, config=adapter_config)
+    for note in skipped:
+        logger.warning("%s: skipped %s (made for a different input width)", source, note)
+    return deltas, skipped
+
+
+def rank_counts(deltas: Sequence[LoraDelta]) -> dict[str, int]:
+    """The `low_rank` and `full_rank` counts of a LoraReport."""
+    low_rank = sum(item.kind == "low_rank" for item in deltas)
+    return {"low_rank": low_rank, "full_rank": len(deltas) - low_rank}
+
+
 def apply_lora(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -361,18 +379,9 @@ def apply_lora(
 ) -> LoraReport:
     """Fuse one LoRA (already loaded) into `model` in place; strict, and all-or-nothing."""
     source = Path(source)
-    updates = parse_lora_state_dict(state_dict, source=source)
-    deltas, skipped = plan_lora(model, updates, source=source, config=adapter_config)
-    for note in skipped:
-        logger.warning("%s: skipped %s (made for a different input width)", source, note)
+    deltas, skipped = lora_deltas(model, state_dict, source=source, adapter_config=adapter_config)
     fuse_deltas(model, deltas, scale)
-    return LoraReport(
-        path=source,
-        scale=scale,
-        low_rank=sum(item.kind == "low_rank" for item in deltas),
-        full_rank=sum(item.kind != "low_rank" for item in deltas),
-        skipped=skipped,
-    )
+    return LoraReport(path=source, scale=scale, skipped=skipped, **rank_counts(deltas))
 
 
 def apply_loras(model: nn.Module, specs: Sequence[LoraSpec], *, fuse: bool = True) -> list[LoraReport]:

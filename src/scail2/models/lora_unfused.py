@@ -30,7 +30,6 @@ they live when the LoRA is attached.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,10 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scail2.errors import Scail2Error
-from scail2.models.lora import LoraDelta, LoraReport, parse_lora_state_dict, plan_lora
+from scail2.models.lora import LoraDelta, LoraReport, lora_deltas, rank_counts
 from scail2.models.transformer_scail2 import compute_dtype
-
-logger = logging.getLogger(__name__)
 
 # Attributes set on the modules a LoRA touches (plain Python state, outside parameters and the state dict).
 TERMS = "_scail2_lora_terms"  # linear layer: {handle id: _LinearTerm}
@@ -233,17 +230,9 @@ def attach_lora(
 ) -> LoraHandle:
     """Apply one LoRA (already loaded) to `model` without fusing it; strict and all-or-nothing, as `apply_lora`."""
     source = Path(source)
-    updates = parse_lora_state_dict(state_dict, source=source)
-    deltas, skipped = plan_lora(model, updates, source=source, config=adapter_config)
-    for note in skipped:
-        logger.warning("%s: skipped %s (made for a different input width)", source, note)
+    deltas, skipped = lora_deltas(model, state_dict, source=source, adapter_config=adapter_config)
     handle = LoraHandle(
-        path=source,
-        scale=_check_scale(scale, source),
-        low_rank=sum(item.kind == "low_rank" for item in deltas),
-        full_rank=sum(item.kind != "low_rank" for item in deltas),
-        skipped=skipped,
-        model=model,
+        path=source, scale=_check_scale(scale, source), skipped=skipped, model=model, **rank_counts(deltas)
     )
     for item in deltas:
         owner_name, _, name = item.parameter.rpartition(".")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from scail2.errors import Scail2Error
-from scail2.models.state_dict_io import check_state_dict
+from scail2.models.state_dict_io import check_state_dict, kept_in_fp32
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.optional import require
 
@@ -380,7 +380,7 @@ class Storage:
             return tensor
         if self.dtype is None:
             return tensor.to(torch.bfloat16) if tensor.dtype in FP8_DTYPES.values() else tensor
-        return tensor.to(torch.float32 if any(m in name for m in self.keep_fp32) else self.dtype)
+        return tensor.to(torch.float32 if kept_in_fp32(name, self.keep_fp32) else self.dtype)
 
 
 def stored_tensors(

@@ -108,6 +108,13 @@ def require_tensor_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tens
     return dict(obj)
 
 
+def kept_in_fp32(name: str, modules) -> bool:
+    """Whether the tensor `name` stays fp32 under `_keep_in_fp32_modules`: diffusers' loader matches an entry
+    against whole dotted parts of the name ("norm_q" keeps `blocks.0.self_attn.norm_q.weight`, "norm" nothing)."""
+    parts = name.split(".")
+    return any(module in parts for module in modules)
+
+
 def format_keys(keys: list[str] | set[str], limit: int = KEYS_SHOWN_IN_ERRORS) -> str:
     """'a, b, c (and 12 more)' over sorted keys."""
     ordered = sorted(keys)

@@ -20,6 +20,7 @@ import torch
 
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
+from scail2.optional import require
 
 # Components in the order a job uses them.
 COMPONENTS = ("text_encoder", "image_encoder", "transformer", "vae")
@@ -166,11 +167,7 @@ def safetensors_tensors(path: Path) -> list[TensorInfo]:
 
 def gguf_tensors(path: Path) -> list[TensorInfo]:
     """The tensor table of a .gguf file (the `gguf` package maps the file; no tensor is read)."""
-    try:
-        gguf = importlib.import_module("gguf")
-    except ModuleNotFoundError:
-        raise Scail2Error(f"{path}: reading a GGUF file needs the gguf package: pip install gguf") from None
-    reader = gguf.GGUFReader(path)
+    reader = require("gguf", purpose="reading GGUF weights").GGUFReader(path)
     return [
         # GGUF lists dimensions innermost first; torch's order is the reverse.
         TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name, int(t.n_bytes))
@@ -308,8 +305,3 @@ def block_index(name: str) -> int | None:
 def is_block_linear(tensor: TensorInfo) -> bool:
     """A linear weight inside a block (q, k, v, o, k_img, v_img, the FFN): what fp8 and GGUF quantise."""
     return block_index(tensor.name) is not None and tensor.name.endswith(".weight") and len(tensor.shape) == 2
-
-
-def is_kept_fp32(name: str, keep_in_fp32: list[str]) -> bool:
-    """diffusers' rule for `_keep_in_fp32_modules`: an entry equal to one dotted component of the name."""
-    return any(module in name.split(".") for module in keep_in_fp32)

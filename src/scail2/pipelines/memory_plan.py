@@ -32,6 +32,7 @@ import torch
 
 from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE, valid_length
 from scail2.errors import Scail2Error
+from scail2.models.state_dict_io import kept_in_fp32
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.pipelines.memory_activations import (
     CLIP_TOKENS,
@@ -50,7 +51,6 @@ from scail2.pipelines.memory_inventory import (
     ModelFolder,
     block_index,
     is_block_linear,
-    is_kept_fp32,
     meta_module,
 )
 
@@ -285,7 +285,7 @@ def tensor_run_bytes(component: Component, options: RunOptions) -> dict[str, int
             sizes[tensor.name] = int(tensor.numel * GGUF_BITS[options.gguf] / 8)
         elif options.quantize == "fp8" and is_block_linear(tensor):
             sizes[tensor.name] = tensor.numel + 4 * tensor.shape[0]  # e4m3 weight + fp32 scale per output row
-        elif is_kept_fp32(tensor.name, keep_fp32):
+        elif kept_in_fp32(tensor.name, keep_fp32):
             sizes[tensor.name] = tensor.numel * 4
         else:
             sizes[tensor.name] = tensor.numel * element

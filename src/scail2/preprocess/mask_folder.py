@@ -32,11 +32,10 @@ import torch
 from PIL import Image
 
 from scail2 import __version__
-from scail2.data.format import read_json, replace_folder
+from scail2.data.format import partial_path, read_json, replace_folder
 from scail2.errors import Scail2Error
 from scail2.preprocess.masks import background_color
 from scail2.preprocess.palette import BLACK, IDENTITY_COLORS, MAX_IDENTITIES, WHITE
-from scail2.preprocess.video_io import partial_path
 
 FORMAT_NAME = "scail2-masks"
 FORMAT_VERSION = 1

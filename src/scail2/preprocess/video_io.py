@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from scail2.data.format import partial_path
 from scail2.errors import Scail2Error
 from scail2.optional import LazyModule
 
@@ -275,11 +276,6 @@ def read_mask_frames(
 # ---------------------------------------------------------------------------------------------------
 # 3. Writing
 # ---------------------------------------------------------------------------------------------------
-
-
-def partial_path(path: Path) -> Path:
-    """The temporary name a result is written under before it is renamed to `path`."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
 def _as_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
