@@ -353,13 +353,13 @@ class SelfAttention(nn.Module, AttentionModuleMixin):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        # Set by `SCAIL2Transformer3DModel.enable_sequence_parallel`: x holds one rank's tokens, and keys, values
+        # and queries cross the ranks after RoPE (scail2.parallel.ulysses). None: the whole sequence is here.
+        self.sequence_parallel = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, S, heads, head_dim]
-        k, v = self.keys_values(x, rope)
-        q = apply_rope(q, rope).to(v.dtype)
-        return self.o(self.processor(q, k, v).flatten(2))  # [B, S, dim]
+        k, v = self.exchange(*self.keys_values(x, rope))
+        return self.attend(x, rope, k, v)  # [B, S, dim]
 
     def keys_values(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised, rotated keys and the values [B, S, heads, head_dim] of `x`, in the values' dtype."""
@@ -368,11 +368,18 @@ class SelfAttention(nn.Module, AttentionModuleMixin):
         v = self.v(x).unflatten(-1, heads)
         return apply_rope(k, rope).to(v.dtype), v
 
+    def exchange(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values as attention takes them: as given, or under sequence parallelism every rank's tokens
+        of this rank's heads."""
+        return (k, v) if self.sequence_parallel is None else self.sequence_parallel.keys_values(k, v)
+
     def attend(self, x: torch.Tensor, rope: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The output [B, S', dim] of the queries of `x` (S' tokens, `rope` their rows) over given keys and values:
         `forward` for one chunk of query tokens."""
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        return self.o(self.processor(apply_rope(q, rope).to(v.dtype), k, v).flatten(2))
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), rope).to(v.dtype)
+        if self.sequence_parallel is not None:
+            return self.o(self.sequence_parallel.attention(self.processor, q, k, v).flatten(2))
+        return self.o(self.processor(q, k, v).flatten(2))
 
 
 class CrossAttention(nn.Module, AttentionModuleMixin):
@@ -537,6 +544,7 @@ class SCAIL2TransformerBlock(nn.Module):
         for rows in chunks:
             k_rows, v_rows = attn.keys_values(attention_input(rows), rope_rows(rope, rows))
             k, v = write_rows(k, rows, k_rows, x.shape[1]), write_rows(v, rows, v_rows, x.shape[1])
+        k, v = attn.exchange(k, v)
         # 2. Per chunk of queries: self-attention into a new fp32 stream, then cross-attention and FFN in place.
         context_kv = cross.keys_values(context, num_image_tokens)
         out = None
@@ -620,6 +628,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         "norm_k_img",
         "img_emb",
     ]
+    # Ulysses sequence parallelism (scail2.parallel.ulysses), set by `enable_sequence_parallel`; None: one process.
+    sequence_parallel = None
     # Sequences whose RoPE rotations stay cached on the device (a few shapes per job: segments share one).
     rope_cache_size = 8
     # Positions past the RoPE offset that the per-axis tables cover from the start: grids up to 256 patches
@@ -713,6 +723,13 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         if name not in SCAIL2_PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(SCAIL2_PRESETS)}")
         return cls(**{**SCAIL2_PRESETS[name], **overrides})
+
+    def enable_sequence_parallel(self, plan) -> None:
+        """Run self-attention under a sequence-parallel plan (`scail2.parallel.UlyssesAttention`; None: off): the
+        blocks see one rank's share of the tokens, and the plan's collectives join them inside self-attention."""
+        self.sequence_parallel = plan
+        for block in self.blocks:
+            block.self_attn.sequence_parallel = plan
 
     @property
     def latent_channels(self) -> int:
@@ -984,6 +1001,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             extra_ref_masks,
         )
         rope = self.rope_table(frames, grid_h, grid_w, num_extra, replace, x.device)
+        if self.sequence_parallel is not None:
+            x, rope = self.sequence_parallel.shard(x, rope)  # this rank's tokens and their rotations
 
         # 2. Timestep and context embeddings.
         time_embedding, time_modulation = self.embed_time(timestep)
@@ -998,6 +1017,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
                 x = block(x, time_modulation, context, rope, num_image_tokens)
 
         # 4. Head on the video tokens only (extra refs and the reference come first, the driving stream last).
+        if self.sequence_parallel is not None:
+            x = self.sequence_parallel.gather(x)  # [B, S, dim] on every rank
         start = (num_extra + 1) * grid_h * grid_w
         video_tokens = x[:, start : start + frames * grid_h * grid_w]
         out = self.unpatchify(self.head(video_tokens, time_embedding), frames, grid_h, grid_w)

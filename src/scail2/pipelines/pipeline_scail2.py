@@ -183,6 +183,8 @@ class SCAIL2Pipeline(DiffusionPipeline):
     _optional_components = ["text_encoder", "tokenizer", "image_encoder"]
     _callback_tensor_inputs = ["latents"]
     _encoder_names = ("text_encoder", "image_encoder")
+    # Several processes for one video (`scail2.parallel.ParallelLayout.apply`); None: this process alone.
+    parallel = None
 
     def __init__(
         self, transformer: SCAIL2Transformer3DModel, vae, text_encoder=None, tokenizer=None, image_encoder=None
@@ -479,6 +481,13 @@ class SCAIL2Pipeline(DiffusionPipeline):
         """This pipeline's transformer over one segment's conditions; see `transformer_velocity`. `cfg_mode`
         (default: `memory.cfg_mode`) "auto" is resolved here for this segment's size (`choose_cfg_mode`)."""
         device = self._execution_device
+        if self.parallel is not None and self.parallel.splits_guidance(text):  # one guidance pass per rank group
+            own = self.parallel.own_text(text)
+            return self.parallel.gather_guidance(
+                transformer_velocity(
+                    self.transformer, device, reference, conditions, own, replace, history_frames, autocast_dtype
+                )
+            )
         cfg_mode = self.guidance_mode(cfg_mode or self.memory.cfg_mode, text.shape[0], conditions, reference)
         return transformer_velocity(
             self.transformer, device, reference, conditions, text, replace, history_frames, autocast_dtype, cfg_mode
