@@ -3,6 +3,7 @@ thread each (the test machine has two cores)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 
@@ -39,3 +40,13 @@ def spawn(worker, world: int, *args) -> None:
     The processes are forked, so they start with this process's modules already imported (a fresh interpreter
     spends seconds importing torch and diffusers); no rank touches a thread pool of the parent's."""
     mp.start_processes(_entry, args=(world, free_port(), worker, args), nprocs=world, join=True, start_method="fork")
+
+
+def start(worker, world: int, *args) -> list[multiprocessing.Process]:
+    """The same ranks, forked and left alone: nothing here stops the others when one fails (torchrun and
+    `spawn` would), so a test sees what the ranks do by themselves."""
+    port, context = free_port(), multiprocessing.get_context("fork")
+    processes = [context.Process(target=_entry, args=(rank, world, port, worker, args)) for rank in range(world)]
+    for process in processes:
+        process.start()
+    return processes
