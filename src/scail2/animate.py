@@ -73,6 +73,7 @@ class AnimateRequest:
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
     memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
+    shard_weights: bool = False  # under torchrun: the transformer's weights split over the ranks (FSDP2)
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
@@ -403,13 +404,15 @@ def check_memory(request: AnimateRequest, device: torch.device) -> None:
     )
 
 
-def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
-    """Generate one video from files; returns the manifest (also written beside the video)."""
+def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None, layout=None) -> dict:
+    """Generate one video from files; returns the manifest (also written beside the video). Under torchrun,
+    `layout` (`scail2.parallel.ParallelLayout`) spreads the generation over the ranks; every rank reads the
+    inputs itself and only rank 0 writes (the other ranks return None)."""
     start = time.perf_counter()
     out = Path(request.out)
     if out.suffix.lower() != ".mp4":
         raise Scail2Error(f"{out}: the output must be an .mp4 file")
-    device = resolve_device(request.device)
+    device = resolve_device(request.device) if layout is None else layout.device
     if step_cache.parse_step_cache(request.cache) and request.compile:  # a bad --cache fails before loading too
         raise Scail2Error(
             f"--cache {request.cache} cannot be combined with --compile: the cache decides in Python whether to "
@@ -418,11 +421,11 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
-        if request.memory_check and device.type == "cuda":
+        if request.memory_check and device.type == "cuda" and layout is None:  # (the ranks: `scail2 plan --gpus`)
             check_memory(request, device)
         pipeline = load_pipeline(
             request.model,
-            device,
+            torch.device("cpu") if request.shard_weights else device,  # each rank's share goes to its GPU
             request.loras,
             request.dtype,
             request.attention,
@@ -433,6 +436,8 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
+    if layout is not None:
+        layout.apply(pipeline, guided=request.settings.guidance_scale > 1, shard_weights=request.shard_weights)
     loaded = load_inputs(request)
     with (
         step_cache.step_cache_enabled(pipeline.transformer, request.cache),
@@ -443,7 +448,10 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
             request.settings,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
+            progress=layout is None or layout.is_main,
         )
+    if layout is not None and not layout.is_main:
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)
     if request.frames_dir is not None:
@@ -461,6 +469,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         "model_fingerprint": model_fingerprint(request.model) if request.model else None,
         "bundled_model": use_bundled,
         "device": str(device),
+        "parallel": None if layout is None else layout.describe(),
         "step_cache": {"cache": request.cache, **blocks.as_dict()},
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }

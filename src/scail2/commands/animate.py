@@ -123,6 +123,12 @@ def _add_memory_arguments(parser) -> None:
         action="store_false",
         help="on a GPU, skip the memory plan that refuses a job the card cannot hold before loading (`scail2 plan`)",
     )
+    parser.add_argument(
+        "--shard-weights",
+        action="store_true",
+        help="under torchrun: split the transformer's weights over the ranks (FSDP2), for cards that cannot hold "
+        "them whole; the ranks always share the work (guidance split over two, the tokens over the rest)",
+    )
 
 
 def register(subparsers) -> None:
@@ -139,9 +145,17 @@ def run(args) -> int:
     from scail2.animate import AnimateRequest, run_animate, sampling_settings
     from scail2.commands import require_text_dependencies
     from scail2.optional import require
+    from scail2.parallel.layout import check_options, world_size_from_environment
     from scail2.pipelines.memory import MemorySettings
 
     require("av", purpose="reading the driving video and writing the output video")
+    check_options(
+        world_size_from_environment(),
+        cache=args.cache,
+        compile=args.compile,
+        offload=args.offload,
+        shard_weights=args.shard_weights,
+    )
     require_text_dependencies(args.model)
     use_bundled = args.model is None
     if use_bundled:
@@ -196,10 +210,25 @@ def run(args) -> int:
         frames_dir=args.frames_dir,
         extra_refs=args.extra_ref,
         memory_check=args.memory_check,
+        shard_weights=args.shard_weights,
     )
-    manifest = run_animate(request)
+    manifest = run_parallel(request) if world_size_from_environment() > 1 else run_animate(request)
+    if manifest is None:  # a rank other than 0 under torchrun
+        return 0
     print(
         f"wrote {manifest['output']}: {manifest['frames']} frames at {manifest['fps']} fps "
         f"({manifest['timings_s']['wall_s']:.1f} s)"
     )
     return 0
+
+
+def run_parallel(request):
+    """One generation over torchrun's processes: every error stops every rank (`ParallelLayout`)."""
+    from scail2.animate import run_animate
+    from scail2.parallel import ParallelLayout
+
+    layout = ParallelLayout.from_environment(request.device)
+    with layout.failures_shared():
+        manifest = run_animate(request, layout=layout)
+    layout.finish()
+    return manifest

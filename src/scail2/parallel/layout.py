@@ -55,6 +55,33 @@ def grid_shape(world: int, num_heads: int, guided: bool, cfg_parallel: bool = Tr
     return cfg, ulysses
 
 
+def check_options(
+    world: int, *, cache: str = "none", compile: bool = False, offload: str = "none", shard_weights: bool = False
+) -> None:
+    """Raise a one-line Scail2Error for flags that cannot run over `world` processes, before anything loads."""
+    if shard_weights and world <= 1:
+        raise Scail2Error(
+            "--shard-weights splits the weights over several processes: start the job with torchrun "
+            "--nproc_per_node N (N > 1)"
+        )
+    if world <= 1:
+        return
+    if cache not in ("none", None):
+        raise Scail2Error(
+            f"--cache {cache} cannot run over {world} processes: each rank would decide alone which "
+            "blocks to skip; drop --cache"
+        )
+    if compile:
+        raise Scail2Error(
+            f"--compile cannot run over {world} processes yet (the collectives inside the blocks "
+            "break the full graph); drop --compile"
+        )
+    if shard_weights and offload != "none":
+        raise Scail2Error(
+            f"--shard-weights keeps each rank's share of the weights on its GPU; drop --offload {offload}"
+        )
+
+
 def _process_device(device: str | torch.device | None) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK on a GPU machine (or when a cuda device is asked for), else the CPU."""
     kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,11 +248,10 @@ class ParallelLayout:
         transformer = pipeline.transformer
         self.make_groups(transformer.config.num_heads, guided, cfg_parallel)
         if self.ulysses > 1:
-            transformer.enable_sequence_parallel(
-                UlyssesAttention(self.ulysses_group, transformer.config.num_heads)
-            )
+            transformer.enable_sequence_parallel(UlyssesAttention(self.ulysses_group, transformer.config.num_heads))
         if shard_weights:
-            shard_transformer(transformer)
+            shard_transformer(transformer, self.device)
+            pipeline.vae.to(self.device)  # (loaded on the CPU with the transformer; the encoders visit the GPU)
         pipeline.parallel = self
 
     def finish(self) -> None:
@@ -238,13 +264,17 @@ class ParallelLayout:
             dist.destroy_process_group()
 
 
-def shard_transformer(transformer: torch.nn.Module) -> None:
-    """FSDP2: every block's weights split over all ranks (each block gathered for its forward, then freed), and
-    the rest at the root. All ranks run the same blocks in the same order, whatever pass or tokens they hold."""
+def shard_transformer(transformer: torch.nn.Module, device: torch.device | None = None) -> None:
+    """FSDP2 over all ranks: every block's weights split between them (gathered for the block's forward, then
+    freed), and the rest at the root. All ranks run the same blocks in the same order, whatever pass or tokens
+    they hold. Weights still on the CPU move to `device` one block at a time, as each is sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     if any(p.device.type == "meta" for p in transformer.parameters()):
         raise Scail2Error("--shard-weights needs the transformer's weights in memory: drop --offload")
+    device = device or next(transformer.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in transformer.blocks:
-        fully_shard(block)
-    fully_shard(transformer)
+        fully_shard(block, mesh=mesh)
+    fully_shard(transformer, mesh=mesh)
