@@ -51,6 +51,12 @@ def register(subparsers) -> None:
     for flag, choices, description in OPTION_FLAGS.values():
         parser.add_argument(flag, choices=choices, help=f"{description}; chosen by the plan when left out")
     parser.add_argument(
+        "--gpus", type=int, metavar="N", help="plan for N GPUs under torchrun: per-GPU memory, time and the scaling"
+    )
+    parser.add_argument("--shard-weights", action="store_true", help="with --gpus: weights split over the GPUs")
+    parser.add_argument("--tflops", type=float, default=400.0, help="with --gpus: effective TFLOP/s of one GPU")
+    parser.add_argument("--link-gbs", type=float, default=200.0, help="with --gpus: all-to-all GB/s per GPU")
+    parser.add_argument(
         "--vae-tiling",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -93,6 +99,8 @@ def run(args) -> int:
     if args.vae_tiling is not None:
         fixed["vae_tiling"] = args.vae_tiling
     host_budget = None if args.host_memory is None else int(args.host_memory * GIB)
+    if args.gpus is not None:
+        return _plan_gpus(args, folder, job, RunOptions(**fixed))
 
     if not args.gpu_memory:
         budget = detected_gpu_bytes()
@@ -118,3 +126,15 @@ def run(args) -> int:
     for line in refused:
         print(line, file=sys.stderr)
     return 2 if refused else 0
+
+
+def _plan_gpus(args, folder, job, options) -> int:
+    from scail2.errors import Scail2Error
+    from scail2.parallel.scaling import describe
+    from scail2.pipelines.memory_plan import usable_gpu_bytes
+
+    if args.gpus < 1:
+        raise Scail2Error(f"--gpus must be at least 1, got {args.gpus}")
+    budget = usable_gpu_bytes(args.gpu_memory[0]) if args.gpu_memory else None
+    print(describe(folder, job, options, args.gpus, args.shard_weights, budget, args.tflops, args.link_gbs))
+    return 0

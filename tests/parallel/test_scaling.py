@@ -1,0 +1,63 @@
+"""`scail2 plan --gpus N`: per-GPU memory and time over N GPUs, and the scaling table."""
+
+from __future__ import annotations
+
+import pytest
+
+from scail2.cli import main
+from scail2.errors import Scail2Error
+from scail2.parallel.scaling import parallel_plan, scaling
+from scail2.pipelines.memory_inventory import ModelFolder
+from scail2.pipelines.memory_plan import GIB, JobShape, RunOptions, transformer_sizes
+
+JOB = JobShape(512, 896, 81)
+
+
+@pytest.fixture(scope="module")
+def folder() -> ModelFolder:
+    return ModelFolder.read("14b")
+
+
+def test_the_layouts_follow_guidance_and_the_heads(folder):
+    plans = {p.layout.gpus: p.layout for p in scaling(folder, JOB, RunOptions(), 8)}
+    assert sorted(plans) == [1, 2, 4, 8]
+    assert (plans[2].cfg, plans[2].ulysses) == (2, 1) and (plans[8].cfg, plans[8].ulysses) == (2, 4)
+    unguided = parallel_plan(folder, JobShape(512, 896, 81, guided=False), RunOptions(), 8)
+    assert (unguided.layout.cfg, unguided.layout.ulysses) == (1, 8)
+    with pytest.raises(Scail2Error, match="divide the model's 40 attention heads"):
+        parallel_plan(folder, JobShape(512, 896, 81, guided=False), RunOptions(), 3)
+
+
+def test_predicted_speed_up_meets_the_targets(folder):
+    plans = {p.layout.gpus: p for p in scaling(folder, JOB, RunOptions(), 8)}
+    one = plans[1].step_s
+    assert one / plans[2].step_s >= 1.85  # guidance split: no exchange inside the forward
+    assert one / plans[8].step_s >= 6.5  # 2 x 4 Ulysses
+    assert one / plans[8].step_s < 8
+
+
+def test_sharded_weights_leave_each_gpu_its_share_and_two_blocks(folder):
+    sizes = transformer_sizes(folder.transformer, RunOptions())
+    whole = {p.name: p for p in parallel_plan(folder, JOB, RunOptions(), 8).plan.phases}
+    shared = {p.name: p for p in parallel_plan(folder, JOB, RunOptions(), 8, shard_weights=True).plan.phases}
+    saved = whole["denoise"].weights - shared["denoise"].weights
+    assert saved == sizes.total - (-(-sizes.total // 8) + 2 * sizes.largest_block)
+    assert shared["denoise"].total < whole["denoise"].total - 20 * GIB
+    # one rank's activations: its pass and a quarter of the tokens, plus the sequence gathered before the head
+    one = {p.name: p for p in parallel_plan(folder, JOB, RunOptions(), 1).plan.phases}
+    assert shared["denoise"].activations < one["denoise"].activations / 2
+
+
+def test_plan_cli_prints_the_per_gpu_plan_and_the_scaling(capsys):
+    assert main(["plan", "--model", "14b", "--gpus", "8", "--shard-weights", "--gpu-memory", "24"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("per GPU with 8 GPUs (2 CFG x 4 Ulysses, sharded weights):")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "Ulysses" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "4", "8"]
+    assert rows[0].endswith("| 1.00x | no |") and rows[-1].endswith("| yes |")
+
+
+def test_plan_cli_refuses_a_gpu_count_that_does_not_split_the_heads(capsys):
+    assert main(["plan", "--model", "14b", "--gpus", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use one of 1, 2, 4, 5, 8, 10, 20, 40" in err[0]
