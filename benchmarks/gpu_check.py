@@ -18,6 +18,9 @@ Sections, in order (`--sections` names a subset; `train` runs only when named):
     vae          AutoencoderKLWan (Wan2.1 config, random weights) decoding 81 frames at 512x896, untiled and tiled
     segment      one whole segment of the pipeline under a 24 GB cap (`set_per_process_memory_fraction`) with the
                  fp8 transformer and block-level group offload (`MemorySettings`), a few sampler steps
+    multigpu     one guided step over every GPU (guidance split in two, Ulysses over the rest) against one GPU:
+                 seconds, speed-up, PSNR, beside `scail2 plan --gpus`'s prediction (benchmarks/multi_gpu.py);
+                 with one GPU, the prediction only
     train        one LoRA training step (rank 128 on every block linear, activation checkpointing, AdamW) of
                  the bf16 model: seconds, peak memory (its checkpointed activations alone take ~40 GB)
 
@@ -46,7 +49,7 @@ import torch
 
 from benchmarks.common import build_inputs, materialise, timed
 
-SECTIONS = ("device", "attention", "transformer", "fp8", "wan", "vae", "segment", "train")
+SECTIONS = ("device", "attention", "transformer", "fp8", "wan", "vae", "segment", "multigpu", "train")
 # `train` runs only when named: at 48,832 tokens its checkpointed activations alone take about 40 GB.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 GiB = 2**30
@@ -748,6 +751,13 @@ def no_offload_forward_seconds(check: Check, kind: str) -> float | None:
 LORA_TARGETS = ["q", "k", "v", "o", "ffn.0", "ffn.2"]
 
 
+def section_multigpu(check: Check) -> dict:
+    from benchmarks import multi_gpu
+
+    check.drop_model()  # rank 0's process needs the first GPU's memory
+    return multi_gpu.section(check.sizes, check.device, check.args.cpu_ranks)
+
+
 def section_train(check: Check) -> dict:
     """Forward, backward and AdamW of LoRA adapters (fp32, every block linear) on the frozen bf16 model, with
     per-block activation checkpointing, as `scail2 train` runs a 14B fine-tune. Each step is timed (the first
@@ -837,6 +847,9 @@ def parse_args(argv=None):
     parser.add_argument("--segment-steps", type=int, help="sampler steps of the segment section (default 2)")
     parser.add_argument("--lora-rank", type=int, help="LoRA rank of the train section (default 128)")
     parser.add_argument("--train-steps", type=int, help="timed steps of the train section (default 1)")
+    parser.add_argument(
+        "--cpu-ranks", type=int, default=0, help="with --cpu-tiny: run the multigpu section over this many CPU ranks"
+    )
     parser.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--ref", required=True, help="reference image (any size; RGBA alpha is used as its mask)")
@@ -158,7 +160,7 @@ def run(args) -> int:
     )
     require_text_dependencies(args.model)
     use_bundled = args.model is None
-    if use_bundled:
+    if use_bundled and os.environ.get("RANK", "0") == "0":  # (under torchrun: said once)
         print(
             f"scail2 {args.command}: no --model, using the bundled {'x'.join(map(str, bundled.BUNDLED_SIZE))} "
             f"demo model ({bundled.bundled_model_dir()}); prompts and --cfg do not apply to it"
