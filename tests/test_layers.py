@@ -1,5 +1,5 @@
-"""The import graph keeps its layers: files -> preprocess -> conditioning -> models -> pipelines, with data, train
-and eval above conditioning, and no module reaching into another module's private names."""
+"""The import graph keeps its layers: files -> preprocess -> conditioning -> models -> pipelines -> parallel, with
+data, train and eval above conditioning, and no module reaching into another module's private names."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ FORBIDDEN = {
     "preprocess": {"conditioning", "models", "diffusion", "pipelines", "data", "train", "eval"} | APPLICATION,
     "conditioning": {"models", "diffusion", "pipelines", "data", "train", "eval"} | APPLICATION,
     "diffusion": {"preprocess", "conditioning", "models", "pipelines", "data", "train", "eval"} | APPLICATION,
-    "models": {"pipelines", "data", "train", "eval"} | APPLICATION,
-    "pipelines": {"data", "train", "eval"} | APPLICATION,
+    "models": {"pipelines", "parallel", "data", "train", "eval"} | APPLICATION,
+    "pipelines": {"parallel", "data", "train", "eval"} | APPLICATION,
+    "parallel": {"data", "train", "eval"} | APPLICATION,
     "data": {"pipelines", "train", "eval"} | APPLICATION,
 }
 
