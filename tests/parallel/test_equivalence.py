@@ -10,7 +10,13 @@ import json
 import pytest
 
 from tests.parallel.launch import spawn
-from tests.parallel.workers import TRANSFORMER_CASES, pipeline_cases, pipeline_worker, transformer_worker
+from tests.parallel.workers import (
+    TRANSFORMER_CASES,
+    pipeline_cases,
+    pipeline_worker,
+    sharded_bf16_worker,
+    transformer_worker,
+)
 
 TOLERANCE = 1e-5
 
@@ -28,6 +34,13 @@ def test_sequence_parallel_transformer_equals_one_process(tmp_path, world, heads
     assert result["_last_tokens"] % world  # the odd case's sequence needed padding
     for name in TRANSFORMER_CASES:
         assert result[name] < TOLERANCE, (name, result[name])
+
+
+def test_sharded_bf16_weights_with_fp32_modules_give_the_same_forward(tmp_path):
+    out = tmp_path / "result.json"
+    spawn(sharded_bf16_worker, 2, str(out))
+    result = json.loads(out.read_text())
+    assert result["dtypes"] == ["torch.bfloat16", "torch.float32"] and result["difference"] == 0
 
 
 @pytest.mark.parametrize("world, shard_weights, grid", [(2, False, [2, 1]), (4, True, [2, 2])], ids=["cfg", "cfg-x-sp"])

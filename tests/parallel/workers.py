@@ -77,6 +77,24 @@ def transformer_worker(rank: int, world: int, out: str, heads: int, shard_weight
     _write(layout, out, result)
 
 
+def sharded_bf16_worker(rank: int, world: int, out: str) -> None:
+    """bf16 weights with their fp32-kept modules (as `--dtype bf16` loads them), sharded: the same forward."""
+    from scail2.models.state_dict_io import kept_in_fp32
+
+    layout = ParallelLayout.from_environment("cpu")
+    model = tiny_model(seed=3)
+    for name, param in model.named_parameters():
+        keep = kept_in_fp32(name, model._keep_in_fp32_modules)
+        param.data = param.data.float() if keep else param.data.to(torch.bfloat16)
+    inputs = transformer_inputs(model, 3, 8, 12, extra_refs=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        alone = model(**inputs).sample
+        shard_transformer(model)
+        together = model(**inputs).sample
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    _write(layout, out, {"difference": (together - alone).abs().max().item(), "dtypes": dtypes})
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The pipeline: guidance split, history, extra references
 # ------------------------------------------------------------------------------------------------------------

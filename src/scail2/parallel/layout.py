@@ -114,12 +114,13 @@ class FailureWatch:
     own collective fails first raises the recorded error instead of its transport's.
     """
 
-    key = "scail2/failed"
     poll_s = 0.2
     exit_status = 2
 
     def __init__(self, store, rank: int):
         self.store, self.rank = store, rank
+        # torchrun's store outlives a restart of the workers: each restart has its own key
+        self.key = f"scail2/failed/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.failed = threading.Event()  # this rank failed (or is raising a peer's failure) itself
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="scail2-failure-watch", daemon=True)
@@ -172,9 +173,9 @@ class ParallelLayout:
         here); None for a single process."""
         if world_size_from_environment() <= 1 and not dist.is_initialized():
             return None
-        if dist.is_initialized():
-            raise Scail2Error("torch.distributed is initialised already: start each generation in its own processes")
         local = _process_device(device)
+        if dist.is_initialized():  # a process group of the caller's: no failure watch without its store
+            return cls(rank=dist.get_rank(), world=dist.get_world_size(), device=local)
         store = init_process_group(local)
         rank = dist.get_rank()
         return cls(rank=rank, world=dist.get_world_size(), device=local, watch=FailureWatch(store, rank))
@@ -269,12 +270,47 @@ def shard_transformer(transformer: torch.nn.Module, device: torch.device | None 
     freed), and the rest at the root. All ranks run the same blocks in the same order, whatever pass or tokens
     they hold. Weights still on the CPU move to `device` one block at a time, as each is sharded."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     if any(p.device.type == "meta" for p in transformer.parameters()):
         raise Scail2Error("--shard-weights needs the transformer's weights in memory: drop --offload")
     device = device or next(transformer.parameters()).device
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in transformer.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(transformer, mesh=mesh)
+        shard_by_dtype(block, mesh)
+    shard_by_dtype(transformer, mesh)
+
+
+def _unsharded_parameters(module: torch.nn.Module, recurse: bool = True) -> list[torch.nn.Parameter]:
+    """The parameters of `module` that no FSDP module below it manages yet."""
+    from torch.distributed.fsdp import FSDPModule
+
+    found = list(module.parameters(recurse=False))
+    if recurse:
+        for child in module.children():
+            if not isinstance(child, FSDPModule):
+                found += _unsharded_parameters(child)
+    return found
+
+
+def shard_by_dtype(module: torch.nn.Module, mesh) -> None:
+    """`fully_shard(module)`, after giving its parts in another dtype their own FSDP groups: FSDP gathers a group
+    as one flat buffer of one dtype, and bf16 weights keep their norms, modulation and timestep layers in fp32.
+
+    The module's group keeps the dtype of its own direct parameters (else the dtype most of its weights have);
+    a child in another dtype gets its own group, and a child in several dtypes is split the same way."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    params = _unsharded_parameters(module)
+    if not params:
+        return
+    if len({p.dtype for p in params}) > 1:
+        own = {p.dtype for p in module.parameters(recurse=False)}
+        sizes: dict[torch.dtype, int] = {}
+        for p in params:
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+        keep = own.pop() if len(own) == 1 else max(sizes, key=sizes.get)
+        for child in module.children():
+            dtypes = {p.dtype for p in _unsharded_parameters(child)}
+            if not isinstance(child, FSDPModule) and dtypes and dtypes != {keep}:
+                shard_by_dtype(child, mesh)
+    fully_shard(module, mesh=mesh)
