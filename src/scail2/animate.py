@@ -404,7 +404,7 @@ def check_memory(request: AnimateRequest, device: torch.device) -> None:
     )
 
 
-def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None, layout=None) -> dict:
+def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None, layout=None) -> dict | None:
     """Generate one video from files; returns the manifest (also written beside the video). Under torchrun,
     `layout` (`scail2.parallel.ParallelLayout`) spreads the generation over the ranks; every rank reads the
     inputs itself and only rank 0 writes (the other ranks return None)."""
@@ -425,7 +425,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None,
             check_memory(request, device)
         pipeline = load_pipeline(
             request.model,
-            torch.device("cpu") if request.shard_weights else device,  # each rank's share goes to its GPU
+            torch.device("cpu") if request.shard_weights and layout else device,  # each rank's share goes to its GPU
             request.loras,
             request.dtype,
             request.attention,
