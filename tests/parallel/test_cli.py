@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from scail2.cli import main
+from scail2.errors import Scail2Error
 from scail2.parallel import grid_shape
 from tests.parallel.launch import spawn
 from tests.pipelines.components import tiny_pipeline
@@ -88,7 +89,13 @@ def test_flags_that_cannot_run_over_several_ranks_are_refused(job, tmp_path, mon
 def test_shard_weights_alone_and_heads_that_do_not_split_are_one_line_errors(job, tmp_path, capsys):
     assert main(arguments(job, tmp_path / "o.mp4", "--shard-weights")) == 2
     assert "start the job with torchrun --nproc_per_node N" in capsys.readouterr().err
-    with pytest.raises(Exception, match="divide the model's 40 attention heads; use one of 1, 2, 4, 5, 8, 10, 20, 40"):
-        grid_shape(3, 40, guided=True)
+    with pytest.raises(
+        Scail2Error,
+        match=r"6 processes \(2 for guidance x 3 for the tokens\): the token share, 3, "
+        "must divide the model's 40 attention heads; start one of 1, 2, 4, 5, 8, 10, 16, 20, 40, 80",
+    ):
+        grid_shape(6, 40, guided=True)
+    with pytest.raises(Scail2Error, match="start one of 1, 2, 4, 5, 8, 10, 20, 40 processes"):
+        grid_shape(3, 40, guided=False)
     assert grid_shape(8, 40, guided=True) == (2, 4) and grid_shape(8, 40, guided=False) == (1, 8)
     assert grid_shape(3, 3, guided=True) == (1, 3)

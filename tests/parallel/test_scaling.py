@@ -24,7 +24,7 @@ def test_the_layouts_follow_guidance_and_the_heads(folder):
     assert (plans[2].cfg, plans[2].ulysses) == (2, 1) and (plans[8].cfg, plans[8].ulysses) == (2, 4)
     unguided = parallel_plan(folder, JobShape(512, 896, 81, guided=False), RunOptions(), 8)
     assert (unguided.layout.cfg, unguided.layout.ulysses) == (1, 8)
-    with pytest.raises(Scail2Error, match="divide the model's 40 attention heads"):
+    with pytest.raises(Scail2Error, match="must divide the model's 40 attention heads"):
         parallel_plan(folder, JobShape(512, 896, 81, guided=False), RunOptions(), 3)
 
 
@@ -60,4 +60,4 @@ def test_plan_cli_prints_the_per_gpu_plan_and_the_scaling(capsys):
 def test_plan_cli_refuses_a_gpu_count_that_does_not_split_the_heads(capsys):
     assert main(["plan", "--model", "14b", "--gpus", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "use one of 1, 2, 4, 5, 8, 10, 20, 40" in err[0]
+    assert len(err) == 1 and "start one of 1, 2, 4, 5, 8, 10, 16, 20, 40, 80 processes" in err[0]

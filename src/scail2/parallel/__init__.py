@@ -7,7 +7,15 @@ self-attention, FSDP2 weight sharding, shared failures, and the plan's per-GPU p
 (ulysses.py) is the transformer's sequence-parallel plan; `scaling` predicts memory and time per GPU.
 """
 
-from scail2.parallel.layout import FailureWatch, ParallelLayout, grid_shape, shard_transformer
+from scail2.parallel.layout import FailureWatch, ParallelLayout, grid_shape, shard_transformer, valid_process_counts
 from scail2.parallel.ulysses import UlyssesAttention, check_heads
 
-__all__ = ["FailureWatch", "ParallelLayout", "UlyssesAttention", "check_heads", "grid_shape", "shard_transformer"]
+__all__ = [
+    "FailureWatch",
+    "ParallelLayout",
+    "UlyssesAttention",
+    "check_heads",
+    "grid_shape",
+    "shard_transformer",
+    "valid_process_counts",
+]

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from scail2.errors import Scail2Error
-from scail2.parallel.ulysses import UlyssesAttention, check_heads
+from scail2.parallel.ulysses import UlyssesAttention
 
 # Seconds a collective waits for its peers before it fails: far above a step's imbalance between ranks (they run
 # the same work), far below a hang nobody notices. SCAIL2_COLLECTIVE_TIMEOUT_S overrides it.
@@ -51,8 +51,22 @@ def grid_shape(world: int, num_heads: int, guided: bool, cfg_parallel: bool = Tr
     heads."""
     cfg = 2 if guided and cfg_parallel and world % 2 == 0 else 1
     ulysses = world // cfg
-    check_heads(num_heads, ulysses)
+    if num_heads % ulysses:
+        split = f"2 for guidance x {ulysses} for the tokens" if cfg == 2 else f"{ulysses} for the tokens"
+        raise Scail2Error(
+            f"{world} processes ({split}): the token share, {ulysses}, must divide the model's {num_heads} "
+            f"attention heads; start one of {', '.join(map(str, valid_process_counts(num_heads, guided)))} processes"
+        )
     return cfg, ulysses
+
+
+def valid_process_counts(num_heads: int, guided: bool) -> list[int]:
+    """Process counts `grid_shape` accepts: the divisors of the head count, and under guidance twice those (an
+    odd count runs guidance in one batch)."""
+    divisors = [n for n in range(1, num_heads + 1) if num_heads % n == 0]
+    if not guided:
+        return divisors
+    return sorted({d for d in divisors if d % 2} | {2 * d for d in divisors})
 
 
 def check_options(
