@@ -30,7 +30,7 @@ from scail2.models import step_cache
 from scail2.models.quantize import pipeline_components
 from scail2.modes import parse_mode
 from scail2.pipelines.memory import MemorySettings
-from scail2.pipelines.memory_plan import RunOptions, check_fits
+from scail2.pipelines.memory_plan import JobShape, RunOptions, check_fits
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
@@ -384,13 +384,21 @@ def planned_options(request: AnimateRequest, device: torch.device) -> RunOptions
     )
 
 
-def check_memory(request: AnimateRequest, device: torch.device) -> None:
+def check_memory(request: AnimateRequest, device: torch.device, layout=None) -> None:
     """Predict the job's GPU memory from the model folder's configs and refuse it, before loading anything, with
-    one line naming the options that would make it fit (`scail2 plan` prints the whole plan)."""
+    one line naming the options that would make it fit (`scail2 plan` prints the whole plan); per GPU of the
+    ranks under a `layout` (`scail2 plan --gpus`)."""
     height, width = choose_target_size(video_io.read_image(request.ref).rgb.shape[:2], request.height, request.width)
     frames = video_io.probe_video(request.driving).declared_frames or request.settings.segment_length
     frames = min(frames, request.max_frames or frames)
     settings = request.settings
+    if layout is not None:
+        from scail2.parallel.scaling import check_parallel_fits
+
+        guided, extra = settings.guidance_scale > 1, len(request.extra_refs)
+        job = JobShape(height, width, frames, settings.segment_length, settings.overlap, extra, guided)
+        check_parallel_fits(request.model, job, planned_options(request, device), layout.world, request.shard_weights)
+        return
     check_fits(
         request.model,
         height,
@@ -421,8 +429,8 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None,
     use_bundled = pipeline is None and request.model is None
     if pipeline is None:
         request = with_bundled_model(request) if use_bundled else request
-        if request.memory_check and device.type == "cuda" and layout is None:  # (the ranks: `scail2 plan --gpus`)
-            check_memory(request, device)
+        if request.memory_check and device.type == "cuda":
+            check_memory(request, device, layout)
         pipeline = load_pipeline(
             request.model,
             torch.device("cpu") if request.shard_weights and layout else device,  # each rank's share goes to its GPU

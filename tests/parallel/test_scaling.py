@@ -6,9 +6,9 @@ import pytest
 
 from scail2.cli import main
 from scail2.errors import Scail2Error
-from scail2.parallel.scaling import parallel_plan, scaling
+from scail2.parallel.scaling import check_parallel_fits, parallel_plan, scaling
 from scail2.pipelines.memory_inventory import ModelFolder
-from scail2.pipelines.memory_plan import GIB, JobShape, RunOptions, transformer_sizes
+from scail2.pipelines.memory_plan import GIB, JobShape, RunOptions, transformer_sizes, usable_gpu_bytes
 
 JOB = JobShape(512, 896, 81)
 
@@ -61,3 +61,40 @@ def test_plan_cli_refuses_a_gpu_count_that_does_not_split_the_heads(capsys):
     assert main(["plan", "--model", "14b", "--gpus", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "start one of 1, 2, 4, 5, 8, 10, 16, 20, 40, 80 processes" in err[0]
+
+
+def test_animate_under_torchrun_checks_each_gpu_and_names_the_fix(folder):
+    assert check_parallel_fits(folder, JOB, RunOptions(), 8, True, usable_gpu_bytes(24)).layout.ulysses == 4
+    with pytest.raises(Scail2Error) as refused:
+        check_parallel_fits(folder, JOB, RunOptions(), 8, False, usable_gpu_bytes(24))
+    message = str(refused.value)
+    assert "over 8 processes (2 CFG x 4 Ulysses) needs 40.3 GiB per GPU but 21.8 GiB is usable" in message
+    assert "add --shard-weights (14.8 GiB per GPU)" in message and "\n" not in message
+    with pytest.raises(Scail2Error, match="use more GPUs or a smaller --height/--width"):
+        check_parallel_fits(folder, JOB, RunOptions(), 2, True, usable_gpu_bytes(16))
+
+
+def test_run_animate_under_a_layout_refuses_before_loading(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from scail2 import animate
+    from scail2.parallel import scaling as scaling_module
+    from scail2.pipelines.memory_inventory import write_config_folder
+    from tests.pipelines.media import moving_square_frames, write_reference, write_video
+
+    model = write_config_folder(tmp_path / "scail2-14b", "14b")  # configs only: nothing could be loaded
+    monkeypatch.setattr(scaling_module, "detected_gpu_bytes", lambda: usable_gpu_bytes(24))
+    monkeypatch.setattr(animate, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the check"))
+    layout = SimpleNamespace(device=torch.device("cuda"), world=8)  # rank 0 of 8 on a GPU machine
+    request = animate.AnimateRequest(
+        ref=write_reference(tmp_path / "ref.png", 512, 896),
+        driving=write_video(tmp_path / "d.mp4", moving_square_frames(9, 72, 120), fps=24),
+        out=tmp_path / "o.mp4",
+        model=model,
+        height=512,
+        width=896,
+    )
+    with pytest.raises(Scail2Error, match="over 8 processes .* add --shard-weights"):
+        animate.run_animate(request, layout=layout)

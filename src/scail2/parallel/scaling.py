@@ -23,7 +23,17 @@ from scail2.errors import Scail2Error
 from scail2.parallel.layout import grid_shape
 from scail2.pipelines.memory_activations import COMPUTE_BYTES, TokenCounts, transformer_forward_bytes
 from scail2.pipelines.memory_inventory import ModelFolder
-from scail2.pipelines.memory_plan import GIB, JobShape, MemoryPlan, Phase, RunOptions, predict, transformer_sizes
+from scail2.pipelines.memory_plan import (
+    GIB,
+    JobShape,
+    MemoryPlan,
+    Phase,
+    RunOptions,
+    detected_gpu_bytes,
+    gib,
+    predict,
+    transformer_sizes,
+)
 
 # An H100 SXM running the 14B blocks in bf16 at ~40% of its 989 TFLOP/s datasheet peak, and the all-to-all
 # bandwidth per GPU NVLink 4 sustains between 8 GPUs (of 450 GB/s each way).
@@ -190,3 +200,29 @@ def describe(
     )
     table = scaling_table(scaling(folder, job, options, gpus, shard_weights, tflops, link_gbs), gpu_budget)
     return "\n".join([head, chosen.plan.table(), "", table, "", note])
+
+
+def check_parallel_fits(
+    model_dir, job: JobShape, options: RunOptions, gpus: int, shard_weights: bool, gpu_budget: int | None = None
+) -> ParallelPlan:
+    """The per-GPU plan of a job over `gpus` ranks, checked against `gpu_budget` usable bytes (default: this
+    rank's GPU, as detected); a one-line Scail2Error that says what would fit when it does not."""
+    folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder.read(model_dir)
+    budget = detected_gpu_bytes() if gpu_budget is None else gpu_budget
+    plan = parallel_plan(folder, job, options, gpus, shard_weights)
+    if budget is None or plan.peak <= budget:
+        return plan
+    hint = "use more GPUs or a smaller --height/--width"
+    if not shard_weights:
+        sharded = parallel_plan(folder, job, options, gpus, shard_weights=True)
+        if sharded.peak <= budget:
+            hint = f"add --shard-weights ({gib(sharded.peak)} GiB per GPU)"
+    return _refuse(folder, job, plan, budget, hint)
+
+
+def _refuse(folder: ModelFolder, job: JobShape, plan: ParallelPlan, budget: int, hint: str):
+    raise Scail2Error(
+        f"{folder.name}: {job.describe()} over {plan.layout.gpus} processes ({plan.layout.label()}) needs "
+        f"{gib(plan.peak)} GiB per GPU but {gib(budget)} GiB is usable; {hint} "
+        f"(`scail2 plan --gpus {plan.layout.gpus}` shows the plan)"
+    )
