@@ -67,6 +67,8 @@ def rank_main(rank: int, world: int, port: int, preset: str, shape: tuple, out: 
         own = {name: value[layout.cfg_index :: layout.cfg] for name, value in inputs.items()}
         step = layout.gather_guidance(lambda latent, t: model(**own).sample.float())
         step(None, None)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         runs = [timed(lambda: step(None, None), device) for _ in range(repeats)]
     if layout.is_main:
         output = runs[-1][0].cpu()
@@ -75,6 +77,7 @@ def rank_main(rank: int, world: int, port: int, preset: str, shape: tuple, out: 
             parallel_s=min(seconds for _, seconds in runs),
             max_abs_error=(output - reference).abs().max().item(),
             psnr_db=_psnr(output, reference),
+            peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         )
         result["speed_up"] = result["one_gpu_s"] / result["parallel_s"]
         Path(out).write_text(json.dumps(result))
@@ -117,12 +120,14 @@ def section(sizes, device: torch.device, cpu_ranks: int = 0) -> dict:
     shape = (sizes.frames, sizes.height, sizes.width, sizes.text_tokens, sizes.repeats)
     measured = measure(ranks, sizes.preset, shape, "cuda" if gpus > 1 else "cpu")
     result["measured"] = measured
-    result["table"]["header"] += ["measured s / step", "measured speed-up", "PSNR dB vs one GPU"]
+    result["table"]["header"] += ["measured s / step", "measured speed-up", "PSNR dB vs one GPU", "rank 0 peak GiB"]
     for row in predicted:
         if row[0] == 1:
-            row += [round(measured["one_gpu_s"], 4), 1.0, "-"]
+            row += [round(measured["one_gpu_s"], 4), 1.0, "-", "-"]
         elif row[0] == ranks:
-            row += [round(measured["parallel_s"], 4), round(measured["speed_up"], 2), round(measured["psnr_db"], 1)]
+            peak = measured["peak_gib"]
+            speed = [round(measured["parallel_s"], 4), round(measured["speed_up"], 2), round(measured["psnr_db"], 1)]
+            row += [*speed, "-" if peak is None else round(peak, 2)]
         else:
-            row += ["-", "-", "-"]
+            row += ["-", "-", "-", "-"]
     return result
