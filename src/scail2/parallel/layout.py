@@ -13,7 +13,8 @@ The N ranks form a grid of `cfg` x `ulysses` = N (rank = cfg_index * ulysses + u
 
 Every rank draws the same noise from the same seed and steps the same sampler on the same gathered velocities,
 so the latents stay identical on every rank without being sent. The collectives are torch.distributed's (NCCL on
-GPUs, gloo on CPU) and time out after `timeout_s`, so a rank never waits forever on a peer that failed.
+GPUs, gloo on CPU). A rank that fails tells the others through the rendezvous store and they stop at once
+(`FailureWatch`); the collectives also time out (SCAIL2_COLLECTIVE_TIMEOUT_S, 300 s), so no rank waits forever.
 """
 
 from __future__ import annotations
