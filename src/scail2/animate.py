@@ -29,6 +29,7 @@ from scail2.errors import Scail2Error
 from scail2.models import step_cache
 from scail2.models.quantize import pipeline_components
 from scail2.modes import parse_mode
+from scail2.pipelines.drift import DriftSettings
 from scail2.pipelines.memory import MemorySettings
 from scail2.pipelines.memory_plan import RunOptions, check_fits
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
@@ -73,9 +74,21 @@ class AnimateRequest:
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
     memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
+    handoff: str = "pixel"  # how segments hand history over (scail2.pipelines.drift)
+    color_anchor: float = 0.0  # bound of the colour anchoring to the reference (0: off)
+    qa: bool = True  # write the QA report (scail2.eval.qa) and its manifest block
+    qa_retry: int = 0  # draws of a segment the per-segment QA rejects
+    alpha: bool = False  # masks, RGBA PNGs and a ProRes 4444 MOV of the output (scail2.preprocess.alpha_io)
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
+        DriftSettings(self.handoff, self.color_anchor)  # checked before any file is read
+        if self.qa_retry < 0:
+            raise Scail2Error(f"--qa-retry must be 0 or more, got {self.qa_retry}")
+
+    @property
+    def drift(self) -> DriftSettings:
+        return DriftSettings(self.handoff, self.color_anchor)
 
 
 @dataclass
@@ -403,8 +416,18 @@ def check_memory(request: AnimateRequest, device: torch.device) -> None:
     )
 
 
-def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
-    """Generate one video from files; returns the manifest (also written beside the video)."""
+def run_animate(
+    request: AnimateRequest,
+    pipeline: SCAIL2Pipeline | None = None,
+    *,
+    loaded: LoadedInputs | None = None,
+    segment_hooks=None,
+    call_kwargs: dict | None = None,
+) -> dict:
+    """Generate one video from files; returns the manifest (also written beside the video).
+
+    `loaded` replaces reading the inputs (a batch's cached driving work); `segment_hooks` resume and keep
+    segments (checkpoints); `call_kwargs` go to the pipeline call (cached `segment_conditions`, embeddings)."""
     start = time.perf_counter()
     out = Path(request.out)
     if out.suffix.lower() != ".mp4":
@@ -433,7 +456,10 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
-    loaded = load_inputs(request)
+    from scail2.finish import finish_outputs, segment_hooks_for
+
+    loaded = loaded or load_inputs(request)
+    hooks = segment_hooks_for(request, loaded, segment_hooks)
     with (
         step_cache.step_cache_enabled(pipeline.transformer, request.cache),
         step_cache.count_block_evaluations(pipeline.transformer) as blocks,
@@ -443,6 +469,9 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
             request.settings,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
+            drift=request.drift,
+            segment_hooks=hooks,
+            **(call_kwargs or {}),
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)
@@ -462,6 +491,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
         "bundled_model": use_bundled,
         "device": str(device),
         "step_cache": {"cache": request.cache, **blocks.as_dict()},
+        **finish_outputs(request, loaded, result, out, hooks),
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }
     # settings in the order they were given (paths as strings), not the sorted keys of the data formats

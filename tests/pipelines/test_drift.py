@@ -105,7 +105,7 @@ class Recorder(SegmentHooks):
         self.kept[segment.index], self.attempts[segment.index] = state, attempts
 
 
-@pytest.mark.parametrize("handoff", ["pixel", "latent"])
+@pytest.mark.parametrize("handoff", ["pixel", "latent", "hybrid"])
 def test_a_resumed_segment_gives_the_same_video(pipeline, handoff):
     inputs, drift = pinned_inputs(13, "animate"), DriftSettings(handoff=handoff)
     first = Recorder()

@@ -8,6 +8,8 @@ Hand-off (`--handoff`):
 - `latent`: the previous segment's last clean latent frames are imposed directly, without a round trip. The
   latent frames cover the same pixel frames except the first, which summarises the four frames ending at the
   first history frame (the VAE's first latent frame of a fresh encoding holds that one frame alone).
+- `hybrid`: the first history frame is encoded alone, as a fresh encoding would (one image through the VAE,
+  not the whole overlap), and the clean latent frames of the rest are handed over as they are.
 
 Colour anchoring (`--color-anchor BOUND`): after a segment is decoded, the mean colour of its character pixels
 (the driving masks' identity colours) is moved towards the reference character's mean colour by at most
@@ -25,7 +27,7 @@ from scail2.conditioning import latent_frame_count
 from scail2.errors import Scail2Error
 from scail2.pipelines.segments import Segment
 
-HANDOFFS = ("pixel", "latent")
+HANDOFFS = ("pixel", "latent", "hybrid")
 # The palette colours that mark a character spread their channels by the full range; white and black do not.
 CHARACTER_SPREAD = 1.0  # in [-1, 1] units, i.e. 128 levels of 255
 

@@ -602,7 +602,18 @@ class SCAIL2Pipeline(DiffusionPipeline):
             video = anchor(video, segment)
         if output_type != "latent":
             output = self.segment_output(video, segment, output_type)
+        if handoff == "hybrid":
+            return output, self.hybrid_history(video, latent, following)
         return output, carry if handoff == "latent" else self.history_tail(video, following)
+
+    def hybrid_history(self, video: torch.Tensor, latent: torch.Tensor, following: Segment | None):
+        """The following segment's history under the `hybrid` hand-off: its first frame encoded alone (the VAE's
+        first latent frame holds one frame), then the clean latent frames of the rest; None after the last."""
+        rest = latent_history(latent, following)
+        if rest is None:
+            return None
+        first = self.codec.encode(video[None, :, -following.history_frames :][:, :, :1])
+        return torch.cat([first, rest[:, :, 1:]], dim=2)
 
     @staticmethod
     def history_tail(video: torch.Tensor, following: Segment | None) -> torch.Tensor | None:
@@ -640,7 +651,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
         decoded frames re-encoded (`pixel`), or its last clean latent frames as they are (`latent`)."""
         if not segment.history_frames or previous is None:
             return None
-        if handoff == "latent":
+        if handoff in ("latent", "hybrid"):
             return previous
         return self.codec.encode(previous[None, :, -segment.history_frames :])
 
