@@ -339,13 +339,34 @@ def _driving_masks(
     return mask_ops.normalize_user_mask(frames, request.mode, "driving")
 
 
-def load_inputs(request: AnimateRequest) -> LoadedInputs:
-    """Read, resize and check every input file of a request."""
+@dataclass
+class LoadedDriving:
+    """The driving side of a request at the target size: what a batch caches per driving video."""
+
+    frames: torch.Tensor  # uint8 [T, H, W, 3]
+    masks: torch.Tensor  # uint8 palette [T, H, W, 3]
+    fps: Fraction
+    has_audio: bool
+
+
+def target_size(request: AnimateRequest) -> tuple[int, int]:
+    """The generation size (H, W) of a request, from the reference image's size and --height/--width."""
+    return choose_target_size(video_io.read_image(request.ref).rgb.shape[:2], request.height, request.width)
+
+
+def load_driving(request: AnimateRequest, target: tuple[int, int]) -> LoadedDriving:
+    """Read and resize the driving video and its masks (automatic ones when none are given)."""
+    video = video_io.read_video(request.driving, max_frames=request.max_frames, frame_transform=frame_resizer(target))
+    masks = _driving_masks(request, video.frames.shape[0], target, video.frames)
+    return LoadedDriving(frames=video.frames, masks=masks, fps=video.fps, has_audio=video.has_audio)
+
+
+def load_inputs(request: AnimateRequest, driving: LoadedDriving | None = None) -> LoadedInputs:
+    """Read, resize and check every input file of a request (the driving side from `driving` when given)."""
     image = video_io.read_image(request.ref)
     target = choose_target_size(image.rgb.shape[:2], request.height, request.width)
-    video = video_io.read_video(request.driving, max_frames=request.max_frames, frame_transform=frame_resizer(target))
-    driving = video.frames
-    driving_masks = _driving_masks(request, driving.shape[0], target, driving)
+    video = driving or load_driving(request, target)
+    driving, driving_masks = video.frames, video.masks
     ref_palette, reference_mask = _reference_mask(request, image, target, driving_masks)
     mask_ops.check_identity_binding(
         ref_palette,
