@@ -10,7 +10,8 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     5. prepare_segment         half-resolution driving latents and driving masks of one segment
     6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
                                clean history re-imposed before and after every step
-    7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default)
+    7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default);
+       finish_segment          with what the next segment starts from, by the hand-off (scail2.pipelines.drift)
     8. stitch_video, postprocess  drop each later segment's history frames, trim the padding; the output format
 
 Every tensor is made on the execution device (`_execution_device`, as in diffusers), so diffusers' model,
