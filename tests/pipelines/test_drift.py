@@ -41,6 +41,26 @@ def test_the_latent_handoff_equals_its_hand_built_reference(pipeline):
     assert torch.equal(pixel[:9], got[:9]) and not torch.equal(pixel, got)  # the first segment has no hand-off
 
 
+def test_the_hybrid_handoff_encodes_the_first_history_frame_alone(pipeline):
+    inputs = pinned_inputs(13, "animate")  # two segments
+    got = pipeline(inputs, ONE, seed=4, progress=False, drift=DriftSettings(handoff="hybrid")).frames
+
+    text = pipeline.encode_prompts(inputs.prompt, inputs.negative_prompt, ONE.guidance_scale)
+    reference = pipeline.encode_reference(inputs)
+    segments = pipeline.plan_segments(13, ONE)
+    noise = pipeline.prepare_latents(inputs, segments, torch.Generator().manual_seed(4))
+    first = pipeline.denoise_segment(
+        reference, pipeline.prepare_segment(inputs, segments[0]), text, noise[0], None, ONE, replace=False
+    )
+    video = pipeline.decode_segment(first)
+    history = torch.cat([pipeline.codec.encode(video[None, :, -5:-4]), first[:, :, -1:]], dim=2)
+    second = pipeline.denoise_segment(
+        reference, pipeline.prepare_segment(inputs, segments[1]), text, noise[1], history, ONE, replace=False
+    )
+    expected = pipeline.postprocess(pipeline.stitch_video([video, pipeline.decode_segment(second)], segments))
+    assert torch.equal(got, expected)
+
+
 def test_latent_history_takes_the_last_latent_frames():
     latent = torch.arange(5.0).view(1, 1, 5, 1, 1)
     segments = [None, type("S", (), {"history_frames": 5})(), type("S", (), {"history_frames": 1})()]
