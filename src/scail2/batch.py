@@ -162,7 +162,8 @@ class DrivingCache:
 
     # keys
     def input_hash(self, path: str | Path | None) -> str | None:
-        """SHA-256 of a file, or of a folder's files (names and contents); remembered per path, size and time."""
+        """SHA-256 of a file's content, or of a folder's files (relative names and contents); remembered per path,
+        size and modification time."""
         if path is None:
             return None
         path = Path(path)
@@ -171,7 +172,7 @@ class DrivingCache:
         if stamp not in self._hashes:
             digest = hashlib.sha256()
             for p in files:
-                digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+                digest.update(str(p.relative_to(path)).encode() if path.is_dir() else b"")  # a file: content only
                 digest.update(file_sha256(p).encode())
             self._hashes[stamp] = digest.hexdigest()
         return self._hashes[stamp]

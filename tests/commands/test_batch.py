@@ -128,3 +128,21 @@ def test_bad_jobs_files_are_one_line_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(Scail2Error, match=message.replace("[", r"\[").replace("]", r"\]")):
         batch.read_jobs_file(path)
+
+
+def test_cache_keys_follow_content_and_settings_not_names(tmp_path):
+    from scail2.animate import AnimateRequest
+
+    (tmp_path / "a.mp4").write_bytes(b"video one")
+    (tmp_path / "copy.mp4").write_bytes(b"video one")
+    cache = batch.DrivingCache(tmp_path / "cache")
+
+    def key(driving="a.mp4", **changes):
+        request = AnimateRequest(ref="r.png", driving=tmp_path / driving, out="o.mp4", **changes)
+        return cache.driving_key(request, (64, 96))
+
+    assert key() == key("copy.mp4")  # content-addressed: another name, the same bytes
+    assert key() != key(max_frames=5) and key() != key(mode="replace")
+    assert key() != cache.driving_key(AnimateRequest(ref="r.png", driving=tmp_path / "a.mp4", out="o.mp4"), (32, 32))
+    (tmp_path / "a.mp4").write_bytes(b"video two")
+    assert key() != key("copy.mp4")
