@@ -780,10 +780,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
                 else:
                     state, attempts = run(segment, segment_noise, bar), 1
                     while attempts <= hooks.retries and not hooks.accept(segment, state):
-                        retry = torch.Generator(segment_noise.device).manual_seed(
-                            hooks.retry_seed(seed, segment, attempts)
-                        )
-                        retry_noise = torch.randn(segment_noise.shape, generator=retry, device=segment_noise.device)
+                        retry_noise = hooks.retry_noise(segment_noise, seed, segment, attempts)
                         state, attempts = run(segment, retry_noise, bar), attempts + 1
                     hooks.finished(segment, state, attempts)
                 outputs.append(state.output)

@@ -3,7 +3,7 @@
 
 The pipeline calls, for each segment in order: `resume(segment)`; when that returns a `SegmentState`, the
 segment is not run. Otherwise it is denoised and decoded, `accept(segment, state)` is asked up to `retries`
-times for a new draw (noise from `retry_seed`), and `finished(segment, state)` receives the state it keeps.
+times for a new draw (noise from `retry_noise`), and `finished(segment, state)` receives the state it keeps.
 """
 
 from __future__ import annotations
@@ -43,3 +43,8 @@ class SegmentHooks:
     def retry_seed(seed: int, segment: Segment, attempt: int) -> int:
         """The seed of retry `attempt` (1, 2, ...) of `segment`: distinct per segment and attempt."""
         return (seed * 1_000_003 + 7_919 * attempt + segment.index) % (1 << 63)
+
+    def retry_noise(self, noise: torch.Tensor, seed: int, segment: Segment, attempt: int) -> torch.Tensor:
+        """Fresh noise shaped like `noise` (on its device) for retry `attempt` of `segment`."""
+        generator = torch.Generator(noise.device).manual_seed(self.retry_seed(seed, segment, attempt))
+        return torch.randn(noise.shape, generator=generator, device=noise.device)
