@@ -78,7 +78,8 @@ def run_study(pairs: int, frames: int, tasks: tuple[str, ...]) -> dict:
 def mean_curves(study: dict) -> dict[str, dict[str, list[float]]]:
     """{config: {metric: per-segment mean over pairs}}."""
     curves = {}
-    for name, rows in study["per_pair"].items():
+    for name in [n for n in CONFIGS if n in study["per_pair"]]:  # the order of CONFIGS, not of the JSON keys
+        rows = study["per_pair"][name]
         curves[name] = {}
         for metric in ("color_distance", "identity_error", "seam_ratio"):
             table = np.array([[np.nan if v is None else v for v in row[metric]] for row in rows], dtype=float)
@@ -116,8 +117,8 @@ def plot(curves: dict) -> np.ndarray:
         high = max(np.nanmax(s) for s in series if len(s)) * 1.1 or 1.0
         draw.text((x0, 6), f"{metric} per segment", fill="black")
         draw.rectangle([x0, top, x0 + pw, top + ph], outline=(180, 180, 180))
-        draw.text((x0 - 36, top - 4), f"{high:.1f}", fill=(80, 80, 80))
-        draw.text((x0 - 20, top + ph - 8), "0", fill=(80, 80, 80))
+        draw.text((x0 + 3, top + 3), f"{high:.1f}", fill=(80, 80, 80))
+        draw.text((x0 + 3, top + ph - 12), "0", fill=(80, 80, 80))
         for k, values in enumerate(series):
             points = [
                 (x0 + pw * i / max(1, len(values) - 1), top + ph - ph * v / high)
@@ -140,13 +141,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=101, help="101 = 8 segments of 17 frames, overlap 5")
     parser.add_argument("--tasks", default="animate")
     parser.add_argument("--out", default="docs/drift")
+    parser.add_argument("--replot", action="store_true", help="redraw table and plot from OUT/results.json")
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    load = os.getloadavg()
-    study = run_study(args.pairs, args.frames, tuple(args.tasks.split(",")))
-    study["load_average"] = [round(v, 2) for v in (*load, *os.getloadavg())]
-    curves = mean_curves(study)
     out = Path(args.out)
+    if args.replot:
+        study = json.loads((out / "results.json").read_text())
+    else:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        load = os.getloadavg()
+        study = run_study(args.pairs, args.frames, tuple(args.tasks.split(",")))
+        study["load_average"] = [round(v, 2) for v in (*load, *os.getloadavg())]
+    curves = mean_curves(study)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         out / "results.json", json.loads(json.dumps({**study, "curves": curves}, allow_nan=True).replace("NaN", "null"))
