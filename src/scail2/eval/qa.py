@@ -183,7 +183,8 @@ def check(name: str, value: float | None) -> dict:
 
 
 def qa_video(inputs: QaInputs) -> dict:
-    """Every check of one output video (see the module docstring) -> the manifest's QA block."""
+    """Every check of one output video (see the module docstring) -> the manifest's QA block. Output masks it
+    has to find are kept in `inputs.output_masks` (for the contact sheet and the alpha outputs)."""
     output, driving = np.asarray(inputs.output), np.asarray(inputs.driving)
     masks = inputs.output_masks if inputs.output_masks is not None else output_character_masks(output, inputs.mode)
     inputs.output_masks = masks
