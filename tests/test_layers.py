@@ -12,7 +12,7 @@ import scail2
 
 PACKAGE = Path(scail2.__file__).parent
 # What each layer must never import (function-level imports included): the layers above it.
-APPLICATION = {"animate", "demo", "bundled", "cli", "commands", "app"}
+APPLICATION = {"animate", "batch", "finish", "demo", "bundled", "cli", "commands", "app"}
 FORBIDDEN = {
     "preprocess": {"conditioning", "models", "diffusion", "pipelines", "data", "train", "eval"} | APPLICATION,
     "conditioning": {"models", "diffusion", "pipelines", "data", "train", "eval"} | APPLICATION,

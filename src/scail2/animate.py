@@ -29,6 +29,7 @@ from scail2.errors import Scail2Error
 from scail2.models import step_cache
 from scail2.models.quantize import pipeline_components
 from scail2.modes import parse_mode
+from scail2.pipelines.drift import DriftSettings
 from scail2.pipelines.memory import MemorySettings
 from scail2.pipelines.memory_plan import JobShape, RunOptions, check_fits
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
@@ -74,9 +75,21 @@ class AnimateRequest:
     extra_refs: list[str | Path] = field(default_factory=list)
     memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
     shard_weights: bool = False  # under torchrun: the transformer's weights split over the ranks (FSDP2)
+    handoff: str = "pixel"  # how segments hand history over (scail2.pipelines.drift)
+    color_anchor: float = 0.0  # bound of the colour anchoring to the reference (0: off)
+    qa: bool = True  # write the QA report (scail2.eval.qa) and its manifest block
+    qa_retry: int = 0  # draws of a segment the per-segment QA rejects
+    alpha: bool = False  # masks, RGBA PNGs and a ProRes 4444 MOV of the output (scail2.preprocess.alpha_io)
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
+        DriftSettings(self.handoff, self.color_anchor)  # checked before any file is read
+        if self.qa_retry < 0:
+            raise Scail2Error(f"--qa-retry must be 0 or more, got {self.qa_retry}")
+
+    @property
+    def drift(self) -> DriftSettings:
+        return DriftSettings(self.handoff, self.color_anchor)
 
 
 @dataclass
@@ -327,13 +340,34 @@ def _driving_masks(
     return mask_ops.normalize_user_mask(frames, request.mode, "driving")
 
 
-def load_inputs(request: AnimateRequest) -> LoadedInputs:
-    """Read, resize and check every input file of a request."""
+@dataclass
+class LoadedDriving:
+    """The driving side of a request at the target size: what a batch caches per driving video."""
+
+    frames: torch.Tensor  # uint8 [T, H, W, 3]
+    masks: torch.Tensor  # uint8 palette [T, H, W, 3]
+    fps: Fraction
+    has_audio: bool
+
+
+def target_size(request: AnimateRequest) -> tuple[int, int]:
+    """The generation size (H, W) of a request, from the reference image's size and --height/--width."""
+    return choose_target_size(video_io.read_image(request.ref).rgb.shape[:2], request.height, request.width)
+
+
+def load_driving(request: AnimateRequest, target: tuple[int, int]) -> LoadedDriving:
+    """Read and resize the driving video and its masks (automatic ones when none are given)."""
+    video = video_io.read_video(request.driving, max_frames=request.max_frames, frame_transform=frame_resizer(target))
+    masks = _driving_masks(request, video.frames.shape[0], target, video.frames)
+    return LoadedDriving(frames=video.frames, masks=masks, fps=video.fps, has_audio=video.has_audio)
+
+
+def load_inputs(request: AnimateRequest, driving: LoadedDriving | None = None) -> LoadedInputs:
+    """Read, resize and check every input file of a request (the driving side from `driving` when given)."""
     image = video_io.read_image(request.ref)
     target = choose_target_size(image.rgb.shape[:2], request.height, request.width)
-    video = video_io.read_video(request.driving, max_frames=request.max_frames, frame_transform=frame_resizer(target))
-    driving = video.frames
-    driving_masks = _driving_masks(request, driving.shape[0], target, driving)
+    video = driving or load_driving(request, target)
+    driving, driving_masks = video.frames, video.masks
     ref_palette, reference_mask = _reference_mask(request, image, target, driving_masks)
     mask_ops.check_identity_binding(
         ref_palette,
@@ -412,10 +446,21 @@ def check_memory(request: AnimateRequest, device: torch.device, layout=None) -> 
     )
 
 
-def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None, layout=None) -> dict | None:
-    """Generate one video from files; returns the manifest (also written beside the video). Under torchrun,
-    `layout` (`scail2.parallel.ParallelLayout`) spreads the generation over the ranks; every rank reads the
-    inputs itself and only rank 0 writes (the other ranks return None)."""
+def run_animate(
+    request: AnimateRequest,
+    pipeline: SCAIL2Pipeline | None = None,
+    *,
+    layout=None,
+    loaded: LoadedInputs | None = None,
+    segment_hooks=None,
+    call_kwargs: dict | None = None,
+) -> dict | None:
+    """Generate one video from files; returns the manifest (also written beside the video).
+
+    `loaded` replaces reading the inputs (a batch's cached driving work); `segment_hooks` resume and keep
+    segments (checkpoints); `call_kwargs` go to the pipeline call (cached `segment_conditions`, embeddings).
+    Under torchrun, `layout` (`scail2.parallel.ParallelLayout`) spreads the generation over the ranks; every
+    rank reads the inputs itself and only rank 0 writes (the other ranks return None)."""
     start = time.perf_counter()
     out = Path(request.out)
     if out.suffix.lower() != ".mp4":
@@ -446,7 +491,10 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None,
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     if layout is not None:
         layout.apply(pipeline, guided=request.settings.guidance_scale > 1, shard_weights=request.shard_weights)
-    loaded = load_inputs(request)
+    from scail2.finish import finish_outputs, segment_hooks_for
+
+    loaded = loaded or load_inputs(request)
+    hooks = segment_hooks_for(request, loaded, segment_hooks)
     with (
         step_cache.step_cache_enabled(pipeline.transformer, request.cache),
         step_cache.count_block_evaluations(pipeline.transformer) as blocks,
@@ -457,6 +505,9 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
             progress=layout is None or layout.is_main,
+            drift=request.drift,
+            segment_hooks=hooks,
+            **(call_kwargs or {}),
         )
     if layout is not None and not layout.is_main:
         return None
@@ -479,6 +530,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None,
         "device": str(device),
         "parallel": None if layout is None else layout.describe(),
         "step_cache": {"cache": request.cache, **blocks.as_dict()},
+        **finish_outputs(request, loaded, result, out, hooks),
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }
     # settings in the order they were given (paths as strings), not the sorted keys of the data formats

@@ -19,6 +19,7 @@ from scail2.optional import MissingDependency, missing_dependency
 # Order here is the order in `scail2 --help`.
 COMMAND_MODULES = [
     "scail2.commands.animate",
+    "scail2.commands.batch",
     "scail2.commands.plan",
     "scail2.commands.convert",
     "scail2.commands.demo",

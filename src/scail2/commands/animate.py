@@ -96,6 +96,42 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         "--dtype fp8` or from GGUF files are quantised already",
     )
     _add_memory_arguments(parser)
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser) -> None:
+    """Drift control, QA and alpha outputs (shared with `scail2 batch`, where they are job settings)."""
+    parser.add_argument(
+        "--handoff",
+        choices=["pixel", "latent", "hybrid"],
+        default="pixel",
+        help="how a segment takes over the previous one's last frames: pixel (decoded frames encoded again, as "
+        "upstream), latent (its clean latents, no VAE round trip), hybrid (first frame encoded, rest latents); "
+        "docs/drift.md compares them",
+    )
+    parser.add_argument(
+        "--color-anchor",
+        type=float,
+        default=0.0,
+        metavar="BOUND",
+        help="move each segment's character colour towards the reference's by at most BOUND per channel in "
+        "[-1, 1] units (0.06 is about 8 of 255 levels; default 0: off)",
+    )
+    parser.add_argument(
+        "--qa-retry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw a segment again with another seed, up to N times, when its character colour drifts or its "
+        "seam jumps beyond the QA thresholds (README, 'QA of every output')",
+    )
+    parser.add_argument("--no-qa", dest="qa", action="store_false", help="skip the QA report (out.qa.json/.png)")
+    parser.add_argument(
+        "--alpha",
+        action="store_true",
+        help="also write the output's character masks (OUT_alpha/ PNGs), RGBA PNGs (OUT_rgba/) and a ProRes 4444 "
+        "MOV with that alpha (OUT.alpha.mov)",
+    )
 
 
 def _add_memory_arguments(parser) -> None:
@@ -213,6 +249,11 @@ def run(args) -> int:
         extra_refs=args.extra_ref,
         memory_check=args.memory_check,
         shard_weights=args.shard_weights,
+        handoff=args.handoff,
+        color_anchor=args.color_anchor,
+        qa=args.qa,
+        qa_retry=args.qa_retry,
+        alpha=args.alpha,
     )
     manifest = run_parallel(request) if world_size_from_environment() > 1 else run_animate(request)
     if manifest is None:  # a rank other than 0 under torchrun
@@ -221,6 +262,10 @@ def run(args) -> int:
         f"wrote {manifest['output']}: {manifest['frames']} frames at {manifest['fps']} fps "
         f"({manifest['timings_s']['wall_s']:.1f} s)"
     )
+    if "qa" in manifest:
+        report = manifest["qa"]
+        warned = f": {', '.join(report['warnings'])}" if report["warnings"] else ""
+        print(f"QA {report['status']}{warned} ({report['files']['json']})")
     return 0
 
 

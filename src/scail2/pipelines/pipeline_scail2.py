@@ -10,7 +10,8 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     5. prepare_segment         half-resolution driving latents and driving masks of one segment
     6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
                                clean history re-imposed before and after every step
-    7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default)
+    7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default);
+       finish_segment          with what the next segment starts from, by the hand-off (scail2.pipelines.drift)
     8. stitch_video, postprocess  drop each later segment's history frames, trim the padding; the output format
 
 Every tensor is made on the execution device (`_execution_device`, as in diffusers), so diffusers' model,
@@ -52,6 +53,7 @@ from scail2.models.encoders import clip_image_features, clip_pixel_values, encod
 from scail2.models.step_cache import cache_pass, reset_step_cache
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.modes import MODES
+from scail2.pipelines.drift import DriftSettings, anchor_colors, character_pixels, latent_history, masked_mean_color
 from scail2.pipelines.memory import (
     MemorySettings,
     available_accelerator_bytes,
@@ -61,6 +63,7 @@ from scail2.pipelines.memory import (
     pass_activation_bytes,
     tiled_decoding,
 )
+from scail2.pipelines.segment_hooks import SegmentHooks, SegmentState
 from scail2.pipelines.segments import Segment, plan_segments
 
 OUTPUT_TYPES = ("uint8", "pt", "np", "latent")
@@ -585,18 +588,42 @@ class SCAIL2Pipeline(DiffusionPipeline):
         frames = self.postprocess(video[:, segment.history_frames : segment.real_frames], output_type)
         return frames if isinstance(frames, np.ndarray) else frames.cpu()
 
-    def finish_segment(self, latent: torch.Tensor, segment: Segment, following: Segment | None, output_type: str):
+    def finish_segment(
+        self,
+        latent: torch.Tensor,
+        segment: Segment,
+        following: Segment | None,
+        output_type: str,
+        handoff: str = "pixel",
+        anchor=None,
+    ):
         """A denoised segment -> (its output on the CPU: frames by `segment_output`, or the latent itself for
-        "latent"; the frames the following segment re-encodes as history, or None). The decoded video is freed
-        on return; a last segment's latent is not decoded when latents are the output."""
+        "latent"; what the following segment starts from, or None: the decoded frames it re-encodes as history
+        under the `pixel` hand-off, the clean latent frames it takes as they are under `latent`). `anchor(video,
+        segment) -> video` corrects the decoded video first (colour anchoring). The decoded video is freed on
+        return; a last segment's latent is not decoded when latents are the output."""
+        carry = latent_history(latent, following) if handoff == "latent" else None
         if output_type == "latent":
             output = latent.cpu()
-            if following is None:
-                return output, None
+            if following is None or handoff == "latent":
+                return output, carry
         video = self.decode_segment(latent)
+        if anchor is not None:
+            video = anchor(video, segment)
         if output_type != "latent":
             output = self.segment_output(video, segment, output_type)
-        return output, self.history_tail(video, following)
+        if handoff == "hybrid":
+            return output, self.hybrid_history(video, latent, following)
+        return output, carry if handoff == "latent" else self.history_tail(video, following)
+
+    def hybrid_history(self, video: torch.Tensor, latent: torch.Tensor, following: Segment | None):
+        """The following segment's history under the `hybrid` hand-off: its first frame encoded alone (the VAE's
+        first latent frame holds one frame), then the clean latent frames of the rest; None after the last."""
+        rest = latent_history(latent, following)
+        if rest is None:
+            return None
+        first = self.codec.encode(video[None, :, -following.history_frames :][:, :, :1])
+        return torch.cat([first, rest[:, :, 1:]], dim=2)
 
     @staticmethod
     def history_tail(video: torch.Tensor, following: Segment | None) -> torch.Tensor | None:
@@ -629,11 +656,29 @@ class SCAIL2Pipeline(DiffusionPipeline):
             return parts
         return np.concatenate(parts) if output_type == "np" else torch.cat(parts)
 
-    def history_latent(self, previous: torch.Tensor, segment: Segment) -> torch.Tensor | None:
-        """The last `overlap` decoded frames of the previous segment, re-encoded: [1, z, t_h, h, w]."""
-        if not segment.history_frames:
+    def history_latent(self, previous: torch.Tensor, segment: Segment, handoff: str = "pixel") -> torch.Tensor | None:
+        """The history [1, z, t_h, h, w] of `segment` from what the previous one carried over: its last `overlap`
+        decoded frames re-encoded (`pixel`), or its last clean latent frames as they are (`latent`)."""
+        if not segment.history_frames or previous is None:
             return None
+        if handoff in ("latent", "hybrid"):
+            return previous
         return self.codec.encode(previous[None, :, -segment.history_frames :])
+
+    def color_anchor(self, inputs: AnimationInputs, bound: float):
+        """`anchor(video, segment) -> video` moving each segment's character colour towards the reference's by at
+        most `bound` per channel (scail2.pipelines.drift); None when `bound` is 0."""
+        if bound <= 0:
+            return None
+        target = masked_mean_color(inputs.reference, character_pixels(inputs.reference_mask, 0))
+
+        def anchor(video: torch.Tensor, segment: Segment) -> torch.Tensor:
+            masks = pad_frames(
+                inputs.driving_masks[segment.start : segment.start + segment.real_frames], segment.length
+            )
+            return anchor_colors(video, character_pixels(masks, -1)[: video.shape[1]], target, bound)
+
+        return anchor
 
     @torch.no_grad()
     def __call__(
@@ -652,6 +697,9 @@ class SCAIL2Pipeline(DiffusionPipeline):
         output_type: str = "uint8",
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        drift: DriftSettings | None = None,
+        segment_hooks: SegmentHooks | None = None,
+        segment_conditions: list[SegmentConditions] | None = None,
     ) -> AnimationResult:
         r"""Animate `inputs.reference` with the motion of `inputs.driving`.
 
@@ -678,6 +726,11 @@ class SCAIL2Pipeline(DiffusionPipeline):
                 every step of every segment (`step_index` restarts at 0 in each segment); a "latents" entry in
                 the returned dict replaces the latent (clean history is re-imposed on it).
             callback_on_step_end_tensor_inputs: the tensors put in `callback_kwargs` (default ["latents"]).
+            drift: how segments join (`DriftSettings`: `handoff` "pixel" or "latent", `color_anchor` bound).
+            segment_hooks: resume finished segments, keep each one as it finishes, reject and redraw one
+                (`scail2.pipelines.segment_hooks`).
+            segment_conditions: each segment's `prepare_segment` result, computed before (a cache of the driving
+                video's work); None computes them here.
 
         Returns:
             `AnimationResult` with `frames` (see `output_type`), the `segments` and `timings` in seconds.
@@ -699,31 +752,48 @@ class SCAIL2Pipeline(DiffusionPipeline):
         timings["encode_s"] = time.perf_counter() - start
         # 5-7. condition, denoise and decode segment after segment (each needs the previous one's last frames);
         # the decoded frames go to the CPU at once, only the next history's frames stay on the accelerator
+        hooks = segment_hooks or SegmentHooks()
+        drift = drift or DriftSettings()
+        anchor = self.color_anchor(inputs, drift.color_anchor)
         outputs: list = []
-        tail: torch.Tensor | None = None
+        carry: torch.Tensor | None = None
+
+        def run(segment: Segment, segment_noise: torch.Tensor, bar) -> SegmentState:
+            conditions = segment_conditions[segment.index] if segment_conditions else None
+            conditions = conditions or self.prepare_segment(inputs, segment)
+            history = self.history_latent(carry, segment, drift.handoff)
+            tic = time.perf_counter()
+            latent = self.denoise_segment(
+                reference,
+                conditions,
+                text,
+                segment_noise,
+                history,
+                settings,
+                replace=inputs.mode == "replace",
+                autocast_dtype=autocast_dtype,
+                progress=bar,
+                callback=step_end,
+            )
+            timings[f"segment_{segment.index}_denoise_s"] = time.perf_counter() - tic
+            following = segments[segment.index + 1] if segment.index + 1 < len(segments) else None
+            return SegmentState(*self.finish_segment(latent, segment, following, output_type, drift.handoff, anchor))
+
         # a context manager, so an error message is never interleaved with a half-drawn bar
         with tqdm(total=len(segments) * settings.steps, disable=not progress, unit="step", desc="denoise") as bar:
             for segment, segment_noise in zip(segments, noise):
                 bar.set_description(f"segment {segment.index + 1}/{len(segments)}")
-                conditions = self.prepare_segment(inputs, segment)
-                history = self.history_latent(tail, segment) if tail is not None else None
-                tic = time.perf_counter()
-                latent = self.denoise_segment(
-                    reference,
-                    conditions,
-                    text,
-                    segment_noise,
-                    history,
-                    settings,
-                    replace=inputs.mode == "replace",
-                    autocast_dtype=autocast_dtype,
-                    progress=bar,
-                    callback=step_end,
-                )
-                timings[f"segment_{segment.index}_denoise_s"] = time.perf_counter() - tic
-                following = segments[segment.index + 1] if segment.index + 1 < len(segments) else None
-                output, tail = self.finish_segment(latent, segment, following, output_type)
-                outputs.append(output)
+                state = hooks.resume(segment)
+                if state is not None:  # finished by an earlier run
+                    bar.update(settings.steps)
+                else:
+                    state, attempts = run(segment, segment_noise, bar), 1
+                    while attempts <= hooks.retries and not hooks.accept(segment, state):
+                        retry_noise = hooks.retry_noise(segment_noise, seed, segment, attempts)
+                        state, attempts = run(segment, retry_noise, bar), attempts + 1
+                    hooks.finished(segment, state, attempts)
+                outputs.append(state.output)
+                carry = state.carry
         # 8. stitch (on the CPU) and take the last offloaded component off the accelerator
         frames = self.join_outputs(outputs, output_type)
         self.maybe_free_model_hooks()
