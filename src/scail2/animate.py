@@ -197,6 +197,7 @@ def load_pipeline(
     import transformers
 
     from scail2.models.attention import check_attention, set_attention
+    from scail2.pipelines.pipeline_directanimator import pipeline_class_for
 
     folder = check_model_folder(model_dir)
     check_attention(attention, device)  # before 33 GB of weights load
@@ -207,7 +208,8 @@ def load_pipeline(
     dtypes = {"default": weights, "vae": vae_dtype(folder / "vae", device, weights)}
     try:
         components = pipeline_components(folder, quantize, weights)
-        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), dtype=dtypes, **components)
+        pipeline_class = pipeline_class_for(read_json(folder / "model_index.json", missing_hint="", corrupt_hint=""))
+        pipeline = pipeline_class.from_pretrained(str(folder), dtype=dtypes, **components)
     except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels

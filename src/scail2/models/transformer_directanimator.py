@@ -43,6 +43,9 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+# diffusers' pipeline loader looks a component's loading base class up in the component's own module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.utils import BaseOutput
 
 from scail2.conditioning.masks import HISTORY_MASK_CHANNELS, MASK_CHANNELS
