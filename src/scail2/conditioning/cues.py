@@ -51,9 +51,7 @@ def pack_soft_mask(mask: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> to
 
 def pad_cues(cues: DrivingCues, length: int) -> DrivingCues:
     """The cues with their last frame repeated up to `length` frames (a segment's padding)."""
-    padded = {
-        name: pad_frames(torch.from_numpy(np.ascontiguousarray(a)), length).numpy() for name, a in vars(cues).items()
-    }
+    padded = {name: pad_frames(torch.from_numpy(np.array(a)), length).numpy() for name, a in vars(cues).items()}
     return DrivingCues(**padded)
 
 

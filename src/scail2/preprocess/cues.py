@@ -102,7 +102,7 @@ def low_pass(images: torch.Tensor, kind: str, cutoff: float, order: int = 2) -> 
 
 def _signed(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float32 [T, 3, H, W] in [-1, 1] (mid-grey 127.5 is 0)."""
-    return (torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 3, 1, 2) - 127.5) / 127.5
+    return (torch.from_numpy(np.array(frames)).float().permute(0, 3, 1, 2) - 127.5) / 127.5
 
 
 def _unsigned(video: torch.Tensor) -> np.ndarray:
@@ -116,7 +116,7 @@ def pose_cue(frames: np.ndarray, foreground: np.ndarray, settings: CueSettings) 
     if settings.color == "gray":
         luma = torch.tensor(LUMA).view(1, 3, 1, 1)
         video = (video * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
-    video = video * torch.from_numpy(np.ascontiguousarray(foreground))[:, None].float()
+    video = video * torch.from_numpy(np.array(foreground))[:, None].float()
     return _unsigned(low_pass(video, settings.filter, settings.cutoff, settings.order))
 
 
@@ -239,7 +239,7 @@ def face_cue(frames: np.ndarray, boxes: np.ndarray, settings: CueSettings) -> np
 
 def grid_soften(mask: np.ndarray, grid: int) -> np.ndarray:
     """Binary masks [T, H, W] -> uint8 [T, H, W]: each grid x grid cell holds the fraction it covers (x 255)."""
-    masks = torch.from_numpy(np.ascontiguousarray(mask)).float()[:, None]  # [T, 1, H, W]
+    masks = torch.from_numpy(np.array(mask)).float()[:, None]  # [T, 1, H, W]
     height, width = masks.shape[-2:]
     cells = (-(-height // grid), -(-width // grid))
     padded = F.pad(masks, (0, cells[1] * grid - width, 0, cells[0] * grid - height))
