@@ -57,11 +57,11 @@ def pad_cues(cues: DrivingCues, length: int) -> DrivingCues:
 
 def encode_cues(codec: VideoLatentCodec, cues: DrivingCues, face: bool = True) -> CueConditions:
     """Cues of 4n+1 frames at the target size -> normalised cue latents and packed soft masks (batch 1)."""
-    pose = encode_video(codec, torch.from_numpy(np.ascontiguousarray(cues.pose)))
+    pose = encode_video(codec, torch.from_numpy(np.array(cues.pose)))
     grid = tuple(pose.shape[-2:])
     pose_masks = pack_soft_mask(cues.body_mask, grid)[None].to(pose.device)
     if not face:
         return CueConditions(pose, pose_masks, None, None)
-    face_latents = encode_video(codec, torch.from_numpy(np.ascontiguousarray(cues.face)))
+    face_latents = encode_video(codec, torch.from_numpy(np.array(cues.face)))
     face_masks = pack_soft_mask(cues.face_mask, grid)[None].to(pose.device)
     return CueConditions(pose, pose_masks, face_latents, face_masks)
