@@ -12,7 +12,7 @@ COLORS = ("gray", "rgb")
 class CueSettings:
     color: str = "gray"  # pose cue colour: "gray" (luma in all three channels) or "rgb"
     filter: str = "gaussian"  # low-pass transfer function: gaussian, butterworth, ideal or none
-    cutoff: float = 0.1  # cutoff frequency as a fraction of the Nyquist frequency (0, 1]
+    cutoff: float = 0.2  # cutoff frequency as a fraction of the Nyquist frequency (0, 1]; see docs/directanimator.md
     order: int = 2  # Butterworth order
     face_scale: float = 1.8  # side of the face crop / side of the head box
     head_fraction: float = 0.2  # head box side / mask height (head boxes from masks)
