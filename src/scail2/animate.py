@@ -73,6 +73,7 @@ class AnimateRequest:
     frames_dir: str | Path | None = None
     extra_refs: list[str | Path] = field(default_factory=list)
     memory_check: bool = True  # refuse, before loading, a job the GPU cannot hold (`scail2 plan`)
+    cues: str | Path | None = None  # DirectAnimator models: a `scail2 cues` folder of the driving video
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
@@ -405,6 +406,17 @@ def check_memory(request: AnimateRequest, device: torch.device) -> None:
     )
 
 
+def cue_arguments(request: AnimateRequest, pipeline: SCAIL2Pipeline, loaded: LoadedInputs) -> dict:
+    """`cues=` for a DirectAnimator pipeline given `--cues DIR` (the folder read, checked and sized); else none."""
+    if request.cues is None:
+        return {}
+    from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline, read_cues_for
+
+    if not isinstance(pipeline, DirectAnimatorPipeline):
+        raise Scail2Error(f"--cues {request.cues}: this model takes no driving cues; use a DirectAnimator model")
+    return {"cues": read_cues_for(pipeline, request.cues, loaded.size, loaded.inputs.driving.shape[0])}
+
+
 def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
     """Generate one video from files; returns the manifest (also written beside the video)."""
     start = time.perf_counter()
@@ -445,6 +457,7 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
             request.settings,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
+            **cue_arguments(request, pipeline, loaded),
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)

@@ -105,3 +105,49 @@ def test_animate_cli_with_a_directanimator_folder(model_folder, tmp_path):
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["frames"] == 11 and len(manifest["segments"]) == 2
     assert np.isfinite(manifest["timings_s"]["total_s"])
+
+
+def test_animate_cli_reuses_a_reviewed_cue_folder(model_folder, tmp_path, capsys):
+    from scail2.preprocess.mask_folder import MaskFolderWriter, palette_to_identities
+
+    masks = square_masks(11, 72, 120, colors=((0, 0, 255),))
+    driving = write_video(tmp_path / "driving.mp4", moving_square_frames(11, 72, 120), fps=24)
+    with MaskFolderWriter(tmp_path / "masks") as writer:
+        for frame in palette_to_identities(masks):
+            writer.write_frame(frame)
+        writer.commit({"height": 72, "width": 120, "fps": "24", "identities": [{"index": 1, "name": "blue"}]})
+    cue_args = ["cues", "--driving", driving, "--masks", tmp_path / "masks", "--cue-grid", "8"]
+    assert main([str(a) for a in [*cue_args, "--out", tmp_path / "cues", "--cue-cutoff", "0.25"]]) == 0
+    assert main([str(a) for a in [*cue_args, "--out", tmp_path / "other", "--cue-cutoff", "0.5"]]) == 0
+    ref = write_reference(tmp_path / "ref.png", 90, 140, rgba=True)
+    args = [
+        "animate",
+        "--model",
+        model_folder,
+        "--ref",
+        ref,
+        "--driving",
+        driving,
+        "--driving-mask",
+        tmp_path / "masks",
+    ]
+    args += ["--height", "64", "--width", "96", "--sampler", "euler", "--steps", "1", "--segment-length", "9"]
+    args += ["--overlap", "5", "--cfg", "1"]
+    assert main([str(a) for a in [*args, "--out", tmp_path / "out.mp4", "--cues", tmp_path / "cues"]]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["request"]["cues"] == str(tmp_path / "cues")
+    capsys.readouterr()
+    assert main([str(a) for a in [*args, "--out", tmp_path / "bad.mp4", "--cues", tmp_path / "other"]]) == 2
+    assert "re-run `scail2 cues` with the model's settings" in capsys.readouterr().err
+
+
+def test_cues_made_at_the_video_size_follow_the_resize_and_crop():
+    from scail2.preprocess.cues import cues_at_size, extract_cues
+
+    frames = moving_square_frames(5, 72, 120)
+    ids = (square_masks(5, 72, 120)[..., 0] > 0).astype(np.uint8)
+    sized = cues_at_size(extract_cues(frames, ids), (64, 96))
+    assert sized.pose.shape == (5, 64, 96, 3) and sized.body_mask.shape == (5, 64, 96)
+    # 72x120 covers 64x96 resized to 64x106 (x 64/72 in height, 106/120 in width), then 5 columns cropped
+    box = extract_cues(frames, ids).head_boxes[0, 0]
+    scale = np.array([106 / 120, 64 / 72] * 2)
+    np.testing.assert_allclose(sized.head_boxes[0, 0], box * scale - [5, 0, 5, 0], rtol=1e-5)

@@ -22,8 +22,9 @@ from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import DirectAnimatorTransformer3DModel
 from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline, guided_velocity
 from scail2.pipelines.segments import Segment
+from scail2.preprocess.cue_folder import read_cue_folder
 from scail2.preprocess.cue_settings import CueSettings
-from scail2.preprocess.cues import DrivingCues, extract_cues
+from scail2.preprocess.cues import DrivingCues, cues_at_size, extract_cues
 from scail2.preprocess.mask_folder import palette_to_identities
 
 PIPELINE_CLASS_NAME = "DirectAnimatorPipeline"
@@ -138,6 +139,20 @@ class DirectAnimatorPipeline(SCAIL2Pipeline):
             return super().__call__(inputs, settings or SamplingSettings(), *args, **kwargs)
         finally:
             self._cues = None
+
+
+def read_cues_for(pipeline: DirectAnimatorPipeline, folder, size: tuple[int, int], frames: int) -> DrivingCues:
+    """A `scail2 cues` folder for this pipeline: made with the model's cue settings, at least `frames` frames
+    (the first ones are used), resized to the generation `size`."""
+    cues, meta = read_cue_folder(folder)
+    if meta.get("settings") != pipeline.cue_settings.to_json():
+        raise Scail2Error(
+            f"{folder}: made with cue settings {meta.get('settings')} but the model was trained with "
+            f"{pipeline.cue_settings.to_json()}; re-run `scail2 cues` with the model's settings"
+        )
+    if cues.num_frames < frames:
+        raise Scail2Error(f"{folder}: has {cues.num_frames} frames but the driving video has {frames}")
+    return cues_at_size(cues.frames(slice(0, frames)), size)
 
 
 def pipeline_class_for(model_index: dict) -> type[SCAIL2Pipeline]:

@@ -295,3 +295,27 @@ def extract_cues(
         face_mask=grid_soften(box_masks(boxes, height, width), settings.grid),
         head_boxes=boxes,
     )
+
+
+def cues_at_size(cues: DrivingCues, target_hw: tuple[int, int]) -> DrivingCues:
+    """Cues made at the driving video's own size, resized and centre-cropped to the generation size as the
+    driving frames are (`resize_crop_uint8`); head boxes follow the same scaling and crop."""
+    from scail2.preprocess.resize import rectangle_crop_geometry, resize_crop_uint8
+
+    source_hw = cues.pose.shape[1:3]
+    if tuple(source_hw) == tuple(target_hw):
+        return cues
+    (new_h, new_w), top, left = rectangle_crop_geometry(source_hw, target_hw)
+    scale = np.array([new_w / source_hw[1], new_h / source_hw[0]] * 2, np.float32)
+    offset = np.array([left, top, left, top], np.float32)
+
+    def resize_mask(mask: np.ndarray) -> np.ndarray:
+        return resize_crop_uint8(torch.from_numpy(np.array(mask))[..., None], target_hw)[..., 0].numpy()
+
+    return DrivingCues(
+        pose=resize_crop_uint8(torch.from_numpy(np.array(cues.pose)), target_hw).numpy(),
+        face=resize_crop_uint8(torch.from_numpy(np.array(cues.face)), target_hw).numpy(),
+        body_mask=resize_mask(cues.body_mask),
+        face_mask=resize_mask(cues.face_mask),
+        head_boxes=cues.head_boxes * scale - offset,
+    )
