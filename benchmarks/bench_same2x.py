@@ -62,7 +62,7 @@ def plot(curves: dict[str, np.ndarray], path: Path, title: str) -> None:
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     low = min(float(c.min()) for c in curves.values())
-    high = max(float(c[min(20, len(c) - 1) :].max()) for c in curves.values())
+    high = max(float(c.max()) for c in curves.values())
     steps = max(len(c) for c in curves.values())
     to_x = lambda i: left + (width - left - 20) * i / max(1, steps - 1)  # noqa: E731
     to_y = lambda v: top + (height - top - bottom) * (high - min(v, high)) / max(1e-9, high - low)  # noqa: E731

@@ -183,9 +183,8 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
         rope_offset: int = 120,
         cue_modulation_dim: int = 256,
     ):
-        backbone = dict(locals())
-        for name in ("self", "__class__", "cue_modulation_dim"):
-            backbone.pop(name)
+        # every argument but the cue width is the backbone's
+        backbone = {k: v for k, v in locals().items() if k not in ("self", "__class__", "cue_modulation_dim")}
         super().__init__(**backbone)
         patch_size = tuple(patch_size)
         del self.patch_embedding_pose  # no driving stream
@@ -193,7 +192,8 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
         self.cue_embedding_pose = nn.Conv3d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
         self.cue_embedding_face = nn.Conv3d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
         self.zero_cue_modules()
-        # 3. Blocks with the CF-DiT step (replacing the plain ones built by the backbone).
+        # 3. Blocks with the CF-DiT step, replacing the plain ones the backbone built (build large models on the
+        # meta device or through from_pretrained, which never hold both sets of weights).
         self.blocks = nn.ModuleList(
             CueFusionBlock(
                 dim,

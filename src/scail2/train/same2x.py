@@ -315,7 +315,8 @@ def export_directanimator(trainer: Same2XTrainer) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     transformer = DirectAnimatorTransformer3DModel.from_config(trainer.model.config)
     transformer.load_state_dict(weights, strict=True)
-    transformer.to(getattr(torch, trainer.config.train.export_dtype)).save_pretrained(tmp / "transformer")
+    dtype = getattr(torch, trainer.config.train.export_dtype)
+    (transformer if dtype == torch.float32 else transformer.to(dtype)).save_pretrained(tmp / "transformer")
     components = components_folder(trainer.config)
     if components is not None:
         for name in COMPONENTS:
