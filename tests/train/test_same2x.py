@@ -181,3 +181,27 @@ def test_a_cache_without_cues_is_refused(tmp_path):
     )
     with pytest.raises(Scail2Error, match="scail2 cache --cues"):
         Same2XTrainer(load_config(CONFIG, FAST), root / "cache", root / "run")
+
+
+def test_two_process_fsdp2_stage_two_follows_the_single_process_run(setup, tmp_path):
+    """Student and frozen teacher both sharded per block on two gloo processes: the same losses and S2X."""
+    import os
+    import subprocess
+    import sys
+
+    assert train(setup, tmp_path / "s1", "directanimator.stage1.max_steps=2", "directanimator.stage1.lr=0.05") == 0
+    stage2 = [
+        "directanimator.stage=2",
+        f"directanimator.stage2.from_model={tmp_path / 's1' / 'export' / 'model'}",
+        "directanimator.stage2.max_steps=2",
+    ]
+    assert train(setup, tmp_path / "one", *stage2) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    command += ["scail2.cli", "train", "--config", CONFIG, "--data", setup / "cache", "--out", tmp_path / "two"]
+    command += [*FAST, f"model.components={setup / 'model'}", *stage2]
+    result = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for one, two in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
+        for key in ("loss", "flow_loss", "s2x"):
+            assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), (key, one, two)
