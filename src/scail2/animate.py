@@ -80,6 +80,7 @@ class AnimateRequest:
     qa: bool = True  # write the QA report (scail2.eval.qa) and its manifest block
     qa_retry: int = 0  # draws of a segment the per-segment QA rejects
     alpha: bool = False  # masks, RGBA PNGs and a ProRes 4444 MOV of the output (scail2.preprocess.alpha_io)
+    cues: str | Path | None = None  # DirectAnimator models: a `scail2 cues` folder of the driving video
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
@@ -211,6 +212,7 @@ def load_pipeline(
     import transformers
 
     from scail2.models.attention import check_attention, set_attention
+    from scail2.pipelines.pipeline_directanimator import pipeline_class_for
 
     folder = check_model_folder(model_dir)
     check_attention(attention, device)  # before 33 GB of weights load
@@ -221,7 +223,8 @@ def load_pipeline(
     dtypes = {"default": weights, "vae": vae_dtype(folder / "vae", device, weights)}
     try:
         components = pipeline_components(folder, quantize, weights)
-        pipeline = SCAIL2Pipeline.from_pretrained(str(folder), dtype=dtypes, **components)
+        pipeline_class = pipeline_class_for(read_json(folder / "model_index.json", missing_hint="", corrupt_hint=""))
+        pipeline = pipeline_class.from_pretrained(str(folder), dtype=dtypes, **components)
     except (OSError, ValueError) as error:
         raise Scail2Error(f"{folder}: cannot be loaded ({str(error).splitlines()[0]}); re-run the conversion") from None
     latent_channels, transformer_channels = pipeline.vae.config.z_dim, pipeline.transformer.latent_channels
@@ -446,6 +449,17 @@ def check_memory(request: AnimateRequest, device: torch.device, layout=None) -> 
     )
 
 
+def cue_arguments(request: AnimateRequest, pipeline: SCAIL2Pipeline, loaded: LoadedInputs) -> dict:
+    """`cues=` for a DirectAnimator pipeline given `--cues DIR` (the folder read, checked and sized); else none."""
+    if request.cues is None:
+        return {}
+    from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline, read_cues_for
+
+    if not isinstance(pipeline, DirectAnimatorPipeline):
+        raise Scail2Error(f"--cues {request.cues}: this model takes no driving cues; use a DirectAnimator model")
+    return {"cues": read_cues_for(pipeline, request.cues, loaded.size, loaded.inputs.driving.shape[0])}
+
+
 def run_animate(
     request: AnimateRequest,
     pipeline: SCAIL2Pipeline | None = None,
@@ -490,6 +504,10 @@ def run_animate(
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))
     if layout is not None:
+        if type(pipeline) is not SCAIL2Pipeline:
+            raise Scail2Error(
+                f"--model {request.model}: a {type(pipeline).__name__} runs in one process; start it without torchrun"
+            )
         layout.apply(pipeline, guided=request.settings.guidance_scale > 1, shard_weights=request.shard_weights)
     from scail2.finish import finish_outputs, segment_hooks_for
 
@@ -508,6 +526,7 @@ def run_animate(
             drift=request.drift,
             segment_hooks=hooks,
             **(call_kwargs or {}),
+            **cue_arguments(request, pipeline, loaded),
         )
     if layout is not None and not layout.is_main:
         return None

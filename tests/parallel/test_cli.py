@@ -64,7 +64,13 @@ def test_four_ranks_write_what_one_process_writes(job, tmp_path):
     theirs = np.stack([np.asarray(Image.open(alone.with_suffix("") / png.name), dtype=np.float64) for png in frames])
     assert np.abs(ours - theirs).max() <= 1
     assert 10 * np.log10(255**2 / max(np.mean((ours - theirs) ** 2), 1e-12)) > 60
-    assert sorted(p.name for p in together.parent.iterdir()) == ["o", "o.json", "o.mp4", "o.qa.json", "o.qa.png"]  # one writer
+    assert sorted(p.name for p in together.parent.iterdir()) == [
+        "o",
+        "o.json",
+        "o.mp4",
+        "o.qa.json",
+        "o.qa.png",
+    ]  # one writer
     manifest = json.loads(together.with_suffix(".json").read_text())
     assert manifest["parallel"] == "4 processes, guidance split over 2, sequence parallel over 2"
     assert manifest["request"]["shard_weights"] is True

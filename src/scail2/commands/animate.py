@@ -11,6 +11,9 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--out", required=True, help="output .mp4 (a .json manifest is written beside it)")
     parser.add_argument("--driving-mask", help="driving masks: a video or a folder of PNGs, binary or palette")
     parser.add_argument("--ref-mask", help="reference mask image, binary or palette colours")
+    parser.add_argument(
+        "--cues", help="DirectAnimator models: a `scail2 cues` folder of the driving video (default: made here)"
+    )
     parser.add_argument("--prompt", default="", help="description of the output video (empty allowed)")
     parser.add_argument("--negative-prompt", default="", help="negative prompt for text guidance (default empty)")
     if mode_choice:
@@ -254,6 +257,7 @@ def run(args) -> int:
         qa=args.qa,
         qa_retry=args.qa_retry,
         alpha=args.alpha,
+        cues=args.cues,
     )
     manifest = run_parallel(request) if world_size_from_environment() > 1 else run_animate(request)
     if manifest is None:  # a rank other than 0 under torchrun

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scail2.commands.cues import add_cue_arguments, cue_settings
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("cache", help="encode MotionPair shards into a latent cache (resumable)")
@@ -21,6 +23,13 @@ def register(subparsers) -> None:
     parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
     parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--cues",
+        action="store_true",
+        help="also store DirectAnimator's same-ID and cross-ID driving cues (for `scail2 train --recipe "
+        "directanimator`; animation pairs only)",
+    )
+    add_cue_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -31,6 +40,7 @@ def run(args) -> int:
 
     from scail2.commands import require_text_dependencies
     from scail2.data import preference
+    from scail2.data.cue_cache import CueCacheEncoder
     from scail2.data.format import read_json
     from scail2.data.latent_cache import CacheEncoder, build_cache
     from scail2.optional import require
@@ -39,9 +49,11 @@ def run(args) -> int:
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    encoder = CacheEncoder.from_model_dir(
+    encoder = (CueCacheEncoder if args.cues else CacheEncoder).from_model_dir(
         args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
     )
+    if args.cues:
+        encoder.cue_settings = cue_settings(args)
     meta = Path(args.data) / "meta.json"
     header = read_json(meta, missing_hint="", corrupt_hint="write the dataset again") if meta.is_file() else {}
     is_preference = isinstance(header, dict) and header.get("format") == preference.FORMAT

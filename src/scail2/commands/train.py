@@ -11,6 +11,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, help="stop at this step (the schedule keeps train.max_steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
     parser.add_argument("--stage", choices=["pretrain", "dpo"], help="shortcut for train.stage=...")
+    parser.add_argument(
+        "--recipe", choices=["scail2", "directanimator"], help="shortcut for train.recipe=... (Same2X: see configs)"
+    )
     parser.add_argument("--export-only", action="store_true", help="export the newest checkpoint and stop")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
     parser.set_defaults(func=run)
@@ -19,10 +22,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from scail2.optional import require
     from scail2.train.config import load_config
-    from scail2.train.export import export_run
-    from scail2.train.trainer import Trainer
+    from scail2.train.same2x import recipe_parts
 
     overrides = list(args.overrides) + ([f"train.stage={args.stage}"] if args.stage else [])
+    overrides += [f"train.recipe={args.recipe}"] if args.recipe else []
     config = load_config(args.config, overrides)
     if config.resolved().lora.rank > 0:
         require("peft", purpose="LoRA training")
@@ -30,7 +33,8 @@ def run(args) -> int:
         require("tensorboard", purpose="training logs")
         if config.train.validate_every:
             require("av", purpose="validation videos")
-    trainer = Trainer(config, args.data, args.out, resume=args.resume or args.export_only)
+    trainer_class, export_run = recipe_parts(config)
+    trainer = trainer_class(config, args.data, args.out, resume=args.resume or args.export_only)
     if not args.export_only:
         trainer.train(stop_at=args.max_steps)
     if args.export_only or trainer.step >= trainer.config.train.max_steps:

@@ -145,6 +145,20 @@ def transformer_velocity(
     )
     if history_frames:
         shared["history_mask"] = history_mask(frames, history_frames, height, width, device=device)[None]
+    return guided_velocity(transformer, device, shared, text, autocast_dtype, cfg_mode, replace=replace)
+
+
+def guided_velocity(
+    transformer,
+    device: torch.device,
+    shared: dict,
+    text: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+    cfg_mode: str = "batched",
+    **fixed,
+):
+    """`velocity(latent, timestep)` of `transformer` called with the batch-1 tensors `shared` (expanded to each
+    pass's batch) and the keywords `fixed`, one pass per text row or all rows at once (`transformer_velocity`)."""
     passes = [text.to(device)] if cfg_mode == "batched" else list(text.to(device).split(1))
     pass_names = (
         ["guided" if text.shape[0] == 2 else "cond"] if cfg_mode == "batched" else ["uncond", "cond"][-len(passes) :]
@@ -155,7 +169,7 @@ def transformer_velocity(
         expand = lambda t: None if t is None else t.expand(batch, *t.shape[1:])  # noqa: E731
         kwargs = {name: expand(value) for name, value in shared.items()}
         return transformer(
-            expand(latent), timestep.to(device).expand(batch), encoder_hidden_states=rows, replace=replace, **kwargs
+            expand(latent), timestep.to(device).expand(batch), encoder_hidden_states=rows, **fixed, **kwargs
         ).sample.float()
 
     def velocity(latent: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

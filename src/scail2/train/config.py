@@ -58,6 +58,7 @@ class TrainLoopConfig:
     validation_steps: int = 8  # sampler steps of a validation video
     mixed_precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
     export_dtype: str = "float32"  # dtype of the exported transformer weights: float32, float16 or bfloat16
+    recipe: str = "scail2"  # "scail2", or "directanimator" (Same2X stages; the `directanimator:` section)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     dpo: dict[str, Any] = field(default_factory=dict)  # passed to the DPO stage's own config
+    directanimator: dict[str, Any] = field(default_factory=dict)  # Same2X stages (scail2.train.same2x)
 
     def __post_init__(self):
         if self.train.stage not in ("pretrain", "dpo"):
@@ -86,6 +88,8 @@ class TrainConfig:
             raise Scail2Error(
                 f"train.export_dtype must be float32, float16 or bfloat16, got {self.train.export_dtype!r}"
             )
+        if self.train.recipe not in ("scail2", "directanimator"):
+            raise Scail2Error(f"train.recipe must be scail2 or directanimator, got {self.train.recipe!r}")
         if self.train.mixed_precision not in ("auto", "bf16", "fp32"):
             raise Scail2Error(f"train.mixed_precision must be auto, bf16 or fp32, got {self.train.mixed_precision!r}")
 

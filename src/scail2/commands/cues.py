@@ -1,0 +1,101 @@
+"""`scail2 cues`: DirectAnimator's Driving Cue Triplet of a driving video, as a reviewable, lossless folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from scail2.preprocess.cue_settings import COLORS, FILTERS, CueSettings
+
+DEFAULTS = CueSettings()
+
+
+def add_cue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cue settings' flags (shared with `scail2 animate` for DirectAnimator models)."""
+    group = parser.add_argument_group("driving cues (DirectAnimator)")
+    group.add_argument("--cue-color", choices=COLORS, default=DEFAULTS.color, help="pose cue colour (default gray)")
+    group.add_argument("--cue-filter", choices=FILTERS, default=DEFAULTS.filter, help="pose cue low-pass filter")
+    group.add_argument(
+        "--cue-cutoff",
+        type=float,
+        default=DEFAULTS.cutoff,
+        help=f"low-pass cutoff as a fraction of the Nyquist frequency (default {DEFAULTS.cutoff})",
+    )
+    group.add_argument("--cue-order", type=int, default=DEFAULTS.order, help="Butterworth order")
+    group.add_argument("--face-scale", type=float, default=DEFAULTS.face_scale, help="face crop side / head box side")
+    group.add_argument(
+        "--head-fraction", type=float, default=DEFAULTS.head_fraction, help="head box side / mask height"
+    )
+    group.add_argument("--box-smoothing", type=int, default=DEFAULTS.box_smoothing, help="frames to average boxes over")
+    group.add_argument("--cue-grid", type=int, default=DEFAULTS.grid, help="location-cue cell size in pixels")
+
+
+def cue_settings(args: argparse.Namespace) -> CueSettings:
+    from scail2.errors import Scail2Error
+
+    try:
+        return CueSettings(
+            color=args.cue_color,
+            filter=args.cue_filter,
+            cutoff=args.cue_cutoff,
+            order=args.cue_order,
+            face_scale=args.face_scale,
+            head_fraction=args.head_fraction,
+            box_smoothing=args.box_smoothing,
+            grid=args.cue_grid,
+        )
+    except ValueError as error:
+        raise Scail2Error(f"cue option: {error}") from None
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cues",
+        help="make DirectAnimator's driving cues (pose, face, location) as PNG folders + meta.json",
+        description="Turn a driving video and its masks (a `scail2 masks` folder) into DirectAnimator's Driving "
+        "Cue Triplet: the low-pass filtered foreground (pose cue), an enlarged head crop per character (face "
+        "cue) and grid-softened body and face masks (location cue), each as lossless PNGs for review.",
+    )
+    parser.add_argument("--driving", required=True, help="driving video")
+    parser.add_argument("--masks", required=True, help="the driving video's mask folder (from `scail2 masks`)")
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cue folder")
+    add_cue_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from scail2.errors import Scail2Error
+    from scail2.optional import require
+    from scail2.preprocess.cue_folder import write_cue_folder
+    from scail2.preprocess.cues import character_identities, extract_cues
+    from scail2.preprocess.mask_folder import open_mask_folder
+    from scail2.preprocess.video_io import read_video
+
+    require("av", purpose="reading the driving video")
+    settings = cue_settings(args)
+    masks = open_mask_folder(args.masks)
+    video = read_video(args.driving, max_frames=args.max_frames)
+    frames = video.frames.numpy()
+    ids = np.stack(list(masks.iter_ids(frames.shape[0])))
+    if ids.shape != frames.shape[:3]:
+        raise Scail2Error(
+            f"{args.masks}: masks are {ids.shape[0]} frames of {ids.shape[2]}x{ids.shape[1]}, the driving video "
+            f"{frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}; make the masks from this video"
+        )
+    cues = extract_cues(frames, ids, settings)
+    meta = {
+        "fps": str(video.fps),
+        "identities": character_identities(ids),
+        "head_boxes": "top of the mask",
+        "settings": settings.to_json(),
+        "sources": {"driving": str(args.driving), "masks": str(args.masks)},
+    }
+    write_cue_folder(args.out, cues, meta, overwrite=args.overwrite)
+    print(
+        f"wrote {args.out}: {cues.num_frames} frames {frames.shape[2]}x{frames.shape[1]}, "
+        f"{len(meta['identities'])} character(s)"
+    )
+    return 0
