@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from scail2.commands.arguments import device, int_range
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("cache", help="encode MotionPair shards into a latent cache (resumable)")
     parser.add_argument("--data", required=True, help="dataset folder written by `scail2 synth`")
     parser.add_argument("--model", required=True, help="model folder with vae/ (and text_encoder/, image_encoder/)")
     parser.add_argument("--out", required=True, help="cache folder (an unfinished one is resumed)")
-    parser.add_argument("--text-len", type=int, default=512, help="token budget of the text encoder")
+    parser.add_argument("--text-len", type=int_range(1, 4096), default=512, help="token budget of the text encoder")
     parser.add_argument(
         "--driving",
         choices=["frames", "skeleton"],
@@ -17,9 +19,13 @@ def register(subparsers) -> None:
         "procedural rig (the skeleton-driven baseline)",
     )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="storage dtype of the latents")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
-    parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
+    parser.add_argument(
+        "--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+    parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
+    parser.add_argument(
+        "--num-shards", type=int_range(1), help="number of machines sharing the run (default: $WORLD_SIZE)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -30,12 +36,14 @@ def run(args) -> int:
     import torch
 
     from scail2.commands import require_text_dependencies
+    from scail2.commands.guards import dataset_guard
     from scail2.data import preference
     from scail2.data.format import read_json
     from scail2.data.latent_cache import CacheEncoder, build_cache
     from scail2.optional import require
 
     require("webdataset", purpose="reading the dataset's shards")
+    dataset_guard(args, "cache", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32

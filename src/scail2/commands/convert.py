@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scail2.commands.arguments import finite_float, int_range
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="convert official checkpoints to diffusers-format folders")
@@ -27,7 +29,9 @@ def register(subparsers) -> None:
         "linears in float8 e4m3 with per-channel scales, the rest bf16. Block linears that the input holds "
         "quantised (GGUF, ComfyUI fp8_scaled) stay as they are",
     )
-    transformer.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="shard size cap in GiB")
+    transformer.add_argument(
+        "--max-shard-size", type=finite_float(0.01, 1024), default=5.0, metavar="GB", help="shard size cap in GiB"
+    )
     transformer.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     transformer.set_defaults(func=run_transformer)
 
@@ -40,7 +44,7 @@ def register(subparsers) -> None:
     )
     release.add_argument(
         "--clip-heads",
-        type=int,
+        type=int_range(1, 256),
         default=16,
         help="attention heads of the CLIP vision tower (not stored in its file; 16 for ViT-H/14)",
     )
@@ -49,7 +53,10 @@ def register(subparsers) -> None:
 
 
 def run_transformer(args) -> int:
+    from scail2.commands.guards import convert_guard
     from scail2.models.convert import convert_transformer
+
+    convert_guard(args, {"--input": args.input, "--config": args.config}, "config.json")
 
     out = convert_transformer(
         args.input,
@@ -64,7 +71,10 @@ def run_transformer(args) -> int:
 
 
 def run_release(args) -> int:
+    from scail2.commands.guards import convert_guard
     from scail2.models.convert_release import convert_release
+
+    convert_guard(args, {"--official-dir": args.official_dir, "--config": args.config}, "model_index.json")
 
     out = convert_release(
         args.official_dir,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scail2.commands.arguments import four_n_plus_one, int_range, seed
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,17 +15,23 @@ def register(subparsers) -> None:
         "(animation, replacement, multi-character) and write them as resumable WebDataset shards.",
     )
     parser.add_argument("--out", help="dataset directory (created; an unfinished run there is resumed)")
-    parser.add_argument("--num", type=int, default=1000, help="number of pairs (default 1000)")
+    parser.add_argument("--num", type=int_range(1), default=1000, help="number of pairs (default 1000)")
     parser.add_argument("--size", default="128", help="frame size: S for SxS, or HxW (default 128)")
-    parser.add_argument("--frames", type=int, default=17, help="frames per video (default 17, i.e. 4n+1)")
+    parser.add_argument(
+        "--frames", type=four_n_plus_one(1, 1025), default=17, help="frames per video (4n+1; default 17)"
+    )
     parser.add_argument("--tasks", default="animate,replace,multi", help="comma-separated tasks to mix")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; pair i depends only on (seed, i)")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
-    parser.add_argument("--shard-size", type=int, default=256, help="pairs per tar shard (default 256)")
-    parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
-    parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
+    parser.add_argument("--seed", type=seed, default=0, help="dataset seed; pair i depends only on (seed, i)")
+    parser.add_argument("--workers", type=int_range(1, 256), default=1, help="rendering processes (default 1)")
+    parser.add_argument("--shard-size", type=int_range(1), default=256, help="pairs per tar shard (default 256)")
+    parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
+    parser.add_argument(
+        "--num-shards", type=int_range(1), help="number of machines sharing the run (default: $WORLD_SIZE)"
+    )
     parser.add_argument("--preview", help="write a contact sheet PNG (reference | driving | target) of the first pairs")
-    parser.add_argument("--preview-pairs", type=int, default=8, help="pairs on the contact sheet (default 8)")
+    parser.add_argument(
+        "--preview-pairs", type=int_range(1, 256), default=8, help="pairs on the contact sheet (default 8)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

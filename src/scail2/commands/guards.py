@@ -1,0 +1,134 @@
+"""Each command's output check, called once before any work (the rules live in `scail2.outputs`).
+
+A guard lists the command's inputs (flag -> path) and checks each output against them. A new input or output flag
+adds one entry here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from scail2.errors import Scail2Error
+from scail2.outputs import OutputGuard
+
+FRAME_NAME = re.compile(r"frame_\d{6}\.png")
+RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _has_meta(path: Path) -> bool:
+    """A dataset-style folder (synth, prefs, cache, masks): its meta.json says what wrote it, and each writer
+    checks the format and settings before resuming."""
+    return isinstance(_json(path / "meta.json"), dict)
+
+
+def _frames_folder(path: Path) -> bool:
+    return all(FRAME_NAME.fullmatch(entry.name) for entry in path.iterdir())
+
+
+def _run_folder(path: Path) -> bool:
+    """A training run folder from before the marker: config.json and checkpoints/ or metrics.jsonl."""
+    return (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").exists())
+
+
+def _lora_path(spec: str) -> str:
+    """FILE[:SCALE] -> FILE."""
+    path, _, scale = spec.rpartition(":")
+    return path if path and re.fullmatch(r"[-+.\deE]+", scale) else spec
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def animate_guard(args) -> None:
+    inputs = {
+        "--ref": args.ref,
+        "--driving": args.driving,
+        "--driving-mask": args.driving_mask,
+        "--ref-mask": args.ref_mask,
+        "--model": args.model,
+        **{f"--extra-ref {p}": p for p in args.extra_ref},
+        **{f"--lora {spec}": _lora_path(spec) for spec in args.lora},
+    }
+    guard = OutputGuard(args.command, inputs)
+    out = Path(args.out)
+    manifest = out.with_suffix(".json")
+    if out.suffix.lower() != ".mp4":
+        raise Scail2Error(f"--out {out}: the output must be an .mp4 file")
+
+    def our_manifest(path: Path) -> bool:
+        data = _json(path)
+        return isinstance(data, dict) and Path(str(data.get("output", ""))).name == out.name
+
+    guard.file("--out", out, ours=lambda _: our_manifest(manifest))
+    guard.file("--out (its manifest)", manifest, ours=our_manifest)
+    guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=_frames_folder)
+    if args.frames_dir is not None:
+        guard.check_not_input("--frames-dir", out)  # the video itself must not land in the frames folder
+
+
+def run_folder_guard(args, command: str) -> None:
+    """`train` / `train-vae`: a run folder is continued with --resume/--export-only, replaced with --overwrite."""
+    overwrite = getattr(args, "overwrite", False)
+    if overwrite and (args.resume or args.export_only):
+        raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
+    inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
+    guard = OutputGuard(command, inputs)
+    reuse = args.resume or args.export_only or overwrite
+    guard.folder("--out", args.out, reuse=reuse, ours=_run_folder, hint=RUN_HINT)
+
+
+def dataset_guard(args, command: str, inputs: dict) -> None:
+    """`synth`, `prefs`, `cache`: an unfinished folder of the same command is resumed (its meta.json is checked
+    against the run's settings by the writer)."""
+    for flag, value in inputs.items():
+        if flag == "--data" and value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise Scail2Error(f"--data {value} is a file; give the dataset folder written by `scail2 synth`")
+    OutputGuard(command, inputs).folder("--out", args.out, reuse=True, ours=_has_meta)
+
+
+def masks_guard(args) -> None:
+    inputs = {
+        "--driving": args.driving,
+        "--ref": args.ref,
+        "--driving-mask": args.driving_mask,
+        "--ref-mask": args.ref_mask,
+        "--sam2-model": args.sam2_model,
+    }
+    OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
+
+
+def convert_guard(args, inputs: dict, marker_file: str) -> None:
+    """`convert`: --overwrite replaces only a folder an earlier conversion wrote (`marker_file` in it)."""
+    OutputGuard("convert", inputs).folder(
+        "--out", args.out, reuse=args.overwrite, ours=lambda path: (path / marker_file).is_file()
+    )
+
+
+def eval_guard(args) -> None:
+    inputs = {"--model": args.model, "--skeleton-model": None if args.skeleton_model == "none" else args.skeleton_model}
+    guard = OutputGuard("eval", inputs)
+    guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
+    report_files = {"table.md", "plot.png", "README.md"}
+    guard.folder(
+        "--report-dir",
+        args.report_dir,
+        reuse=True,
+        ours=lambda path: {entry.name for entry in path.iterdir()} <= report_files,
+    )
+    if args.readme is not None:
+        guard.file("--readme", args.readme)
+
+
+def demo_guard(args) -> None:
+    OutputGuard("demo", {"--model": args.model}).folder(
+        "--out", args.out, reuse=True, ours=lambda path: (path / "metrics.json").is_file()
+    )
