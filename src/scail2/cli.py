@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported in one line
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         result = args.func(args)
     except MissingDependency as error:

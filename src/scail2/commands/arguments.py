@@ -28,9 +28,9 @@ def int_range(low: int | None = None, high: int | None = None, multiple_of: int 
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {_describe(low, high)}")
+            raise argparse.ArgumentTypeError(f"must be {_describe(low, high)}, got {value}")
         if multiple_of and value % multiple_of:
-            raise argparse.ArgumentTypeError(f"{value} is not a multiple of {multiple_of}")
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple_of}, got {value}")
         return value
 
     parse.__name__ = "integer"
@@ -44,7 +44,7 @@ def four_n_plus_one(low: int = 1, high: int | None = None):
     def parse(text: str) -> int:
         value = whole(text)
         if (value - 1) % 4:
-            raise argparse.ArgumentTypeError(f"{value} is not 4n+1 (e.g. 5, 17, 81)")
+            raise argparse.ArgumentTypeError(f"must be 4n+1 (e.g. 5, 17, 81), got {value}")
         return value
 
     parse.__name__ = "4n+1 frame count"
@@ -63,7 +63,7 @@ def finite_float(low: float | None = None, high: float | None = None, low_open: 
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         below = low is not None and (value <= low if low_open else value < low)
         if below or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value:g} is out of range; allowed: {_describe(low, high, low_open)}")
+            raise argparse.ArgumentTypeError(f"must be {_describe(low, high, low_open)}, got {value:g}")
         return value
 
     parse.__name__ = "number"
@@ -99,7 +99,7 @@ def device(text: str) -> str:
 
 def _describe(low, high, low_open: bool = False) -> str:
     if low is not None and high is not None:
-        return f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
     if low is not None:
         return f"{'>' if low_open else '>='} {low:g}"
     return f"<= {high:g}"

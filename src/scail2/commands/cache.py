@@ -31,6 +31,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before the hub client is imported: components load from the folder only
     from pathlib import Path
 
     import torch
@@ -40,6 +43,7 @@ def run(args) -> int:
     from scail2.data import preference
     from scail2.data.format import read_json
     from scail2.data.latent_cache import CacheEncoder, build_cache
+    from scail2.errors import Scail2Error
     from scail2.optional import require
 
     require("webdataset", purpose="reading the dataset's shards")
@@ -47,9 +51,16 @@ def run(args) -> int:
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    encoder = CacheEncoder.from_model_dir(
-        args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
-    )
+    check_model_components(args.model)
+    try:
+        encoder = CacheEncoder.from_model_dir(
+            args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
+        )
+    except Scail2Error:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:  # a damaged component: unreadable config or weights
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Scail2Error(f"--model {args.model}: a component cannot be loaded ({first}); convert it again") from None
     meta = Path(args.data) / "meta.json"
     header = read_json(meta, missing_hint="", corrupt_hint="write the dataset again") if meta.is_file() else {}
     is_preference = isinstance(header, dict) and header.get("format") == preference.FORMAT
@@ -59,3 +70,31 @@ def run(args) -> int:
     )
     print(f"{args.out}: {'complete' if complete else 'this machine is done; other shards are still missing'}")
     return 0
+
+
+# What each component folder needs to load without a network: a missing piece is refused in one line.
+COMPONENT_NEEDS = {
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "image_encoder": ("config.json",),
+}
+
+
+def check_model_components(model: str) -> None:
+    from pathlib import Path
+
+    from scail2.errors import Scail2Error
+
+    root = Path(model)
+    if not root.is_dir():
+        raise Scail2Error(f"--model {root}: not a folder; pass a model folder with vae/ (written by `scail2 convert`)")
+    for component, files in COMPONENT_NEEDS.items():
+        folder = root / component
+        for name in files if folder.is_dir() else ():
+            if not (folder / name).is_file():
+                raise Scail2Error(f"--model {root}: {component}/{name} is missing; convert the model folder again")
+    if (root / "text_encoder").is_dir() and not (root / "tokenizer").is_dir():
+        raise Scail2Error(
+            f"--model {root}: has text_encoder/ but no tokenizer/; copy the tokenizer folder beside it (scail2 never "
+            "downloads one)"
+        )

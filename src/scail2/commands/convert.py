@@ -57,6 +57,7 @@ def run_transformer(args) -> int:
     from scail2.models.convert import convert_transformer
 
     convert_guard(args, {"--input": args.input, "--config": args.config}, "config.json")
+    check_safetensors_header(args.input)
 
     out = convert_transformer(
         args.input,
@@ -86,3 +87,25 @@ def run_release(args) -> int:
     )
     print(f"wrote {out}")
     return 0
+
+
+def check_safetensors_header(path: str) -> None:
+    """A `.safetensors` input whose header does not parse (empty, truncated, not safetensors) is refused in one
+    line before the conversion starts."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    from scail2.errors import Scail2Error
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return  # other formats are checked by their readers; a missing file by the converter
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise Scail2Error(
+            f"--input {path}: not a readable safetensors file ({error}); it is empty, truncated or of another "
+            "format: download it again"
+        ) from None

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from scail2.errors import Scail2Error
-from scail2.outputs import OutputGuard
+from scail2.outputs import OutputGuard, real
 
 FRAME_NAME = re.compile(r"frame_\d{6}\.png")
 RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
@@ -107,7 +107,11 @@ def masks_guard(args) -> None:
 
 
 def convert_guard(args, inputs: dict, marker_file: str) -> None:
-    """`convert`: --overwrite replaces only a folder an earlier conversion wrote (`marker_file` in it)."""
+    """`convert`: --overwrite replaces only a folder an earlier conversion wrote (`marker_file` in it). Converting
+    such a folder's own weights again in place is allowed: the input is read whole before the folder is replaced."""
+    out = Path(args.out)
+    if args.overwrite and (out / marker_file).is_file():
+        inputs = {flag: value for flag, value in inputs.items() if real(out) not in real(value).parents}
     OutputGuard("convert", inputs).folder(
         "--out", args.out, reuse=args.overwrite, ours=lambda path: (path / marker_file).is_file()
     )

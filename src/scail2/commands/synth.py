@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+SIZE_MULTIPLE = 32  # what a dataset's frame sides must divide into for the latent cache and the transformer
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'128' -> (128, 128); '96x160' -> (96, 160) as (height, width)."""
     from scail2.errors import Scail2Error
@@ -53,16 +56,27 @@ def parse_size(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from scail2.commands.guards import dataset_guard
+    from scail2.data.format import atomic_path
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, contact_sheet
     from scail2.data.shards import resolve_sharding, write_dataset
     from scail2.errors import Scail2Error
     from scail2.optional import require
+    from scail2.outputs import OutputGuard
 
     if not args.out and not args.preview:
         raise Scail2Error("nothing to do: give --out DIR to write shards and/or --preview OUT.png")
+    height, width = parse_size(args.size)
     if args.out:
         require("webdataset", purpose="writing the dataset's shards")
-    height, width = parse_size(args.size)
+        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise Scail2Error(
+                f"--size {args.size}: each side must be a multiple of {SIZE_MULTIPLE} for `scail2 cache` and training "
+                "(the driving stream runs at half size through the 8x VAE and 2x2 patches), e.g. 128 or 96x160"
+            )
+        dataset_guard(args, "synth", {})
+    if args.preview:
+        OutputGuard("synth", {"--out": args.out}).file("--preview", args.preview)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))
     if args.out:
@@ -84,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.preview:
         samples = [generator.generate(i) for i in range(min(args.preview_pairs, args.num))]
-        partial = f"{args.preview}.partial.png"
-        Image.fromarray(contact_sheet(samples)).save(partial)
-        import os
-
-        os.replace(partial, args.preview)
+        with atomic_path(args.preview) as partial:  # a per-process temporary name: two runs never collide
+            Image.fromarray(contact_sheet(samples)).save(partial, format="PNG")
         print(f"wrote {args.preview}")
     return 0
