@@ -80,18 +80,23 @@ def run_folder_guard(args, command: str) -> None:
     overwrite = getattr(args, "overwrite", False)
     if overwrite and (args.resume or args.export_only):
         raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
+    check_input_folder("--data", args.data, "cache" if command == "train" else "synth")
     inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
     guard = OutputGuard(command, inputs)
     reuse = args.resume or args.export_only or overwrite
     guard.folder("--out", args.out, reuse=reuse, ours=_run_folder, hint=RUN_HINT)
 
 
+def check_input_folder(flag: str, path, writer: str) -> None:
+    """An input that must be a folder (a dataset, a cache) given as a file is refused before anything loads."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise Scail2Error(f"{flag} {path} is a file; give the folder written by `scail2 {writer}`")
+
+
 def dataset_guard(args, command: str, inputs: dict) -> None:
     """`synth`, `prefs`, `cache`: an unfinished folder of the same command is resumed (its meta.json is checked
     against the run's settings by the writer)."""
-    for flag, value in inputs.items():
-        if flag == "--data" and value is not None and Path(value).exists() and not Path(value).is_dir():
-            raise Scail2Error(f"--data {value} is a file; give the dataset folder written by `scail2 synth`")
+    check_input_folder("--data", inputs.get("--data"), "synth")
     OutputGuard(command, inputs).folder("--out", args.out, reuse=True, ours=_has_meta)
 
 
