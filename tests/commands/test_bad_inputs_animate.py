@@ -3,6 +3,8 @@ one line before any work (no model load, no mask extraction), and nothing on dis
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,19 @@ def world(tmp_path_factory) -> Path:
     write_video(root / "mine.mp4", moving_square_frames(5, 32, 32), fps=16)
     (root / "note.txt").write_text("not a folder")
     (root / "out").mkdir()
+    (root / "bomb.png").write_bytes(png_header(100_000, 100_000))
+    (root / "big.png").write_bytes(png_header(9000, 9000))
     return root
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels in a few bytes (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def animate_args(world: Path, **flags) -> list[str]:
@@ -50,6 +64,9 @@ def animate_cases(w: Path) -> list[tuple[dict, list[str]]]:
         (dict(out=w / "note.txt" / "o.mp4"), ["--out", "is a file"]),
         (dict(out=w / "out" / "o.png"), ["--out", ".mp4"]),
         (dict(out=w / "docs"), ["--out"]),
+        (dict(ref=w / "bomb.png"), ["--ref", "bomb.png", "more pixels"]),
+        (dict(ref=w / "big.png"), ["--ref", "big.png", "9000x9000"]),
+        (dict(ref_mask=w / "bomb.png"), ["--ref-mask", "bomb.png"]),
         # flags out of range, checked before anything is read
         (dict(max_frames=0), ["--max-frames"]),
         (dict(max_frames=-3), ["--max-frames"]),
@@ -103,6 +120,7 @@ def test_masks_corpus(world, capsys):
         (["--out", world / "new", "--min-track-fraction", "nan"], ["--min-track-fraction"]),
         (["--out", world / "new", "--device", "tpu"], ["--device"]),
         (["--out", world / "new", "--work-size", "-5"], ["--work-size"]),
+        (["--out", world / "new", "--ref", world / "bomb.png"], ["--ref", "bomb.png"]),
     ]
     for extra, names in cases:
         assert_refused(capsys, [*base, *extra], names, world)

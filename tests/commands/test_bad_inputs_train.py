@@ -102,6 +102,17 @@ def test_run_folder_corpus(world, capsys):
         assert_refused(capsys, args, names, world)
 
 
+def test_crafted_member_names_are_refused(world, tmp_path, capsys):
+    crafted = tmp_path / "cache"
+    shutil.copytree(world / "cache", crafted)
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    for name in ("../../outside.tar", "/etc/passwd", ""):
+        manifest["shards"][0]["name"] = name
+        (crafted / "manifest.json").write_text(json.dumps(manifest))
+        args = ["train", "--config", CONFIG, "--data", crafted, "--out", tmp_path / "run", MODEL, *FAST]
+        assert_refused(capsys, args, ["manifest.json", "not a plain file name"], tmp_path)
+
+
 def test_overwrite_starts_a_run_again_without_old_checkpoints(world, tmp_path, capsys):
     run_folder = tmp_path / "run"
     shutil.copytree(world / "run", run_folder)

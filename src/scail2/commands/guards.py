@@ -17,6 +17,34 @@ FRAME_NAME = re.compile(r"frame_\d{6}\.png")
 RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
 
 
+MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192: far beyond any model size; larger files are mistakes or bombs
+
+
+def check_image_size(flag: str, path) -> None:
+    """A reference or mask image whose header declares more than MAX_IMAGE_PIXELS is refused before it is decoded
+    (a few kilobytes of PNG can decode to gigabytes). Unreadable files are left to the image loader's errors."""
+    if path is None or not Path(path).is_file():
+        return
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # PIL's own limit, larger than ours
+        width = height = None
+    except (OSError, ValueError, SyntaxError):
+        return
+    if width is None or width * height > MAX_IMAGE_PIXELS:
+        declared = "" if width is None else f" ({width}x{height})"
+        raise Scail2Error(
+            f"{flag} {path}: the image declares more pixels{declared} than scail2 decodes (8192x8192); resize it first"
+        )
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -58,6 +86,8 @@ def animate_guard(args) -> None:
         **{f"--extra-ref {p}": p for p in args.extra_ref},
         **{f"--lora {spec}": _lora_path(spec) for spec in args.lora},
     }
+    for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
+        check_image_size(flag.split()[0], inputs[flag])
     guard = OutputGuard(args.command, inputs)
     out = Path(args.out)
     manifest = out.with_suffix(".json")
@@ -108,6 +138,8 @@ def masks_guard(args) -> None:
         "--ref-mask": args.ref_mask,
         "--sam2-model": args.sam2_model,
     }
+    for flag in ("--ref", "--ref-mask"):
+        check_image_size(flag, inputs[flag])
     OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
 
 

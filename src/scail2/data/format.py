@@ -134,6 +134,17 @@ def read_json(path: str | Path, *, missing_hint: str, corrupt_hint: str) -> Any:
         raise Scail2Error(f"{path} cannot be read ({error.strerror or error}); {corrupt_hint}") from None
 
 
+def check_member_name(name: Any, source: str | Path) -> str:
+    """A file name a manifest or shard lists: one plain name inside its folder, never a path that climbs out of
+    it (`../x`), an absolute path or an empty name; anything else is a one-line Scail2Error naming `source`."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    if not plain:
+        raise Scail2Error(
+            f"{source} lists the member name {name!r}, which is not a plain file name; it is corrupt or crafted"
+        )
+    return name
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -228,8 +239,14 @@ class FormatSpec:
             missing_hint=f"the {self.command} run is unfinished; re-run the same {self.cli} command to finish it",
         )
         self.check_header(manifest, directory / MANIFEST_FILE)
-        for record in manifest["shards"]:
-            self.check_shard(directory / record["name"], record, verify)
+        shards = manifest.get("shards")
+        if not isinstance(shards, list) or not all(isinstance(record, dict) for record in shards):
+            raise Scail2Error(
+                f"{directory / MANIFEST_FILE} has no list of shard records; write it again with {self.cli}"
+            )
+        for record in shards:
+            name = check_member_name(record.get("name"), directory / MANIFEST_FILE)
+            self.check_shard(directory / name, record, verify)
         return meta, manifest
 
     def check_shard(self, path: Path, record: dict, checksum: bool = True) -> None:
