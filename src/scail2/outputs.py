@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,3 +155,60 @@ def start_run_folder(folder: str | Path, command: str, fresh: bool) -> None:
     if fresh and folder.is_dir():
         shutil.rmtree(folder)
     mark(folder, command)
+
+
+# Run-folder lock ------------------------------------------------------------------------------------------------
+
+LOCK = ".scail2-lock"  # holds the PID of the run writing the folder
+
+
+def _holder(folder: Path) -> int | None:
+    """The PID of a live process holding `folder`'s lock (another one than this), or None."""
+    try:
+        pid = int((folder / LOCK).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    if pid in (0, os.getpid()):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def check_unlocked(flag: str, folder: str | Path) -> None:
+    """Refuse, before any work, a folder another live run is writing (its temporary names would collide)."""
+    pid = _holder(Path(folder))
+    if pid is not None:
+        raise Scail2Error(
+            f"{flag} {folder} is being written by another scail2 run (process {pid}); wait for it to finish or "
+            "choose another folder"
+        )
+
+
+@contextmanager
+def folder_lock(flag: str, folder: str | Path) -> Iterator[None]:
+    """Hold `folder`'s lock while writing it; a lock left by a dead process is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one of two starting runs wins
+        except FileExistsError:
+            check_unlocked(flag, folder)
+            lock.unlink(missing_ok=True)  # a dead run's lock
+            continue
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        break
+    else:
+        check_unlocked(flag, folder)
+    try:
+        yield
+    finally:
+        if lock.is_file() and lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()

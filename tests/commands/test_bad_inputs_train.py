@@ -13,6 +13,7 @@ import pytest
 from scail2.cli import main
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.data.shards import write_dataset
+from scail2.outputs import LOCK
 from tests.commands.corpus import assert_refused, run
 from tests.pipelines.components import tiny_pipeline
 
@@ -117,9 +118,13 @@ def test_overwrite_starts_a_run_again_without_old_checkpoints(world, tmp_path, c
     run_folder = tmp_path / "run"
     shutil.copytree(world / "run", run_folder)
     (run_folder / "checkpoints" / "step-00000009").mkdir()  # a later checkpoint a restart must not leave behind
+    (run_folder / LOCK).write_text("1")  # a live process (init) writes the folder: wait for it
+    assert_refused(capsys, train_args(world, run_folder, "--overwrite"), ["--out", "another scail2 run"], tmp_path)
+    (run_folder / LOCK).write_text("999999999")  # a killed run's lock is taken over
     code, _, err = run(capsys, *train_args(world, run_folder, "--overwrite"))
     assert code == 0, err
     assert sorted(p.name for p in (run_folder / "checkpoints").iterdir()) == ["step-00000001"]
+    assert not (run_folder / LOCK).exists()
 
 
 def test_a_planted_pickle_never_runs(world, tmp_path, capsys):

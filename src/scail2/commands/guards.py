@@ -7,11 +7,12 @@ adds one entry here.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 from scail2.errors import Scail2Error
-from scail2.outputs import OutputGuard, real
+from scail2.outputs import OutputGuard, check_unlocked, real
 
 FRAME_NAME = re.compile(r"frame_\d{6}\.png")
 RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
@@ -115,6 +116,8 @@ def run_folder_guard(args, command: str) -> None:
     guard = OutputGuard(command, inputs)
     reuse = args.resume or args.export_only or overwrite
     guard.folder("--out", args.out, reuse=reuse, ours=_run_folder, hint=RUN_HINT)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the main process takes the lock; the others follow it
+        check_unlocked("--out", args.out)
 
 
 def check_input_folder(flag: str, path, writer: str) -> None:

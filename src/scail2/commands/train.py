@@ -22,9 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import contextlib
+
     from scail2.commands.guards import run_folder_guard
     from scail2.optional import require
-    from scail2.outputs import start_run_folder
+    from scail2.outputs import folder_lock, start_run_folder
     from scail2.train.config import load_config
     from scail2.train.export import export_run
     from scail2.train.trainer import Trainer
@@ -39,14 +41,15 @@ def run(args) -> int:
         if config.train.validate_every:
             require("av", purpose="validation videos")
     trainer = Trainer(config, args.data, args.out, resume=args.resume or args.export_only)
-    if not args.export_only:
-        if trainer.group.is_main:
-            start_run_folder(args.out, "train", fresh=args.overwrite)
+    if trainer.group.is_main and not args.export_only:
+        start_run_folder(args.out, "train", fresh=args.overwrite)
+    with folder_lock("--out", args.out) if trainer.group.is_main else contextlib.nullcontext():
         trainer.group.barrier()
-        trainer.train(stop_at=args.max_steps)
-    if args.export_only or trainer.step >= trainer.config.train.max_steps:
-        exported = export_run(trainer)
-        if exported is not None:
-            print(f"exported {exported}")
+        if not args.export_only:
+            trainer.train(stop_at=args.max_steps)
+        if args.export_only or trainer.step >= trainer.config.train.max_steps:
+            exported = export_run(trainer)
+            if exported is not None:
+                print(f"exported {exported}")
     trainer.group.shutdown()  # on an error torchrun stops the other ranks; a barrier here would hang
     return 0

@@ -38,7 +38,7 @@ def run(args) -> int:
 
     from scail2.commands.guards import run_folder_guard
     from scail2.optional import require
-    from scail2.outputs import start_run_folder
+    from scail2.outputs import folder_lock, start_run_folder
     from scail2.train.vae import VaeTrainer, export_vae, load_exported_vae, load_vae_config, reconstruction_psnr
 
     run_folder_guard(args, "train-vae")
@@ -47,7 +47,8 @@ def run(args) -> int:
     trainer = VaeTrainer(config, args.data, args.out, resume=args.resume or args.export_only)
     if not args.export_only:
         start_run_folder(args.out, "train-vae", fresh=args.overwrite)
-        trainer.train(stop_at=args.max_steps)
+        with folder_lock("--out", args.out):
+            trainer.train(stop_at=args.max_steps)
     if not (args.export_only or trainer.step >= config.train.max_steps):
         return 0
     exported = export_vae(trainer)
