@@ -25,6 +25,7 @@ def world(tmp_path_factory) -> Path:
     write_video(root / "mine.mp4", moving_square_frames(5, 32, 32), fps=16)
     (root / "note.txt").write_text("not a folder")
     (root / "out").mkdir()
+    write_video(root / "square_masks.mp4", square_masks(9, 64, 64), fps=16)
     (root / "bomb.png").write_bytes(png_header(100_000, 100_000))
     (root / "big.png").write_bytes(png_header(9000, 9000))
     return root
@@ -64,6 +65,7 @@ def animate_cases(w: Path) -> list[tuple[dict, list[str]]]:
         (dict(out=w / "note.txt" / "o.mp4"), ["--out", "is a file"]),
         (dict(out=w / "out" / "o.png"), ["--out", ".mp4"]),
         (dict(out=w / "docs"), ["--out"]),
+        (dict(driving_mask=w / "square_masks.mp4"), ["--driving-mask", "64x64", "96x64", "aspect ratio"]),
         (dict(ref=w / "bomb.png"), ["--ref", "bomb.png", "more pixels"]),
         (dict(ref=w / "big.png"), ["--ref", "big.png", "9000x9000"]),
         (dict(ref_mask=w / "bomb.png"), ["--ref-mask", "bomb.png"]),

@@ -127,3 +127,14 @@ def test_eval_corpus(world, capsys):
     ]
     for args, names in cases:
         assert_refused(capsys, args, names, world)
+
+
+def test_convert_refuses_a_disk_without_room(world, capsys, monkeypatch):
+    from collections import namedtuple
+
+    from scail2 import outputs
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    args = ["convert", "transformer", "--input", world / "good.safetensors", "--config", "tiny", "--out", world / "c"]
+    assert_refused(capsys, args, ["--out", "GiB are free"], world)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from scail2.errors import Scail2Error
-from scail2.outputs import OutputGuard, check_unlocked, real
+from scail2.outputs import OutputGuard, check_free_space, check_unlocked, real
 
 FRAME_NAME = re.compile(r"frame_\d{6}\.png")
 RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
@@ -43,6 +43,50 @@ def check_image_size(flag: str, path) -> None:
         declared = "" if width is None else f" ({width}x{height})"
         raise Scail2Error(
             f"{flag} {path}: the image declares more pixels{declared} than scail2 decodes (8192x8192); resize it first"
+        )
+
+
+ASPECT_TOLERANCE = 0.02  # masks whose width/height differs more than this from the video's are another framing
+
+
+def _mask_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a mask source from its header: a video, a `scail2 masks` folder or a folder of PNGs."""
+    from PIL import Image
+
+    from scail2.preprocess import video_io
+
+    if path.is_dir():
+        meta = _json(path / "meta.json")
+        if isinstance(meta, dict) and "width" in meta and "height" in meta:
+            return int(meta["width"]), int(meta["height"])
+        first = next(iter(sorted(path.glob("*.png"))), None)
+        if first is None:
+            return None
+        with Image.open(first) as image:
+            return image.size
+    info = video_io.probe_video(path)
+    return info.width, info.height
+
+
+def check_mask_aspect(masks, video) -> None:
+    """Refuse driving masks framed differently from the driving video: resized to the video they would be
+    cropped, and the characters would no longer line up."""
+    if masks is None or not Path(masks).exists() or not Path(video).is_file():
+        return
+    from scail2.preprocess import video_io
+
+    try:
+        mask_size = _mask_size(Path(masks))
+        info = video_io.probe_video(video)
+    except (Scail2Error, OSError, ValueError):
+        return  # unreadable files get the loaders' own errors
+    if mask_size is None or not info.width or not info.height:
+        return
+    mask_ratio, video_ratio = mask_size[0] / mask_size[1], info.width / info.height
+    if abs(mask_ratio - video_ratio) > ASPECT_TOLERANCE * video_ratio:
+        raise Scail2Error(
+            f"--driving-mask {masks} is {mask_size[0]}x{mask_size[1]} but --driving {video} is "
+            f"{info.width}x{info.height}, another aspect ratio; make the masks from this video (`scail2 masks`)"
         )
 
 
@@ -89,6 +133,7 @@ def animate_guard(args) -> None:
     }
     for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
         check_image_size(flag.split()[0], inputs[flag])
+    check_mask_aspect(args.driving_mask, args.driving)
     guard = OutputGuard(args.command, inputs)
     out = Path(args.out)
     manifest = out.with_suffix(".json")
@@ -143,6 +188,7 @@ def masks_guard(args) -> None:
     }
     for flag in ("--ref", "--ref-mask"):
         check_image_size(flag, inputs[flag])
+    check_mask_aspect(args.driving_mask, args.driving)
     OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
 
 
@@ -155,6 +201,10 @@ def convert_guard(args, inputs: dict, marker_file: str) -> None:
     OutputGuard("convert", inputs).folder(
         "--out", args.out, reuse=args.overwrite, ours=lambda path: (path / marker_file).is_file()
     )
+    source = Path(inputs.get("--input") or "")
+    if source.is_file():  # at least input_bytes / 4 parameters (an fp32 input), at the output dtype's width
+        width = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}[args.dtype]
+        check_free_space("--out", out, source.stat().st_size // 4 * width)
 
 
 def eval_guard(args) -> None:
