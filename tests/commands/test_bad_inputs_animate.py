@@ -65,6 +65,7 @@ def animate_cases(w: Path) -> list[tuple[dict, list[str]]]:
         (dict(out=w / "note.txt" / "o.mp4"), ["--out", "is a file"]),
         (dict(out=w / "out" / "o.png"), ["--out", ".mp4"]),
         (dict(out=w / "docs"), ["--out"]),
+        (dict(frames_dir=w / "out"), ["--out", "inside --frames-dir"]),
         (dict(driving_mask=w / "square_masks.mp4"), ["--driving-mask", "64x64", "96x64", "aspect ratio"]),
         (dict(ref=w / "bomb.png"), ["--ref", "bomb.png", "more pixels"]),
         (dict(ref=w / "big.png"), ["--ref", "big.png", "9000x9000"]),

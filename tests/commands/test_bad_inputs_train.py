@@ -148,3 +148,5 @@ def test_a_planted_pickle_never_runs(world, tmp_path, capsys):
     assert not marker.exists()
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["step"] == 1 and "architecture" in state
+    (checkpoint / "trainer_state.json").write_text("[1]")  # 3. a damaged trainer state
+    assert_refused(capsys, train_args(world, run_folder, "--resume"), ["trainer_state.json", "damaged"], tmp_path)

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from scail2.data.format import PARTIAL_NAME
 from scail2.errors import Scail2Error
 from scail2.outputs import OutputGuard, check_free_space, check_unlocked, real
 
@@ -99,8 +100,10 @@ def _json(path: Path):
 
 def _has_meta(path: Path) -> bool:
     """A dataset-style folder (synth, prefs, cache, masks): its meta.json says what wrote it, and each writer
-    checks the format and settings before resuming."""
-    return isinstance(_json(path / "meta.json"), dict)
+    checks the format and settings before resuming; a folder of nothing but temporaries is a killed first run's."""
+    if isinstance(_json(path / "meta.json"), dict):
+        return True
+    return all(PARTIAL_NAME.fullmatch(entry.name) or entry.name.endswith(".partial") for entry in path.iterdir())
 
 
 def _frames_folder(path: Path) -> bool:
@@ -147,8 +150,10 @@ def animate_guard(args) -> None:
     guard.file("--out", out, ours=lambda _: our_manifest(manifest))
     guard.file("--out (its manifest)", manifest, ours=our_manifest)
     guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=_frames_folder)
-    if args.frames_dir is not None:
-        guard.check_not_input("--frames-dir", out)  # the video itself must not land in the frames folder
+    if args.frames_dir is not None and real(args.frames_dir) in real(out).parents:
+        raise Scail2Error(
+            f"--out {out} lies inside --frames-dir {args.frames_dir}, which is replaced; write it elsewhere"
+        )
 
 
 def run_folder_guard(args, command: str) -> None:

@@ -95,9 +95,12 @@ def load_optimizer(folder: Path) -> dict:
     return {"state": state, "param_groups": doc["param_groups"]}
 
 
-def check_shapes(stored: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: Path) -> None:
-    """One line naming the first tensor whose shape differs, or that one side lacks (another architecture)."""
-    for name in sorted(set(stored) | set(expected)):
+def check_shapes(
+    stored: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: Path, complete: bool = True
+) -> None:
+    """One line naming the first tensor whose shape differs, or that one side lacks (another architecture);
+    `complete=False` checks only the stored tensors (a LoRA checkpoint holds the adapters alone)."""
+    for name in sorted(set(stored) | (set(expected) if complete else set())):
         have = tuple(stored[name].shape) if name in stored else None
         want = tuple(expected[name]) if name in expected else None
         if have != want:

@@ -404,8 +404,8 @@ class Trainer:
         checkpoint_io.check_loadable(latest)
         self._check_architecture(latest, trainer_state)
         model_state = checkpoint_io.load_tensors(latest / checkpoint_io.MODEL_FILE)
-        expected = {n: p.shape for n, p in self.model.named_parameters() if p.requires_grad or not self.lora}
-        checkpoint_io.check_shapes(model_state, expected, latest / checkpoint_io.MODEL_FILE)
+        expected = {name: value.shape for name, value in self.model.state_dict().items()}
+        checkpoint_io.check_shapes(model_state, expected, latest / checkpoint_io.MODEL_FILE, complete=not self.lora)
         set_state_dict(
             self.model,
             self.schedule.optimizer,
