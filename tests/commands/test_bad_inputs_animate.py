@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.commands.corpus import assert_refused
-from tests.pipelines.media import moving_square_frames, square_masks, write_reference, write_video
+from tests.pipelines.media import (
+    moving_square_frames,
+    square_masks,
+    write_mask_folder,
+    write_reference,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +32,7 @@ def world(tmp_path_factory) -> Path:
     (root / "note.txt").write_text("not a folder")
     (root / "out").mkdir()
     write_video(root / "square_masks.mp4", square_masks(9, 64, 64), fps=16)
+    write_mask_folder(root / "mask_frames", square_masks(9, 64, 96))
     (root / "bomb.png").write_bytes(png_header(100_000, 100_000))
     (root / "big.png").write_bytes(png_header(9000, 9000))
     return root
@@ -66,6 +73,7 @@ def animate_cases(w: Path) -> list[tuple[dict, list[str]]]:
         (dict(out=w / "out" / "o.png"), ["--out", ".mp4"]),
         (dict(out=w / "docs"), ["--out"]),
         (dict(frames_dir=w / "out"), ["--out", "inside --frames-dir"]),
+        (dict(frames_dir=w / "mask_frames", driving_mask=w / "mask_frames"), ["--frames-dir", "--driving-mask"]),
         (dict(driving_mask=w / "square_masks.mp4"), ["--driving-mask", "64x64", "96x64", "aspect ratio"]),
         (dict(ref=w / "bomb.png"), ["--ref", "bomb.png", "more pixels"]),
         (dict(ref=w / "big.png"), ["--ref", "big.png", "9000x9000"]),
