@@ -150,3 +150,13 @@ def test_a_planted_pickle_never_runs(world, tmp_path, capsys):
     assert state["step"] == 1 and "architecture" in state
     (checkpoint / "trainer_state.json").write_text("[1]")  # 3. a damaged trainer state
     assert_refused(capsys, train_args(world, run_folder, "--resume"), ["trainer_state.json", "damaged"], tmp_path)
+
+
+def test_a_disk_without_room_for_a_checkpoint_is_refused_before_training(world, tmp_path, capsys, monkeypatch):
+    from collections import namedtuple
+
+    from scail2 import outputs
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    assert_refused(capsys, train_args(world, tmp_path / "run"), ["--out", "GiB are free"], tmp_path)

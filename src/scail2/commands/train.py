@@ -23,10 +23,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import contextlib
+    from pathlib import Path
 
     from scail2.commands.guards import run_folder_guard
     from scail2.optional import require
-    from scail2.outputs import folder_lock, start_run_folder
+    from scail2.outputs import check_free_space, folder_lock, start_run_folder
     from scail2.train.config import load_config
     from scail2.train.export import export_run
     from scail2.train.trainer import Trainer
@@ -42,6 +43,7 @@ def run(args) -> int:
             require("av", purpose="validation videos")
     trainer = Trainer(config, args.data, args.out, resume=args.resume or args.export_only)
     if trainer.group.is_main and not args.export_only:
+        check_free_space("--out", Path(args.out), checkpoint_bytes(trainer))
         start_run_folder(args.out, "train", fresh=args.overwrite)
     with folder_lock("--out", args.out) if trainer.group.is_main else contextlib.nullcontext():
         trainer.group.barrier()
@@ -53,3 +55,10 @@ def run(args) -> int:
                 print(f"exported {exported}")
     trainer.group.shutdown()  # on an error torchrun stops the other ranks; a barrier here would hang
     return 0
+
+
+def checkpoint_bytes(trainer) -> int:
+    """One checkpoint's size in fp32: the saved weights, plus the EMA and AdamW's two moments of the trained ones."""
+    trained = sum(p.numel() for p in trainer.trainable.values())
+    saved = trained if trainer.lora else sum(p.numel() for p in trainer.model.parameters())
+    return 4 * (saved + trained * (2 + bool(trainer.ema)))
