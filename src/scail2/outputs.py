@@ -9,8 +9,10 @@ Rules, each a one-line `Scail2Error` naming the flag and the path:
 - where the size is predictable, the disk has room for it.
 
     guard = OutputGuard("animate", inputs={"--driving": args.driving, "--ref": args.ref})
-    guard.file("--out", args.out, ours=manifest_names)
-    guard.folder("--frames-dir", args.frames_dir, replace=True)
+    guard.file("--out", args.out, ours=lambda path: our_manifest_beside(path))
+    guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=holds_only_frames)
+
+Run folders also carry a lock (`folder_lock`) while a run writes them, so two runs never share temporary names.
 
 This module depends only on `scail2.errors` and `scail2.data.format`, so every layer may use it.
 """
