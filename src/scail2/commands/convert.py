@@ -30,7 +30,11 @@ def register(subparsers) -> None:
         "quantised (GGUF, ComfyUI fp8_scaled) stay as they are",
     )
     transformer.add_argument(
-        "--max-shard-size", type=finite_float(0.01, 1024), default=5.0, metavar="GB", help="shard size cap in GiB"
+        "--max-shard-size",
+        type=finite_float(0, 1024, low_open=True),
+        default=5.0,
+        metavar="GB",
+        help="shard size cap in GiB",
     )
     transformer.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     transformer.set_defaults(func=run_transformer)
