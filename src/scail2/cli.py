@@ -34,8 +34,15 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`scail2 CMD: error: ...`, exit status 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scail2", description="Skeleton-free character animation (SCAIL-2).")
+    parser = OneLineParser(prog="scail2", description="Skeleton-free character animation (SCAIL-2).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -44,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported in one line
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         result = args.func(args)
     except MissingDependency as error:
@@ -57,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(missing.describe(f"scail2 {args.command}"), file=sys.stderr)
         return 2
     except Scail2Error as error:
-        print(f"scail2 {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever a wrapped message held
+        print(f"scail2 {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scail2 {args.command}: interrupted", file=sys.stderr)

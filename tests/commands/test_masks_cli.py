@@ -137,7 +137,7 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(clip_files, tmp_path
     fails("--driving", video, "--out", out, "--method", "provided", match="--method provided needs --driving-mask")
     fails("--driving", video, "--out", out, "--method", "sam2", match="--method sam2 needs --sam2-model")
     fails("--driving", video, "--out", out, "--boxes", "1,2,3", match="--boxes: '1,2,3' is not x0,y0,x1,y1")
-    fails("--driving", video, "--out", out, "--dilate", "-1", match="dilate must be >= 0")
+    fails("--driving", video, "--out", out, "--dilate", "-1", match="--dilate: must be in [0, 512], got -1")
     few = video_io.write_png_frames(tmp_path / "few", np.zeros((3, 128, 192, 3), np.uint8) + 255)
     fails("--driving", video, "--out", out, "--driving-mask", few, match="has 3 mask frames but the driving video")
     two = mask_folder.identities_to_palette(np.where(clip_files["clip"].ids > 0, 1, 0), "animate", "driving").numpy()

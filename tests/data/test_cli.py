@@ -19,7 +19,7 @@ def test_synth_writes_a_readable_dataset_and_a_preview(tmp_path, capsys):
             "--num",
             "5",
             "--size",
-            "40x56",
+            "32x64",
             "--frames",
             "5",
             "--tasks",
@@ -42,9 +42,9 @@ def test_synth_writes_a_readable_dataset_and_a_preview(tmp_path, capsys):
     assert "synth: 100%" in printed.err  # the progress bar
     samples = list(MotionPairDataset(out))
     assert len(samples) == 5 and {s.task for s in samples} <= {"animate", "multi"}
-    assert samples[0].driving.shape == (5, 40, 56, 3)
+    assert samples[0].driving.shape == (5, 32, 64, 3)
     sheet = np.asarray(Image.open(preview))
-    assert sheet.shape[0] == 3 * (14 + 40 + 4 + 40 + 8) and sheet.shape[2] == 3
+    assert sheet.shape[0] == 3 * (14 + 32 + 4 + 32 + 8) and sheet.shape[2] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "sheet.png"]
     # Running the finished command again does nothing and changes nothing.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -57,7 +57,7 @@ def test_synth_writes_a_readable_dataset_and_a_preview(tmp_path, capsys):
                 "--num",
                 "5",
                 "--size",
-                "40x56",
+                "32x64",
                 "--frames",
                 "5",
                 "--tasks",

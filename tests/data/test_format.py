@@ -117,6 +117,9 @@ def test_headers_of_other_formats_and_versions_are_refused():
 def test_a_resumed_run_must_describe_the_same_data(tmp_path):
     SPEC.claim_folder(tmp_path, SPEC.header(size=(2, 3)))
     SPEC.claim_folder(tmp_path, SPEC.header(size=(2, 3)))  # tuples come back as lists: still the same
+    SPEC.claim_folder(tmp_path, SPEC.header(size=(5, 3)))  # nothing but meta.json yet: a failed first run
+    SPEC.claim_folder(tmp_path, SPEC.header(size=(2, 3)))
+    (tmp_path / "shard-000000.tar").write_bytes(b"work of the first run")
     with pytest.raises(Scail2Error, match=r"differs in size\): other toy settings than this run's"):
         SPEC.claim_folder(tmp_path, SPEC.header(size=(4, 3)))
     (tmp_path / "meta.json").write_text(json.dumps({"format": "other"}))

@@ -122,7 +122,7 @@ def test_interrupted_run_resumes_to_identical_bytes_with_any_worker_count(refere
 
 
 def test_killed_cli_run_resumes_to_identical_bytes(tmp_path):
-    args = ["synth", "--num", "40", "--size", "48x64", "--frames", "9", "--seed", "5", "--shard-size", "2", "--quiet"]
+    args = ["synth", "--num", "40", "--size", "32x64", "--frames", "9", "--seed", "5", "--shard-size", "2", "--quiet"]
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "scail2.cli", *args, "--out", str(killed)],
@@ -167,11 +167,12 @@ def test_sharding_from_the_environment_and_its_errors():
 
 
 def test_resume_with_other_settings_is_refused(reference_run, tmp_path):
-    (tmp_path / "meta.json").write_bytes((reference_run / "meta.json").read_bytes())
+    for name in ("meta.json", "shard-000000.tar"):
+        (tmp_path / name).write_bytes((reference_run / name).read_bytes())
     other = ProceduralPairGenerator(SynthConfig(height=40, width=56, frames=5, seed=10))
     with pytest.raises(Scail2Error, match=r"meta.json describes a different dataset \(differs in generator\)"):
         write_dataset(other, tmp_path, 7, shard_size=3, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "shard-000000.tar"]
 
 
 def _copy(source: Path, target: Path) -> Path:

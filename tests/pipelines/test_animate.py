@@ -382,7 +382,7 @@ def test_missing_masks_explain_how_to_supply_them(model_dir, files, tmp_path, ca
 
 def test_sizes_must_be_multiples_of_32(model_dir, files, tmp_path, capsys):
     out = tmp_path / "o.mp4"
-    _fails(capsys, out, animate(model_dir, files, out, "--height", "72"), "--height 72", "multiple of 32")
+    _fails(capsys, out, animate(model_dir, files, out, "--height", "72"), "--height", "72", "multiple of 32")
 
 
 def test_missing_model_files(model_dir, files, tmp_path, capsys):

@@ -103,6 +103,7 @@ def test_resumed_run_equals_an_uninterrupted_one(setup, tmp_path):
 
 
 def test_two_process_fsdp2_follows_the_single_process_trajectory(setup, tmp_path):
+    """Two processes stop at step 2 (a gathered checkpoint) and resume to step 3 (each keeps its shard)."""
     assert train(setup, tmp_path / "one", "train.max_steps=3") == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     command = [
@@ -121,12 +122,11 @@ def test_two_process_fsdp2_follows_the_single_process_trajectory(setup, tmp_path
         str(setup / "cache"),
         "--out",
         str(tmp_path / "two"),
-        f"model.components={setup / 'model'}",
-        "train.max_steps=3",
-        *QUIET,
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = [f"model.components={setup / 'model'}", "train.max_steps=3", *QUIET]
+    for flags in (["--max-steps", "2"], ["--resume"]):
+        result = subprocess.run([*command, *flags, *overrides], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert one.keys() == two.keys() == {1, 2, 3}
     for step in one:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from scail2.commands.arguments import MAX_SIDE, MAX_STEPS, device, finite_float, four_n_plus_one, int_range, seed
 
 
 def _add_arguments(parser, mode_choice: bool) -> None:
@@ -32,17 +33,24 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         "Wan2.1-I2V-14B one); --sampler/--steps/--shift/--cfg/--segment-length/--overlap override its fields",
     )
     parser.add_argument("--sampler", choices=["unipc", "dpm++", "euler"])
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--shift", type=float)
-    parser.add_argument("--cfg", type=float, help="text guidance scale (1 disables the unconditional pass)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, help="output height, a multiple of 32 (with --width)")
-    parser.add_argument("--width", type=int, help="output width, a multiple of 32 (with --height)")
-    parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
+    parser.add_argument("--steps", type=int_range(1, MAX_STEPS))
+    parser.add_argument("--shift", type=finite_float(0, 100, low_open=True))
     parser.add_argument(
-        "--segment-length", type=int, help="frames per segment (4n+1; default 81, 17 for the bundled model)"
+        "--cfg", type=finite_float(0, 100), help="text guidance scale (1 disables the unconditional pass)"
     )
-    parser.add_argument("--overlap", type=int, help="clean-history frames between segments (4n+1; default 5)")
+    parser.add_argument("--seed", type=seed, default=0)
+    size = int_range(32, MAX_SIDE, multiple_of=32)
+    parser.add_argument("--height", type=size, help="output height, a multiple of 32 (with --width)")
+    parser.add_argument("--width", type=size, help="output width, a multiple of 32 (with --height)")
+    parser.add_argument("--max-frames", type=int_range(1), help="use at most this many driving frames")
+    parser.add_argument(
+        "--segment-length",
+        type=four_n_plus_one(5),
+        help="frames per segment (4n+1; default 81, 17 for the bundled model)",
+    )
+    parser.add_argument(
+        "--overlap", type=four_n_plus_one(1), help="clean-history frames between segments (4n+1; default 5)"
+    )
     parser.add_argument(
         "--lora",
         action="append",
@@ -65,7 +73,7 @@ def _add_arguments(parser, mode_choice: bool) -> None:
         help="an extra reference view (RGBA, alpha marks the character); repeatable",
     )
     parser.add_argument("--frames-dir", help="also write lossless PNG frames to this folder")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", type=device, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype",
         choices=["auto", "bf16", "fp32"],
@@ -185,6 +193,7 @@ def run(args) -> int:
     from scail2 import bundled
     from scail2.animate import AnimateRequest, run_animate, sampling_settings
     from scail2.commands import require_text_dependencies
+    from scail2.errors import Scail2Error
     from scail2.optional import require
     from scail2.parallel.layout import check_options, world_size_from_environment
     from scail2.pipelines.memory import MemorySettings
@@ -198,6 +207,7 @@ def run(args) -> int:
         shard_weights=args.shard_weights,
     )
     require_text_dependencies(args.model)
+    check_outputs(args)
     use_bundled = args.model is None
     if use_bundled and os.environ.get("RANK", "0") == "0":  # (under torchrun: said once)
         print(
@@ -259,6 +269,10 @@ def run(args) -> int:
         alpha=args.alpha,
         cues=args.cues,
     )
+    if settings.overlap >= settings.segment_length:
+        raise Scail2Error(
+            f"--overlap {settings.overlap} must be shorter than --segment-length {settings.segment_length}"
+        )
     manifest = run_parallel(request) if world_size_from_environment() > 1 else run_animate(request)
     if manifest is None:  # a rank other than 0 under torchrun
         return 0
@@ -283,3 +297,11 @@ def run_parallel(request):
         manifest = run_animate(request, layout=layout)
     layout.finish()
     return manifest
+
+
+def check_outputs(args) -> None:
+    """Before any work: the outputs are none of the inputs, replace only earlier `animate` outputs and can be
+    written (`scail2.outputs`)."""
+    from scail2.commands.guards import animate_guard
+
+    animate_guard(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from scail2.commands.cues import add_cue_arguments, cue_settings
+from scail2.commands.arguments import device, int_range
 
 
 def register(subparsers) -> None:
@@ -10,7 +11,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="dataset folder written by `scail2 synth`")
     parser.add_argument("--model", required=True, help="model folder with vae/ (and text_encoder/, image_encoder/)")
     parser.add_argument("--out", required=True, help="cache folder (an unfinished one is resumed)")
-    parser.add_argument("--text-len", type=int, default=512, help="token budget of the text encoder")
+    parser.add_argument("--text-len", type=int_range(1, 4096), default=512, help="token budget of the text encoder")
     parser.add_argument(
         "--driving",
         choices=["frames", "skeleton"],
@@ -19,9 +20,13 @@ def register(subparsers) -> None:
         "procedural rig (the skeleton-driven baseline)",
     )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="storage dtype of the latents")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
-    parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
+    parser.add_argument(
+        "--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+    parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
+    parser.add_argument(
+        "--num-shards", type=int_range(1), help="number of machines sharing the run (default: $WORLD_SIZE)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--cues",
@@ -34,24 +39,37 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before the hub client is imported: components load from the folder only
     from pathlib import Path
 
     import torch
 
     from scail2.commands import require_text_dependencies
+    from scail2.commands.guards import dataset_guard
     from scail2.data import preference
     from scail2.data.cue_cache import CueCacheEncoder
     from scail2.data.format import read_json
     from scail2.data.latent_cache import CacheEncoder, build_cache
+    from scail2.errors import Scail2Error
     from scail2.optional import require
 
     require("webdataset", purpose="reading the dataset's shards")
+    dataset_guard(args, "cache", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    encoder = (CueCacheEncoder if args.cues else CacheEncoder).from_model_dir(
-        args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
-    )
+    check_model_components(args.model)
+    try:
+        encoder = (CueCacheEncoder if args.cues else CacheEncoder).from_model_dir(
+            args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
+        )
+    except Scail2Error:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:  # a damaged component: unreadable config or weights
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Scail2Error(f"--model {args.model}: a component cannot be loaded ({first}); convert it again") from None
     if args.cues:
         encoder.cue_settings = cue_settings(args)
     meta = Path(args.data) / "meta.json"
@@ -63,3 +81,31 @@ def run(args) -> int:
     )
     print(f"{args.out}: {'complete' if complete else 'this machine is done; other shards are still missing'}")
     return 0
+
+
+# What each component folder needs to load without a network: a missing piece is refused in one line.
+COMPONENT_NEEDS = {
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "image_encoder": ("config.json",),
+}
+
+
+def check_model_components(model: str) -> None:
+    from pathlib import Path
+
+    from scail2.errors import Scail2Error
+
+    root = Path(model)
+    if not root.is_dir():
+        raise Scail2Error(f"--model {root}: not a folder; pass a model folder with vae/ (written by `scail2 convert`)")
+    for component, files in COMPONENT_NEEDS.items():
+        folder = root / component
+        for name in files if folder.is_dir() else ():
+            if not (folder / name).is_file():
+                raise Scail2Error(f"--model {root}: {component}/{name} is missing; convert the model folder again")
+    if (root / "text_encoder").is_dir() and not (root / "tokenizer").is_dir():
+        raise Scail2Error(
+            f"--model {root}: has text_encoder/ but no tokenizer/; copy the tokenizer folder beside it (scail2 never "
+            "downloads one)"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scail2.commands.arguments import finite_float, int_range
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert", help="convert official checkpoints to diffusers-format folders")
@@ -27,7 +29,13 @@ def register(subparsers) -> None:
         "linears in float8 e4m3 with per-channel scales, the rest bf16. Block linears that the input holds "
         "quantised (GGUF, ComfyUI fp8_scaled) stay as they are",
     )
-    transformer.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="shard size cap in GiB")
+    transformer.add_argument(
+        "--max-shard-size",
+        type=finite_float(0, 1024, low_open=True),
+        default=5.0,
+        metavar="GB",
+        help="shard size cap in GiB",
+    )
     transformer.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     transformer.set_defaults(func=run_transformer)
 
@@ -40,7 +48,7 @@ def register(subparsers) -> None:
     )
     release.add_argument(
         "--clip-heads",
-        type=int,
+        type=int_range(1, 256),
         default=16,
         help="attention heads of the CLIP vision tower (not stored in its file; 16 for ViT-H/14)",
     )
@@ -49,7 +57,11 @@ def register(subparsers) -> None:
 
 
 def run_transformer(args) -> int:
+    from scail2.commands.guards import convert_guard
     from scail2.models.convert import convert_transformer
+
+    convert_guard(args, {"--input": args.input, "--config": args.config}, "config.json")
+    check_safetensors_header(args.input)
 
     out = convert_transformer(
         args.input,
@@ -64,7 +76,10 @@ def run_transformer(args) -> int:
 
 
 def run_release(args) -> int:
+    from scail2.commands.guards import convert_guard
     from scail2.models.convert_release import convert_release
+
+    convert_guard(args, {"--official-dir": args.official_dir, "--config": args.config}, "model_index.json")
 
     out = convert_release(
         args.official_dir,
@@ -76,3 +91,25 @@ def run_release(args) -> int:
     )
     print(f"wrote {out}")
     return 0
+
+
+def check_safetensors_header(path: str) -> None:
+    """A `.safetensors` input whose header does not parse (empty, truncated, not safetensors) is refused in one
+    line before the conversion starts."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    from scail2.errors import Scail2Error
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return  # other formats are checked by their readers; a missing file by the converter
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise Scail2Error(
+            f"--input {path}: not a readable safetensors file ({error}); it is empty, truncated or of another "
+            "format: download it again"
+        ) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scail2.commands.arguments import MAX_STEPS, finite_float, int_range, seed
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="score models against the ground truth of a held-out split")
@@ -11,10 +13,16 @@ def register(subparsers) -> None:
         help="skeleton-driven baseline model folder (default: the bundled one; 'none' leaves the row out)",
     )
     parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out split")
-    parser.add_argument("--pairs", type=int, help="pairs of the split to use (default: all 64)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's setting)")
-    parser.add_argument("--shift", type=float, help="sampling shift (default: the bundled model's setting)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=int_range(1), help="pairs of the split to use (default: all 64)")
+    parser.add_argument(
+        "--steps", type=int_range(1, MAX_STEPS), help="denoising steps (default: the bundled model's setting)"
+    )
+    parser.add_argument(
+        "--shift",
+        type=finite_float(0, 100, low_open=True),
+        help="sampling shift (default: the bundled model's setting)",
+    )
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--json", help="write every score and the summary to this JSON file")
     parser.add_argument("--report-dir", help="write table.md and plot.png here")
     parser.add_argument("--readme", help="replace the benchmark section of this README with the new table")
@@ -24,8 +32,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from scail2.commands import require_text_dependencies
+    from scail2.commands.guards import eval_guard
     from scail2.eval.report import run_benchmark
 
     require_text_dependencies(args.model)
+    eval_guard(args)
     run_benchmark(args)
     return 0

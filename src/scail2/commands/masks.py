@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scail2.commands.arguments import MAX_SIDE, device, finite_float, int_range
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,13 +27,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--max-characters",
-        type=int,
+        type=int_range(1, 64),
         default=1,
         help="keep at most K characters, largest first (default 1; raise it for several people)",
     )
     parser.add_argument(
         "--min-track-fraction",
-        type=float,
+        type=finite_float(0, 1),
         default=0.01,
         help="drop characters never covering this share of the frame (default 0.01, with a warning; "
         "kept when nothing larger moves)",
@@ -42,38 +44,46 @@ def register(subparsers) -> None:
     parser.add_argument("--sam2-model", help="local SAM 2 folder (Sam2VideoModel.save_pretrained); never downloaded")
     parser.add_argument("--boxes", help="SAM 2 prompts: 'x0,y0,x1,y1;...' one box per character (video pixels)")
     parser.add_argument("--points", help="SAM 2 prompts: 'x,y x,y;x,y' positive points, characters split by ';'")
-    parser.add_argument("--prompt-frame", type=int, default=0, help="frame the --boxes/--points are on (default 0)")
-    parser.add_argument("--device", default=None, help="torch device for SAM 2 (default: cuda if available)")
+    parser.add_argument(
+        "--prompt-frame", type=int_range(0), default=0, help="frame the --boxes/--points are on (default 0)"
+    )
+    parser.add_argument(
+        "--device", type=device, default=None, help="torch device for SAM 2 (default: cuda if available)"
+    )
     parser.add_argument(
         "--fill-holes",
-        type=float,
+        type=finite_float(0, 1),
         default=0.0,
         metavar="F",
         help="fill enclosed holes up to this share of the frame (e.g. 0.002)",
     )
     parser.add_argument(
         "--min-area",
-        type=float,
+        type=finite_float(0, 1),
         default=0.0,
         metavar="F",
         help="drop mask pieces smaller than this share of the frame (e.g. 0.0005)",
     )
-    parser.add_argument("--dilate", type=int, default=0, metavar="PX", help="grow every character by PX pixels")
-    parser.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink every character by PX pixels")
+    parser.add_argument(
+        "--dilate", type=int_range(0, 512), default=0, metavar="PX", help="grow every character by PX pixels"
+    )
+    parser.add_argument(
+        "--erode", type=int_range(0, 512), default=0, metavar="PX", help="shrink every character by PX pixels"
+    )
     parser.add_argument(
         "--feather",
-        type=float,
+        type=finite_float(0, 256),
         default=0.0,
         metavar="SIGMA",
         help="smooth outlines (Gaussian sigma in pixels; masks stay hard-edged palette colours)",
     )
     parser.add_argument(
         "--work-size",
-        type=int,
+        type=int_range(16, MAX_SIDE),
         default=320,
         help="longer side of the weight-free method's working resolution (default 320)",
     )
-    parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
+    parser.add_argument("--max-frames", type=int_range(1), help="use at most this many driving frames")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing mask folder")
     parser.set_defaults(func=run)
 
@@ -83,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from scail2.commands.guards import masks_guard
     from scail2.errors import Scail2Error
     from scail2.optional import require
     from scail2.preprocess.segmentation.extract import MaskSettings
@@ -91,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from scail2.preprocess.segmentation.sam2 import merge_prompts, parse_boxes, parse_points
 
     require("av", purpose="reading the driving video")
+    masks_guard(args)
     logging.basicConfig(level=logging.WARNING, format="scail2 masks: warning: %(message)s")
     try:
         refinement = Refinement(args.fill_holes, args.min_area, args.erode, args.dilate, args.feather)

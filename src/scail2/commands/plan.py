@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scail2.commands.arguments import MAX_SIDE, finite_float, four_n_plus_one, int_range
+
+SIZE = int_range(32, MAX_SIDE, multiple_of=32)
+
 # The options `scail2 animate` takes; given here they are held fixed and the plan chooses the others.
 OPTION_FLAGS = {
     "dtype": ("--dtype", ["bf16", "fp32"], "weights and compute precision (the plan never picks fp32 itself)"),
@@ -26,28 +30,32 @@ def register(subparsers) -> None:
         required=True,
         help="converted model folder, or an architecture to plan for before downloading it: 14b, 1.3b",
     )
-    parser.add_argument("--height", type=int, default=512, help="output height, a multiple of 32 (default 512)")
-    parser.add_argument("--width", type=int, default=896, help="output width, a multiple of 32 (default 896)")
-    parser.add_argument("--frames", type=int, default=81, help="driving frames of the whole video (default 81)")
+    parser.add_argument("--height", type=SIZE, default=512, help="output height, a multiple of 32 (default 512)")
+    parser.add_argument("--width", type=SIZE, default=896, help="output width, a multiple of 32 (default 896)")
+    parser.add_argument(
+        "--frames", type=int_range(1), default=81, help="driving frames of the whole video (default 81)"
+    )
     parser.add_argument(
         "--gpu-memory",
-        type=float,
+        type=finite_float(0, None, low_open=True),
         nargs="+",
         metavar="GB",
         help="card size(s) in GiB, e.g. 24 48 80 (default: the free memory of the CUDA device)",
     )
     parser.add_argument(
         "--host-memory",
-        type=float,
+        type=finite_float(0, None, low_open=True),
         metavar="GB",
         help="host RAM to plan for (default: the free RAM "
         "when planning for this machine's GPU; unchecked with --gpu-memory)",
     )
     parser.add_argument("--preset", help="sampler preset of `scail2 animate` (its guidance decides the batch)")
-    parser.add_argument("--cfg", type=float, help="text guidance scale (1: no unconditional pass)")
-    parser.add_argument("--segment-length", type=int, help="frames per segment (4n+1; default 81)")
-    parser.add_argument("--overlap", type=int, default=5, help="history frames between segments (default 5)")
-    parser.add_argument("--extra-refs", type=int, default=0, help="extra reference views")
+    parser.add_argument("--cfg", type=finite_float(0, 100), help="text guidance scale (1: no unconditional pass)")
+    parser.add_argument("--segment-length", type=four_n_plus_one(5), help="frames per segment (4n+1; default 81)")
+    parser.add_argument(
+        "--overlap", type=four_n_plus_one(1), default=5, help="history frames between segments (default 5)"
+    )
+    parser.add_argument("--extra-refs", type=int_range(0, 16), default=0, help="extra reference views")
     for flag, choices, description in OPTION_FLAGS.values():
         parser.add_argument(flag, choices=choices, help=f"{description}; chosen by the plan when left out")
     parser.add_argument(

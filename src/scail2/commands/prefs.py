@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scail2.commands.arguments import MAX_STEPS, device, int_range, seed
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("prefs", help="build bias-aware DPO preference pairs from a MotionPair dataset")
@@ -14,22 +16,28 @@ def register(subparsers) -> None:
         action="store_true",
         help="weight-free drift model instead of a generator (tests and bootstrapping only)",
     )
-    parser.add_argument("--num", type=int, help="use the first N pairs (default: all)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps per generation (with --model)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
-    parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
+    parser.add_argument("--num", type=int_range(1), help="use the first N pairs (default: all)")
+    parser.add_argument(
+        "--steps", type=int_range(1, MAX_STEPS), default=20, help="sampler steps per generation (with --model)"
+    )
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--device", type=device, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
+    parser.add_argument(
+        "--num-shards", type=int_range(1), help="number of machines sharing the run (default: $WORLD_SIZE)"
+    )
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from scail2.commands import require_text_dependencies
+    from scail2.commands.guards import dataset_guard
     from scail2.data.preference import PipelineAnimator, ProceduralAnimator, write_preference_dataset
     from scail2.optional import require
 
     require("webdataset", purpose="reading and writing dataset shards")
+    dataset_guard(args, "prefs", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
 
     if args.procedural:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scail2.commands.arguments import four_n_plus_one, int_range, seed
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,19 +15,28 @@ def register(subparsers) -> None:
         "(animation, replacement, multi-character) and write them as resumable WebDataset shards.",
     )
     parser.add_argument("--out", help="dataset directory (created; an unfinished run there is resumed)")
-    parser.add_argument("--num", type=int, default=1000, help="number of pairs (default 1000)")
+    parser.add_argument("--num", type=int_range(1), default=1000, help="number of pairs (default 1000)")
     parser.add_argument("--size", default="128", help="frame size: S for SxS, or HxW (default 128)")
-    parser.add_argument("--frames", type=int, default=17, help="frames per video (default 17, i.e. 4n+1)")
+    parser.add_argument(
+        "--frames", type=four_n_plus_one(1, 1025), default=17, help="frames per video (4n+1; default 17)"
+    )
     parser.add_argument("--tasks", default="animate,replace,multi", help="comma-separated tasks to mix")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; pair i depends only on (seed, i)")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
-    parser.add_argument("--shard-size", type=int, default=256, help="pairs per tar shard (default 256)")
-    parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
-    parser.add_argument("--num-shards", type=int, help="number of machines sharing the run (default: $WORLD_SIZE)")
+    parser.add_argument("--seed", type=seed, default=0, help="dataset seed; pair i depends only on (seed, i)")
+    parser.add_argument("--workers", type=int_range(1, 256), default=1, help="rendering processes (default 1)")
+    parser.add_argument("--shard-size", type=int_range(1), default=256, help="pairs per tar shard (default 256)")
+    parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
+    parser.add_argument(
+        "--num-shards", type=int_range(1), help="number of machines sharing the run (default: $WORLD_SIZE)"
+    )
     parser.add_argument("--preview", help="write a contact sheet PNG (reference | driving | target) of the first pairs")
-    parser.add_argument("--preview-pairs", type=int, default=8, help="pairs on the contact sheet (default 8)")
+    parser.add_argument(
+        "--preview-pairs", type=int_range(1, 256), default=8, help="pairs on the contact sheet (default 8)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+SIZE_MULTIPLE = 32  # what a dataset's frame sides must divide into for the latent cache and the transformer
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,16 +56,27 @@ def parse_size(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from scail2.commands.guards import dataset_guard
+    from scail2.data.format import atomic_path
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, contact_sheet
     from scail2.data.shards import resolve_sharding, write_dataset
     from scail2.errors import Scail2Error
     from scail2.optional import require
+    from scail2.outputs import OutputGuard
 
     if not args.out and not args.preview:
         raise Scail2Error("nothing to do: give --out DIR to write shards and/or --preview OUT.png")
+    height, width = parse_size(args.size)
     if args.out:
         require("webdataset", purpose="writing the dataset's shards")
-    height, width = parse_size(args.size)
+        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise Scail2Error(
+                f"--size {args.size}: each side must be a multiple of {SIZE_MULTIPLE} for `scail2 cache` and training "
+                "(the driving stream runs at half size through the 8x VAE and 2x2 patches), e.g. 128 or 96x160"
+            )
+        dataset_guard(args, "synth", {})
+    if args.preview:
+        OutputGuard("synth", {"--out": args.out}).file("--preview", args.preview)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))
     if args.out:
@@ -76,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.preview:
         samples = [generator.generate(i) for i in range(min(args.preview_pairs, args.num))]
-        partial = f"{args.preview}.partial.png"
-        Image.fromarray(contact_sheet(samples)).save(partial)
-        import os
-
-        os.replace(partial, args.preview)
+        with atomic_path(args.preview) as partial:  # a per-process temporary name: two runs never collide
+            Image.fromarray(contact_sheet(samples)).save(partial, format="PNG")
         print(f"wrote {args.preview}")
     return 0

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from scail2.errors import Scail2Error
 
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
+STALE_SECONDS = 600  # a temporary file of a process not running here is removed once untouched this long
 
 
 # 1. Atomic writes --------------------------------------------------------------------------------------------
@@ -50,6 +53,44 @@ def atomic_path(path: str | Path, partial: Path | None = None) -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]*)?")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | Path) -> list[Path]:
+    """Delete `partial_path` temporaries in `folder` whose writing process is gone (a killed run's leftovers; a
+    live process's files are kept, so two runs on one machine never remove each other's work). On a shared disk
+    a PID of another machine may look dead here: only files untouched for STALE_SECONDS are removed for that."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = PARTIAL_NAME.fullmatch(entry.name)
+        if match is None or int(match["pid"]) == os.getpid() or _pid_alive(int(match["pid"])):
+            continue
+        try:
+            if time.time() - entry.lstat().st_mtime < STALE_SECONDS:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:  # another run removed it first
+            continue
+    return removed
+
+
+def _only_meta(folder: Path) -> bool:
+    return all(entry.name == META_FILE or PARTIAL_NAME.fullmatch(entry.name) for entry in folder.iterdir())
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -91,6 +132,17 @@ def read_json(path: str | Path, *, missing_hint: str, corrupt_hint: str) -> Any:
         raise Scail2Error(f"{path} is not valid JSON ({error}); {corrupt_hint}") from None
     except OSError as error:  # a folder in its place, no permission
         raise Scail2Error(f"{path} cannot be read ({error.strerror or error}); {corrupt_hint}") from None
+
+
+def check_member_name(name: Any, source: str | Path) -> str:
+    """A file name a manifest or shard lists: one plain name inside its folder, never a path that climbs out of
+    it (`../x`), an absolute path or an empty name; anything else is a one-line Scail2Error naming `source`."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    if not plain:
+        raise Scail2Error(
+            f"{source} lists the member name {name!r}, which is not a plain file name; it is corrupt or crafted"
+        )
+    return name
 
 
 def file_sha256(path: str | Path) -> str:
@@ -152,15 +204,20 @@ class FormatSpec:
         )
 
     def claim_folder(self, out: Path, meta: dict) -> None:
-        """Write `out`/meta.json, or, resuming, check that the one there describes the same run."""
+        """Write `out`/meta.json, or, resuming, check that the one there describes the same run. A folder that
+        holds nothing but a meta.json (a first run that failed before its first shard) is claimed afresh, so the
+        corrected command is not refused; this process's stale temporary files from dead runs are removed."""
         path = out / META_FILE
+        remove_stale_partials(out)
         if not path.exists():
             write_json_atomic(path, meta)
             return
         existing = self.read_json(path)
         self.check_header(existing, path)
         wanted = json.loads(json.dumps(meta))
-        if existing != wanted:
+        if existing != wanted and _only_meta(out):
+            write_json_atomic(path, meta)
+        elif existing != wanted:
             differing = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
             raise Scail2Error(
                 f"{path} describes a different dataset (differs in {', '.join(differing)}): other "
@@ -182,8 +239,14 @@ class FormatSpec:
             missing_hint=f"the {self.command} run is unfinished; re-run the same {self.cli} command to finish it",
         )
         self.check_header(manifest, directory / MANIFEST_FILE)
-        for record in manifest["shards"]:
-            self.check_shard(directory / record["name"], record, verify)
+        shards = manifest.get("shards")
+        if not isinstance(shards, list) or not all(isinstance(record, dict) for record in shards):
+            raise Scail2Error(
+                f"{directory / MANIFEST_FILE} has no list of shard records; write it again with {self.cli}"
+            )
+        for record in shards:
+            name = check_member_name(record.get("name"), directory / MANIFEST_FILE)
+            self.check_shard(directory / name, record, verify)
         return meta, manifest
 
     def check_shard(self, path: Path, record: dict, checksum: bool = True) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,13 @@ class TrainConfig:
             raise Scail2Error(f"train.recipe must be scail2 or directanimator, got {self.train.recipe!r}")
         if self.train.mixed_precision not in ("auto", "bf16", "fp32"):
             raise Scail2Error(f"train.mixed_precision must be auto, bf16 or fp32, got {self.train.mixed_precision!r}")
+        check_minimum(self.train, "train", log_every=1, checkpoint_every=1, keep_checkpoints=1, validation_steps=1)
+        check_minimum(self.train, "train", validate_every=0, seed=0)
+        check_minimum(self.flow, "flow", history_latent_frames=0)
+        check_minimum(self.lora, "lora", rank=0)
+        if not 0 <= self.lora.dropout < 1:
+            raise Scail2Error(f"lora.dropout must lie in [0, 1), got {self.lora.dropout!r}")
+        check_augmentations(self.flow.augmentations)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,11 +124,43 @@ class TrainConfig:
         )
 
 
+def check_minimum(section, where: str, **minimums: int) -> None:
+    """Each named field of `section` is at least its minimum (a step interval of 0 would divide by zero)."""
+    for name, low in minimums.items():
+        value = getattr(section, name)
+        if value < low:
+            raise Scail2Error(f"{where}.{name} must be at least {low}, got {value!r}")
+
+
+AUGMENTATION_KEYS = {"name", "probability", "strength"}
+
+
+def check_augmentations(augmentations: list[dict]) -> None:
+    """Each entry of flow.augmentations is {name, probability, strength} with a registered name."""
+    from scail2.train.trainer import AUGMENTATIONS  # the registry lives with the hooks it names
+
+    for index, entry in enumerate(augmentations):
+        where = f"flow.augmentations[{index}]"
+        unknown = sorted(set(entry) - AUGMENTATION_KEYS)
+        if unknown:
+            raise Scail2Error(f"{where} has unknown key(s) {', '.join(unknown)}; allowed: name, probability, strength")
+        if entry.get("name") not in AUGMENTATIONS:
+            raise Scail2Error(
+                f"{where}.name {entry.get('name')!r} is not an augmentation; known: {', '.join(sorted(AUGMENTATIONS))}"
+            )
+        probability, strength = entry.get("probability", 1.0), entry.get("strength", 0.0)
+        if not _matches(probability, float) or not 0 <= probability <= 1:
+            raise Scail2Error(f"{where}.probability must lie in [0, 1], got {probability!r}")
+        if not _matches(strength, float):
+            raise Scail2Error(f"{where}.strength must be a finite number, got {strength!r}")
+
+
 def _build(cls, values: dict, where: str, defaults=None):
     """Dataclass from a dict on top of `defaults` (an instance; None: the class defaults), recursing into fields whose
     default is a dataclass, so a section keeps its owner's defaults (the VAE's `optim:`); unknown keys are errors."""
     if not isinstance(values, dict):
-        raise Scail2Error(f"{where} must be a mapping, got {type(values).__name__}")
+        what = f"the {where}: section" if where else "the config"
+        raise Scail2Error(f"{what} must be a mapping of key: value, got {type(values).__name__} {values!r:.60}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -126,15 +168,69 @@ def _build(cls, values: dict, where: str, defaults=None):
             f"unknown config key(s) {', '.join(f'{where}.{k}' if where else k for k in unknown)}; "
             f"known: {', '.join(fields)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         factory = fields[name].default_factory
         default = factory() if factory is not dataclasses.MISSING else None
+        key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name, default)
-        else:
+            kwargs[name] = _build(type(default), value, key, default)
+        elif hasattr(cls, "_checks"):  # a section that checks its own values, with its own messages
             kwargs[name] = value
+        else:
+            kwargs[name] = _typed(value, hints[name], key)
     return cls(**kwargs) if defaults is None else dataclasses.replace(defaults, **kwargs)
+
+
+def _typed(value, hint, key: str):
+    """`value` if it has the field's type (a numeric string becomes a float where a float is expected: YAML 1.1
+    reads 3e-4 as text), else a one-line Scail2Error naming the key, the value and what is allowed."""
+    if isinstance(value, str) and float in _alternatives(hint) and str not in _alternatives(hint):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not _matches(value, hint):
+        raise Scail2Error(f"{key} must be {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _alternatives(hint) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType):
+        return any(_matches(value, option) for option in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_matches(item, args[0]) for item in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    names = {type(None): "null", bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
+    return names.get(hint, "a mapping" if (origin or hint) is dict else str(hint))
 
 
 def _parse_value(text: str):
@@ -177,7 +273,15 @@ def load_config(
         if not path.is_file():
             raise Scail2Error(f"{path}: config file not found; see {example} for an example")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise Scail2Error(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
         except yaml.YAMLError as error:
             raise Scail2Error(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return _build(cls, apply_overrides(json.loads(json.dumps(data)), list(overrides)), "")
+        except OSError as error:
+            raise Scail2Error(f"{path}: cannot be read ({error.strerror or error})") from None
+        if not isinstance(data, dict):
+            raise Scail2Error(
+                f"{path}: the config must be a mapping of section: {{key: value}}, got {type(data).__name__}"
+            )
+    return _build(cls, apply_overrides(json.loads(json.dumps(data, default=str)), list(overrides)), "")

@@ -217,6 +217,12 @@ class CheckpointFolders:
             missing_hint="the checkpoint is incomplete; delete it and resume from the one before",
             corrupt_hint="the checkpoint is damaged; delete it and resume from the one before",
         )
+        step = state.get("step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not isinstance(state.get("config"), dict):
+            raise Scail2Error(
+                f"{latest / TRAINER_STATE} has no step count and config; the checkpoint is damaged: delete it and "
+                "resume from the one before"
+            )
         return latest, state
 
 

@@ -3,16 +3,15 @@
 Set-up order (each step a method): 1. processes, 2. data, 3. model (weights, LoRA, activation checkpointing,
 then `fully_shard` per block and at the root), 4. optimiser and EMA, 5. resume from the newest checkpoint.
 A step: the global batch of this step (`BatchPlan`), this process's slice of it, one forward/backward, gradient
-clipping, AdamW, EMA. Checkpoints are torch.distributed.checkpoint folders written under a temporary name and
-renamed when complete; every random draw depends only on (seed, step, sample), so a resumed run repeats an
-uninterrupted one step for step, and 1 and N processes follow the same loss trajectory.
+clipping, AdamW, EMA. Checkpoints are safetensors + JSON folders (nothing in them is unpickled), written under a
+temporary name and renamed when complete; every random draw depends only on (seed, step, sample), so a resumed run
+repeats an uninterrupted one step for step, and 1 and N processes follow the same loss trajectory.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,10 @@ from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.optional import require
+from scail2.train import checkpoint_io
 from scail2.train.config import TrainConfig
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
-from scail2.train.schedule import CheckpointFolders, RunLog, TrainingSchedule
+from scail2.train.schedule import CheckpointFolders, RunLog, TrainingSchedule, full_tensor
 
 CONSOLE = (
     ("loss", "loss {:.5f}"),
@@ -36,8 +36,6 @@ CONSOLE = (
     ("samples_per_s", "{:.2f} samples/s"),
     ("tokens_per_s", "{:.0f} tokens/s"),
 )
-# torch.distributed.checkpoint warns on every single-process save/load; one process is a supported set-up here.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -370,40 +368,83 @@ class Trainer:
 
     # Checkpoints ----------------------------------------------------------------------------------------------
     def _state(self) -> dict:
+        """Full (gathered) weights, optimiser state and EMA as CPU tensors on the main process (empty elsewhere);
+        a collective under FSDP2, so every process calls it."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        options = StateDictOptions(ignore_frozen_params=self.lora)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=self.lora)
         model_state, optim_state = get_state_dict(self.model, self.schedule.optimizer, options=options)
-        return {"model": model_state, "optim": optim_state, "ema": self.ema}
+        ema = {name: full_tensor(value).detach().cpu() for name, value in self.ema.items()}
+        return {"model": model_state, "optim": optim_state, "ema": ema}
 
     def save_checkpoint(self) -> Path:
-        import torch.distributed.checkpoint as dcp
-
+        """RUN/checkpoints/step-N as safetensors + JSON (`scail2.train.checkpoint_io`), written by the main
+        process under a temporary name and renamed when complete."""
+        state = self._state()
         if self.group.is_main:
-            self.checkpoints.begin(self.step)
-        self.group.barrier()
-        dcp.save(self._state(), checkpoint_id=str(self.checkpoints.partial(self.step)))
-        self.group.barrier()
-        if self.group.is_main:
-            self.checkpoints.commit(self.step, self.config.to_dict(), world_size=self.group.world_size)
+            partial = self.checkpoints.begin(self.step)
+            checkpoint_io.save_tensors(state["model"], partial / checkpoint_io.MODEL_FILE)
+            if state["ema"]:
+                checkpoint_io.save_tensors(state["ema"], partial / checkpoint_io.EMA_FILE)
+            checkpoint_io.save_optimizer(state["optim"], partial)
+            self.checkpoints.commit(
+                self.step,
+                self.config.to_dict(),
+                world_size=self.group.world_size,
+                architecture=self._architecture(),
+            )
         self.group.barrier()
         return self.checkpoints.folder(self.step)
 
     def load_latest_checkpoint(self) -> None:
-        import torch.distributed.checkpoint as dcp
+        """Every process reads the newest checkpoint's full tensors and keeps its own shard of them."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         latest, trainer_state = self.checkpoints.resume()
-        state = self._state()
-        dcp.load(state, checkpoint_id=str(latest))
+        checkpoint_io.check_loadable(latest)
+        self._check_architecture(latest, trainer_state)
+        model_state = checkpoint_io.load_tensors(latest / checkpoint_io.MODEL_FILE)
+        expected = {name: value.shape for name, value in self.model.state_dict().items()}
+        checkpoint_io.check_shapes(model_state, expected, latest / checkpoint_io.MODEL_FILE, complete=not self.lora)
         set_state_dict(
             self.model,
             self.schedule.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-            options=StateDictOptions(ignore_frozen_params=self.lora, strict=not self.lora),
+            model_state_dict=model_state,
+            optim_state_dict=checkpoint_io.load_optimizer(latest),
+            options=StateDictOptions(full_state_dict=True, ignore_frozen_params=self.lora, strict=not self.lora),
         )
-        self.step = trainer_state["step"]
+        if self.ema:
+            self._load_ema(latest / checkpoint_io.EMA_FILE)
+        self.step = int(trainer_state["step"])
+
+    def _architecture(self) -> dict:
+        """The model's config fields (diffusers' bookkeeping `_*` entries left out), as JSON reads them back."""
+        config = {k: v for k, v in dict(self.model.config).items() if not k.startswith("_")}
+        return checkpoint_io.json_roundtrip(config)
+
+    def _check_architecture(self, latest: Path, trainer_state: dict) -> None:
+        stored = trainer_state.get("architecture")
+        current = self._architecture()
+        if stored is not None and stored != current:
+            differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+            raise Scail2Error(
+                f"{latest} holds a model of another architecture (differs in {', '.join(differing)}); resume with "
+                "the run's own config or choose another --out"
+            )
+
+    def _load_ema(self, path: Path) -> None:
+        stored = checkpoint_io.load_tensors(path)
+        checkpoint_io.check_shapes(stored, {n: v.shape for n, v in self.ema.items()}, path)
+        with torch.no_grad():
+            for name, target in self.ema.items():
+                value = stored[name]
+                if hasattr(target, "device_mesh"):  # an FSDP2 shard: keep this process's part of the full tensor
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(
+                        value.to(target.device_mesh.device_type), target.device_mesh, target.placements
+                    )
+                target.copy_(value)
 
     # The loop -------------------------------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> None:

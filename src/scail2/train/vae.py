@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from scail2.conditioning import SPATIAL_STRIDE, VideoLatentCodec, frames_to_model_video, half_resolution
 from scail2.data.shards import PairVideos
 from scail2.errors import Scail2Error
-from scail2.train.config import load_config
+from scail2.train import checkpoint_io
+from scail2.train.config import check_minimum, load_config
 from scail2.train.schedule import CHECKPOINT_PREFIX, CheckpointFolders, OptimConfig, RunLog, TrainingSchedule
 
 CONSOLE = (
@@ -168,6 +169,7 @@ class VaeTrainConfig:
             raise Scail2Error(f"export.dtype must be float32 or float16, got {self.export.dtype!r}")
         if self.train.batch_size < 1 or self.train.max_steps < 0 or self.train.keep_checkpoints < 1:
             raise Scail2Error("train.batch_size and train.keep_checkpoints must be >= 1, train.max_steps >= 0")
+        check_minimum(self.train, "train", log_every=1, checkpoint_every=1, preview_every=0, preview_pairs=0)
         if self.optim.ema_decay is None:
             raise Scail2Error(
                 "optim.ema_decay must be a number for the VAE (its export writes the EMA weights), got null"
@@ -463,7 +465,7 @@ class VaeTrainer:
         partial = self.checkpoints.begin(self.step)
         save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, str(partial / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in self.ema.items()}, str(partial / "ema.safetensors"))
-        torch.save(self.schedule.optimizer.state_dict(), partial / "optimizer.pt")
+        checkpoint_io.save_optimizer(self.schedule.optimizer.state_dict(), partial)
         return self.checkpoints.commit(self.step, self.config.to_dict())
 
     def load_latest_checkpoint(self) -> None:
@@ -473,9 +475,11 @@ class VaeTrainer:
                 f"{latest} holds a VAE of another architecture ({state['config']['model']}); resume "
                 f"with the run's own config or choose another --out"
             )
-        self.vae.load_state_dict(load_file(str(latest / "model.safetensors")))
-        self.schedule.ema.update(load_file(str(latest / "ema.safetensors")))
-        self.schedule.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        model_state = checkpoint_io.load_tensors(latest / checkpoint_io.MODEL_FILE)
+        checkpoint_io.check_shapes(model_state, {k: v.shape for k, v in self.vae.state_dict().items()}, latest)
+        self.vae.load_state_dict(model_state)
+        self.schedule.ema.update(checkpoint_io.load_tensors(latest / checkpoint_io.EMA_FILE))
+        self.schedule.optimizer.load_state_dict(checkpoint_io.load_optimizer(latest))
         self.step = int(state["step"])
 
     # Previews -------------------------------------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""Each command's output check, called once before any work (the rules live in `scail2.outputs`).
+
+A guard lists the command's inputs (flag -> path) and checks each output against them. A new input or output flag
+adds one entry here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from scail2.data.format import PARTIAL_NAME
+from scail2.errors import Scail2Error
+from scail2.outputs import OutputGuard, check_free_space, check_unlocked, real
+
+FRAME_NAME = re.compile(r"frame_\d{6}\.png")
+RUN_HINT = "pass --resume to continue it, or --overwrite to start again (its checkpoints are deleted)"
+
+
+MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192: far beyond any model size; larger files are mistakes or bombs
+
+
+def check_image_size(flag: str, path) -> None:
+    """A reference or mask image whose header declares more than MAX_IMAGE_PIXELS is refused before it is decoded
+    (a few kilobytes of PNG can decode to gigabytes). Unreadable files are left to the image loader's errors."""
+    if path is None or not Path(path).is_file():
+        return
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # PIL's own limit, larger than ours
+        width = height = None
+    except (OSError, ValueError, SyntaxError):
+        return
+    if width is None or width * height > MAX_IMAGE_PIXELS:
+        declared = "" if width is None else f" ({width}x{height})"
+        raise Scail2Error(
+            f"{flag} {path}: the image declares more pixels{declared} than scail2 decodes (8192x8192); resize it first"
+        )
+
+
+ASPECT_TOLERANCE = 0.02  # masks whose width/height differs more than this from the video's are another framing
+
+
+def _mask_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a mask source from its header: a video, a `scail2 masks` folder or a folder of PNGs."""
+    from PIL import Image
+
+    from scail2.preprocess import video_io
+
+    if path.is_dir():
+        meta = _json(path / "meta.json")
+        if isinstance(meta, dict) and "width" in meta and "height" in meta:
+            return int(meta["width"]), int(meta["height"])
+        first = next(iter(sorted(path.glob("*.png"))), None)
+        if first is None:
+            return None
+        with Image.open(first) as image:
+            return image.size
+    info = video_io.probe_video(path)
+    return info.width, info.height
+
+
+def check_mask_aspect(masks, video) -> None:
+    """Refuse driving masks framed differently from the driving video: resized to the video they would be
+    cropped, and the characters would no longer line up."""
+    if masks is None or not Path(masks).exists() or not Path(video).is_file():
+        return
+    from scail2.preprocess import video_io
+
+    try:
+        mask_size = _mask_size(Path(masks))
+        info = video_io.probe_video(video)
+    except (Scail2Error, OSError, ValueError):
+        return  # unreadable files get the loaders' own errors
+    if mask_size is None or not info.width or not info.height:
+        return
+    mask_ratio, video_ratio = mask_size[0] / mask_size[1], info.width / info.height
+    if abs(mask_ratio - video_ratio) > ASPECT_TOLERANCE * video_ratio:
+        raise Scail2Error(
+            f"--driving-mask {masks} is {mask_size[0]}x{mask_size[1]} but --driving {video} is "
+            f"{info.width}x{info.height}, another aspect ratio; make the masks from this video (`scail2 masks`)"
+        )
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _has_meta(path: Path) -> bool:
+    """A dataset-style folder (synth, prefs, cache, masks): its meta.json says what wrote it, and each writer
+    checks the format and settings before resuming; a folder of nothing but temporaries is a killed first run's."""
+    if isinstance(_json(path / "meta.json"), dict):
+        return True
+    return all(PARTIAL_NAME.fullmatch(entry.name) or entry.name.endswith(".partial") for entry in path.iterdir())
+
+
+def _frames_folder(path: Path) -> bool:
+    return all(FRAME_NAME.fullmatch(entry.name) for entry in path.iterdir())
+
+
+def _run_folder(path: Path) -> bool:
+    """A training run folder from before the marker: config.json and checkpoints/ or metrics.jsonl."""
+    return (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").exists())
+
+
+def _lora_path(spec: str) -> str:
+    """FILE[:SCALE] -> FILE."""
+    path, _, scale = spec.rpartition(":")
+    return path if path and re.fullmatch(r"[-+.\deE]+", scale) else spec
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def animate_guard(args) -> None:
+    inputs = {
+        "--ref": args.ref,
+        "--driving": args.driving,
+        "--driving-mask": args.driving_mask,
+        "--ref-mask": args.ref_mask,
+        "--model": args.model,
+        **{f"--extra-ref {p}": p for p in args.extra_ref},
+        **{f"--lora {spec}": _lora_path(spec) for spec in args.lora},
+    }
+    for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
+        check_image_size(flag.split()[0], inputs[flag])
+    check_mask_aspect(args.driving_mask, args.driving)
+    guard = OutputGuard(args.command, inputs)
+    out = Path(args.out)
+    manifest = out.with_suffix(".json")
+    if out.suffix.lower() != ".mp4":
+        raise Scail2Error(f"--out {out}: the output must be an .mp4 file")
+
+    def our_manifest(path: Path) -> bool:
+        data = _json(path)
+        return isinstance(data, dict) and Path(str(data.get("output", ""))).name == out.name
+
+    guard.file("--out", out, ours=lambda _: our_manifest(manifest))
+    guard.file("--out (its manifest)", manifest, ours=our_manifest)
+    guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=_frames_folder)
+    if args.frames_dir is not None and real(args.frames_dir) in real(out).parents:
+        raise Scail2Error(
+            f"--out {out} lies inside --frames-dir {args.frames_dir}, which is replaced; write it elsewhere"
+        )
+
+
+def run_folder_guard(args, command: str) -> None:
+    """`train` / `train-vae`: a run folder is continued with --resume/--export-only, replaced with --overwrite."""
+    overwrite = getattr(args, "overwrite", False)
+    if overwrite and (args.resume or args.export_only):
+        raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
+    check_input_folder("--data", args.data, "cache" if command == "train" else "synth")
+    inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
+    guard = OutputGuard(command, inputs)
+    reuse = args.resume or args.export_only or overwrite
+    guard.folder("--out", args.out, reuse=reuse, ours=_run_folder, hint=RUN_HINT)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the main process takes the lock; the others follow it
+        check_unlocked("--out", args.out)
+
+
+def check_input_folder(flag: str, path, writer: str) -> None:
+    """An input that must be a folder (a dataset, a cache) given as a file is refused before anything loads."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise Scail2Error(f"{flag} {path} is a file; give the folder written by `scail2 {writer}`")
+
+
+def dataset_guard(args, command: str, inputs: dict) -> None:
+    """`synth`, `prefs`, `cache`: an unfinished folder of the same command is resumed (its meta.json is checked
+    against the run's settings by the writer)."""
+    check_input_folder("--data", inputs.get("--data"), "synth")
+    OutputGuard(command, inputs).folder("--out", args.out, reuse=True, ours=_has_meta)
+
+
+def masks_guard(args) -> None:
+    inputs = {
+        "--driving": args.driving,
+        "--ref": args.ref,
+        "--driving-mask": args.driving_mask,
+        "--ref-mask": args.ref_mask,
+        "--sam2-model": args.sam2_model,
+    }
+    for flag in ("--ref", "--ref-mask"):
+        check_image_size(flag, inputs[flag])
+    check_mask_aspect(args.driving_mask, args.driving)
+    OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
+
+
+def convert_guard(args, inputs: dict, marker_file: str) -> None:
+    """`convert`: --overwrite replaces only a folder an earlier conversion wrote (`marker_file` in it). Converting
+    such a folder's own weights again in place is allowed: the input is read whole before the folder is replaced."""
+    out = Path(args.out)
+    if args.overwrite and (out / marker_file).is_file():
+        inputs = {flag: value for flag, value in inputs.items() if real(out) not in real(value).parents}
+    OutputGuard("convert", inputs).folder(
+        "--out", args.out, reuse=args.overwrite, ours=lambda path: (path / marker_file).is_file()
+    )
+    source = Path(inputs.get("--input") or "")
+    if source.is_file():  # at least input_bytes / 4 parameters (an fp32 input), at the output dtype's width
+        width = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}[args.dtype]
+        check_free_space("--out", out, source.stat().st_size // 4 * width)
+
+
+def eval_guard(args) -> None:
+    inputs = {"--model": args.model, "--skeleton-model": None if args.skeleton_model == "none" else args.skeleton_model}
+    guard = OutputGuard("eval", inputs)
+    guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
+    report_files = {"table.md", "plot.png", "README.md"}
+    guard.folder(
+        "--report-dir",
+        args.report_dir,
+        reuse=True,
+        ours=lambda path: {entry.name for entry in path.iterdir()} <= report_files,
+    )
+    if args.readme is not None:
+        guard.file("--readme", args.readme)
+
+
+def demo_guard(args) -> None:
+    OutputGuard("demo", {"--model": args.model}).folder(
+        "--out", args.out, reuse=True, ours=lambda path: (path / "metrics.json").is_file()
+    )
