@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 from scail2.commands.arguments import MAX_SIDE, MAX_STEPS, device, finite_float, four_n_plus_one, int_range, seed
 
 

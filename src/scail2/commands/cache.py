@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scail2.commands.cues import add_cue_arguments, cue_settings
 from scail2.commands.arguments import device, int_range
+from scail2.commands.cues import add_cue_arguments, cue_settings
 
 
 def register(subparsers) -> None:
