@@ -288,6 +288,15 @@ class LoraDelta:
         product = up.reshape(up.shape[0], rank).float() @ down.reshape(rank, -1).float()  # [out, in * kernel]
         return product.reshape(_low_rank_shape(self.update))
 
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) of `tensor()` (dim 0), computed from those rows only (a weight shard's delta)."""
+        if self.kind != "low_rank":
+            return self.update.parts[self.kind][start:end].float()
+        up, down = self.update.parts["up"], self.update.parts["down"]
+        rank = down.shape[0]
+        product = up.reshape(up.shape[0], rank)[start:end].float() @ down.reshape(rank, -1).float()
+        return product.reshape(end - start, *_low_rank_shape(self.update)[1:])
+
 
 def _requests(
     module: str, update: ModuleUpdate, config: Mapping[str, Any] | None

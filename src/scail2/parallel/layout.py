@@ -266,7 +266,8 @@ class ParallelLayout:
         if self.ulysses > 1:
             transformer.enable_sequence_parallel(UlyssesAttention(self.ulysses_group, transformer.config.num_heads))
         if shard_weights:
-            shard_transformer(transformer, self.device)
+            if not is_sharded(transformer):  # loaded whole (a pipeline of the caller's)
+                shard_transformer(transformer, self.device)
             pipeline.vae.to(self.device)  # (loaded on the CPU with the transformer; the encoders visit the GPU)
         pipeline.parallel = self
 
@@ -284,15 +285,27 @@ def shard_transformer(transformer: torch.nn.Module, device: torch.device | None 
     """FSDP2 over all ranks: every block's weights split between them (gathered for the block's forward, then
     freed), and the rest at the root. All ranks run the same blocks in the same order, whatever pass or tokens
     they hold. Weights still on the CPU move to `device` one block at a time, as each is sharded."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     if any(p.device.type == "meta" for p in transformer.parameters()):
         raise Scail2Error("--shard-weights needs the transformer's weights in memory: drop --offload")
-    device = device or next(transformer.parameters()).device
+    shard_modules(transformer, device or next(transformer.parameters()).device)
+
+
+def shard_modules(transformer: torch.nn.Module, device: torch.device) -> None:
+    """`fully_shard` over all ranks, each block by dtype (`shard_by_dtype`), then the root; the weights may be on
+    the meta device (scail2.parallel.sharded_load fills the shards afterwards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in transformer.blocks:
         shard_by_dtype(block, mesh)
     shard_by_dtype(transformer, mesh)
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether FSDP2 already manages `module` (loaded sharded by scail2.parallel.sharded_load)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _unsharded_parameters(module: torch.nn.Module, recurse: bool = True) -> list[torch.nn.Parameter]:
