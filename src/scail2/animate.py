@@ -199,6 +199,7 @@ def load_pipeline(
     quantize: str | None = None,
     memory: MemorySettings | None = None,
     lora_mode: str = "fused",
+    transformer: torch.nn.Module | None = None,
 ) -> SCAIL2Pipeline:
     """A model folder as a pipeline on `device`: the transformer and the encoders loaded in `dtype` (see
     `weights_dtype`), the VAE in `vae_dtype`; LoRAs fused, or with `lora_mode="unfused"` applied beside the
@@ -207,7 +208,8 @@ def load_pipeline(
     (diffusers' regional compilation: one compiled block serves all 40); with `quantize` ("fp8") the
     transformer's block linears are quantised while they load (`scail2.models.quantize`); the components are
     placed by `memory` (`SCAIL2Pipeline.enable_memory_settings`: by default all on `device` but the encoders,
-    which come onto it only while they encode)."""
+    which come onto it only while they encode). A `transformer` given (loaded sharded, `--shard-weights`) is used
+    instead of the folder's, with its LoRAs already fused."""
     import diffusers
     import transformers
 
@@ -222,7 +224,8 @@ def load_pipeline(
     weights = weights_dtype(dtype, device)
     dtypes = {"default": weights, "vae": vae_dtype(folder / "vae", device, weights)}
     try:
-        components = pipeline_components(folder, quantize, weights)
+        components = pipeline_components(folder, quantize, weights) if transformer is None else {}
+        components.update({"transformer": transformer} if transformer is not None else {})
         pipeline_class = pipeline_class_for(read_json(folder / "model_index.json", missing_hint="", corrupt_hint=""))
         pipeline = pipeline_class.from_pretrained(str(folder), dtype=dtypes, **components)
     except (OSError, ValueError) as error:
@@ -245,6 +248,22 @@ def load_pipeline(
     if compile:
         pipeline.transformer.compile_repeated_blocks(fullgraph=True)
     return pipeline
+
+
+def load_sharded(request: AnimateRequest, device: torch.device, layout) -> torch.nn.Module:
+    """`--shard-weights` under torchrun: the transformer built empty and sharded over the ranks, each reading only
+    its share of the weights (`scail2.parallel.sharded_load`), so no process holds the whole model."""
+    from scail2.parallel.sharded_load import load_sharded_transformer
+
+    with layout.failures_shared():
+        return load_sharded_transformer(
+            check_model_folder(request.model) / "transformer",
+            device,
+            weights_dtype(request.dtype, device),
+            loras=request.loras,
+            lora_mode=request.lora_mode,
+            quantize=request.quantize,
+        )
 
 
 def with_bundled_model(request: AnimateRequest) -> AnimateRequest:
@@ -490,16 +509,18 @@ def run_animate(
         request = with_bundled_model(request) if use_bundled else request
         if request.memory_check and device.type == "cuda":
             check_memory(request, device, layout)
+        sharded = load_sharded(request, device, layout) if request.shard_weights and layout else None
         pipeline = load_pipeline(
             request.model,
-            torch.device("cpu") if request.shard_weights and layout else device,  # each rank's share goes to its GPU
-            request.loras,
+            device,
+            () if sharded is not None else request.loras,  # (fused into the shards)
             request.dtype,
             request.attention,
             request.compile,
             quantize=request.quantize,
             memory=request.memory,
             lora_mode=request.lora_mode,
+            transformer=sharded,
         )
     if pipeline.text_encoder is None and request.settings.guidance_scale != 1:  # no text: guidance cannot apply
         request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, guidance_scale=1.0))

@@ -82,6 +82,8 @@ def test_four_ranks_write_what_one_process_writes(job, tmp_path):
         (["--cache", "fbc"], "--cache fbc cannot run over 2 processes"),
         (["--compile"], "--compile cannot run over 2 processes"),
         (["--shard-weights", "--offload", "group"], "drop --offload group"),
+        (["--shard-weights", "--quantize", "fp8"], "--shard-weights cannot split --quantize fp8 weights"),
+        (["--shard-weights", "--lora", "style.safetensors", "--lora-mode", "unfused"], "use --lora-mode fused"),
     ],
 )
 def test_flags_that_cannot_run_over_several_ranks_are_refused(job, tmp_path, monkeypatch, capsys, extra, message):

@@ -206,6 +206,8 @@ def run(args) -> int:
         compile=args.compile,
         offload=args.offload,
         shard_weights=args.shard_weights,
+        quantize=args.quantize,
+        lora_mode=args.lora_mode if args.lora else "fused",
     )
     require_text_dependencies(args.model)
     check_outputs(args)

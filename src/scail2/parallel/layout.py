@@ -71,9 +71,17 @@ def valid_process_counts(num_heads: int, guided: bool) -> list[int]:
 
 
 def check_options(
-    world: int, *, cache: str = "none", compile: bool = False, offload: str = "none", shard_weights: bool = False
+    world: int,
+    *,
+    cache: str = "none",
+    compile: bool = False,
+    offload: str = "none",
+    shard_weights: bool = False,
+    quantize: str | None = None,
+    lora_mode: str = "fused",
 ) -> None:
-    """Raise a one-line Scail2Error for flags that cannot run over `world` processes, before anything loads."""
+    """Raise a one-line Scail2Error for flags that cannot run over `world` processes, before anything loads
+    (`lora_mode`: that of the LoRAs given, if any)."""
     if shard_weights and world <= 1:
         raise Scail2Error(
             "--shard-weights splits the weights over several processes: start the job with torchrun "
@@ -94,6 +102,16 @@ def check_options(
     if shard_weights and offload != "none":
         raise Scail2Error(
             f"--shard-weights keeps each rank's share of the weights on its GPU; drop --offload {offload}"
+        )
+    if shard_weights and quantize is not None:
+        raise Scail2Error(
+            f"--shard-weights cannot split --quantize {quantize} weights (FSDP2 would cut the quantised blocks); "
+            "drop one of them (quantised weights fit one GPU)"
+        )
+    if shard_weights and lora_mode != "fused":
+        raise Scail2Error(
+            f"--lora-mode {lora_mode} keeps the LoRA layers outside the sharded weights; use --lora-mode fused "
+            "with --shard-weights"
         )
 
 
