@@ -48,6 +48,14 @@ def test_sharded_weights_leave_each_gpu_its_share_and_two_blocks(folder):
     assert shared["denoise"].activations < one["denoise"].activations / 2
 
 
+def test_sharded_loading_leaves_each_process_its_host_ram_without_the_transformer(folder):
+    sizes = transformer_sizes(folder.transformer, RunOptions())
+    whole = parallel_plan(folder, JOB, RunOptions(), 8).plan.host
+    shared = parallel_plan(folder, JOB, RunOptions(), 8, shard_weights=True).plan.host
+    assert whole - shared == sizes.total - (-(-sizes.largest_leaf // 8))  # one weight's rows at a time
+    assert whole > 45 * GIB and shared < 20 * GIB
+
+
 def test_plan_cli_prints_the_per_gpu_plan_and_the_scaling(capsys):
     assert main(["plan", "--model", "14b", "--gpus", "8", "--shard-weights", "--gpu-memory", "24"]) == 0
     out = capsys.readouterr().out

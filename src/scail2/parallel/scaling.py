@@ -7,6 +7,10 @@ gathers, [S, dim/u], are as large as its own [S/u, dim]), plus the all-to-all se
 whole sequence gathered before the head; with weight sharding, 1/N of the transformer resident plus the two
 blocks FSDP holds gathered (the running one and the prefetched one).
 
+Host RAM per process: the one-GPU plan's (every rank loads the encoders and the VAE itself), except that with
+weight sharding the transformer is loaded sharded (scail2.parallel.sharded_load): a rank's rows of one weight
+at a time pass through its host memory on their way to the GPU, instead of the whole model.
+
 Time per sampler step: the transformer's matmul and attention FLOPs over an effective throughput (`tflops`),
 divided between the ranks, plus the all-to-all bytes of q, k, v and the output of every block over the
 interconnect (`link_gbs`), which sit on the critical path; FSDP's weight gathers are prefetched behind the
@@ -80,6 +84,12 @@ def all_to_all_bytes(config: dict, tokens: TokenCounts, ulysses: int, precision:
     return 4 * share * config["dim"] * COMPUTE_BYTES[precision] * (ulysses - 1) / ulysses
 
 
+def sharded_load_host_bytes(sizes, gpus: int) -> int:
+    """Host bytes the sharded load of the transformer holds at once on each rank: its rows of the largest weight
+    (read into host memory, then sent to the GPU)."""
+    return -(-sizes.largest_leaf // gpus)
+
+
 @dataclass
 class ParallelPlan:
     """One layout's per-GPU memory plan and predicted seconds per sampler step."""
@@ -132,7 +142,10 @@ def parallel_plan(
         if phase.name == "denoise":
             activations = phase.activations - forward_one + forward_mine
         phases.append(Phase(phase.name, weights, activations))
-    plan = dataclasses.replace(one, phases=phases)
+    host = one.host
+    if layout.shard_weights:
+        host = one.host - sizes.total + sharded_load_host_bytes(sizes, gpus)
+    plan = dataclasses.replace(one, phases=phases, host=host)
     # the matmuls split by tokens, the attention by heads: each rank does 1/u of one pass
     compute = cfg["num_layers"] * block_flops(cfg, tokens) / ulysses / (tflops * 1e12)
     exchange = cfg["num_layers"] * all_to_all_bytes(cfg, tokens, ulysses, precision) / (link_gbs * 1e9)
@@ -162,17 +175,18 @@ def scaling(
 
 
 def scaling_table(plans: list[ParallelPlan], gpu_budget: int | None = None) -> str:
-    """One row per GPU count: layout, per-GPU peak and denoise memory, seconds per step, speed-up over one GPU."""
+    """One row per GPU count: layout, per-GPU peak and denoise memory, host RAM per process, seconds per step,
+    speed-up over one GPU."""
     base = plans[0].step_s if plans and plans[0].layout.gpus == 1 else None
     lines = [
-        "| GPUs | layout | GPU peak GiB (each) | denoise GiB | s / step | speed-up |"
+        "| GPUs | layout | GPU peak GiB (each) | denoise GiB | host RAM GiB (each) | s / step | speed-up |"
         + (" fits |" if gpu_budget else ""),
-        "|---:|---|---:|---:|---:|---:|" + ("---|" if gpu_budget else ""),
+        "|---:|---|---:|---:|---:|---:|---:|" + ("---|" if gpu_budget else ""),
     ]
     for p in plans:
         denoise = next(phase.total for phase in p.plan.phases if phase.name == "denoise")
         speed = f"{base / p.step_s:.2f}x" if base else "-"
-        memory = f"{p.peak / GIB:.1f} | {denoise / GIB:.1f}"
+        memory = f"{p.peak / GIB:.1f} | {denoise / GIB:.1f} | {p.plan.host / GIB:.1f}"
         row = f"| {p.layout.gpus} | {p.layout.label()} | {memory} | {p.step_s:.2f} | {speed} |"
         if gpu_budget:
             row += " yes |" if p.peak <= gpu_budget else " no |"
