@@ -82,7 +82,7 @@ def test_four_ranks_write_what_one_process_writes(job, tmp_path):
         (["--cache", "fbc"], "--cache fbc cannot run over 2 processes"),
         (["--compile"], "--compile cannot run over 2 processes"),
         (["--shard-weights", "--offload", "group"], "drop --offload group"),
-        (["--shard-weights", "--quantize", "fp8"], "--shard-weights cannot split --quantize fp8 weights"),
+        (["--shard-weights", "--quantize", "fp8"], "--shard-weights loads plain bf16/fp32 weights, not --quantize fp8"),
         (["--shard-weights", "--lora", "style.safetensors", "--lora-mode", "unfused"], "use --lora-mode fused"),
     ],
 )

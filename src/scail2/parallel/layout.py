@@ -105,8 +105,8 @@ def check_options(
         )
     if shard_weights and quantize is not None:
         raise Scail2Error(
-            f"--shard-weights cannot split --quantize {quantize} weights (FSDP2 would cut the quantised blocks); "
-            "drop one of them (quantised weights fit one GPU)"
+            f"--shard-weights loads plain bf16/fp32 weights, not --quantize {quantize}; drop one of them "
+            "(quantised weights fit one GPU)"
         )
     if shard_weights and lora_mode != "fused":
         raise Scail2Error(

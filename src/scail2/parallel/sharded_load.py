@@ -7,20 +7,23 @@ Loading the whole model on every rank and sharding it afterwards needs the whole
 device (no memory), in the dtypes the whole-model load gives it (the `--dtype`, with the modules of
 `_keep_in_fp32_modules` in fp32), and sharded by FSDP2 with the same dtype groups as `shard_transformer`. Each
 parameter then gets its local shard only: FSDP2 splits dim 0 into `world` chunks of ceil(rows / world) rows (the
-last ones shorter or empty), and the rank reads those rows with safetensors' `get_slice`, which copies them out
-of the memory-mapped file without touching the rest. LoRAs fuse the same way, row by row: rows r0:r1 of
+last ones shorter or empty), and the rank reads those rows' bytes (contiguous in the file: safetensors stores
+tensors row-major at offsets its JSON header gives) straight into a buffer of their size, which becomes the
+shard. (safetensors' own `get_slice` returns a view of a mapping of the whole tensor, which would count the
+whole tensor as this rank's.) LoRAs fuse the same way, row by row: rows r0:r1 of
 `up @ down` are `up[r0:r1] @ down`, and a full-rank delta's rows are its rows, so each rank adds exactly the
 rows of the delta the whole-model fuse adds to its weights.
 
-Not supported, refused in one line: quantised weights (fp8 or GGUF linears, `--quantize`), whose blocks FSDP2
-would split mid-block, and unfused LoRAs, whose extra layers would sit outside the shards.
+Not supported, refused in one line: quantised weights (fp8 or GGUF linears, `--quantize`), which load through
+their own linear layers and tensor types rather than plain parameters FSDP2 can split, and unfused LoRAs, whose
+extra layers would sit outside the shards.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,15 +42,11 @@ class ShardReads:
 
     bytes_read: int = 0
     largest_read: int = 0
-    tensors: int = 0
-    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # parameter -> (first row, end row)
 
-    def add(self, name: str, start: int, end: int, tensor: torch.Tensor) -> None:
+    def add(self, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
         self.bytes_read += size
         self.largest_read = max(self.largest_read, size)
-        self.tensors += 1
-        self.rows[name] = (start, end)
 
 
 def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -149,8 +148,8 @@ def check_shardable(folder: Path, config: dict, quantize: str | None, lora_mode:
     if quantize is not None or config.get(CONFIG_KEY):
         what = f"--quantize {quantize}" if quantize else "this folder's fp8/GGUF linears"
         raise Scail2Error(
-            f"{folder}: --shard-weights cannot split {what} (FSDP2 would cut the quantised blocks); drop "
-            "--shard-weights (quantised weights fit one GPU) or use a bf16 model folder"
+            f"{folder}: --shard-weights loads plain bf16/fp32 weights, not {what}; drop --shard-weights "
+            "(quantised weights fit one GPU) or use a bf16 model folder"
         )
     if lora_mode != "fused":
         raise Scail2Error(
@@ -194,7 +193,7 @@ def local_rows(name: str, param, files: SafetensorsRows, deltas: dict, reads: Sh
     if param.to_local().shape[0] != end - start:
         raise Scail2Error(f"{name}: FSDP2 holds {param.to_local().shape[0]} rows on rank {rank}, not {end - start}")
     stored = files.rows(name, start, end)
-    reads.add(name, start, end, stored)
+    reads.add(stored)
     rows = stored.to(
         param.dtype
     )  # (a new buffer: no copy when the dtype is kept) the same rounding as the whole-model load's cast
