@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from scail2.models.lora import apply_loras, parse_lora_arg
-from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+from scail2.models.transformer_scail2 import MASK_CHANNELS, SCAIL2Transformer3DModel
 from scail2.parallel import ParallelLayout
 from scail2.parallel.sharded_load import ShardReads, load_sharded_transformer
 from scail2.pipelines.live_bytes import LiveTensorBytes
@@ -31,7 +31,8 @@ def write_model(folder: Path, stored: torch.dtype, max_shard_size: str | None = 
 
 
 def write_lora(path: Path) -> Path:
-    """A Wan-format LoRA touching a low-rank weight, an FFN weight, a bias (diff_b) and a modulation (diff_m)."""
+    """A Wan-format LoRA touching low-rank linear and convolution weights, a full-rank weight (diff), a bias
+    (diff_b) and a modulation (diff_m)."""
     g = torch.Generator().manual_seed(11)
     dim, ffn, rank = SIZES["dim"], SIZES["ffn_dim"], 3
     tensors = {
@@ -42,6 +43,9 @@ def write_lora(path: Path) -> Path:
         "blocks.1.ffn.0.lora_up.weight": torch.randn(ffn, rank, generator=g),
         "blocks.1.ffn.0.diff_b": torch.randn(ffn, generator=g),
         "blocks.0.diff_m": torch.randn(1, 6, dim, generator=g),
+        "blocks.1.self_attn.o.diff": torch.randn(dim, dim, generator=g),
+        "patch_embedding_mask.lora_down.weight": torch.randn(rank, MASK_CHANNELS, 1, 2, 2, generator=g),
+        "patch_embedding_mask.lora_up.weight": torch.randn(dim, rank, 1, 1, 1, generator=g),
     }
     save_file(tensors, str(path))
     return path

@@ -47,8 +47,9 @@ def test_sharded_load_equals_the_whole_model_load(tmp_path, world, stored, dtype
     for rank in result["ranks"]:  # about 1/N of the whole each, and never a whole tensor at once
         assert rank["read"] <= 1.25 * result["stored"] / world
         assert rank["held"] <= 1.25 * rank["whole"] / world
-        # created while loading: the shards, FSDP2's padded copies of the shorter ones and one cast at a time
-        assert rank["peak_created"] <= 1.4 * rank["whole"] / world
+        # created while loading beyond the shards: FSDP2's padded copies of the shorter ones and the casts and
+        # LoRA sums of one tensor's rows at a time, less than the largest whole tensor
+        assert rank["peak_created"] - rank["held"] < rank["largest_whole"]
         assert rank["largest_read"] <= rank["largest_whole"] / world + 1024
     assert sum(rank["read"] for rank in result["ranks"]) == result["stored"]
 
