@@ -18,6 +18,11 @@ def register(subparsers) -> None:
     parser.add_argument("--json", help="write every score and the summary to this JSON file")
     parser.add_argument("--report-dir", help="write table.md and plot.png here")
     parser.add_argument("--readme", help="replace the benchmark section of this README with the new table")
+    parser.add_argument(
+        "--no-dependence",
+        action="store_true",
+        help="skip the driver-dependence check (loss rise on character cells with the driving stream zeroed)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
