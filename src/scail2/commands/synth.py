@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--frames", type=int, default=17, help="frames per video (default 17, i.e. 4n+1)")
     parser.add_argument("--tasks", default="animate,replace,multi", help="comma-separated tasks to mix")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; pair i depends only on (seed, i)")
+    parser.add_argument(
+        "--world", default="wide", choices=["wide", "closeup"], help="procedural world preset (default wide)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
     parser.add_argument("--shard-size", type=int, default=256, help="pairs per tar shard (default 256)")
     parser.add_argument("--shard-index", type=int, help="this machine's index (default: $RANK)")
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, contact_sheet
     from scail2.data.shards import resolve_sharding, write_dataset
+    from scail2.data.world import WORLD_PRESETS
     from scail2.errors import Scail2Error
     from scail2.optional import require
 
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         require("webdataset", purpose="writing the dataset's shards")
     height, width = parse_size(args.size)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))
+    generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed, world=WORLD_PRESETS[args.world]))
     if args.out:
         shard_index, num_shards = resolve_sharding(args.shard_index, args.num_shards)
         report = write_dataset(
