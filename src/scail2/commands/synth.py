@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         require("webdataset", purpose="writing the dataset's shards")
     height, width = parse_size(args.size)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed, world=WORLD_PRESETS[args.world]))
+    config = SynthConfig(height, width, args.frames, tasks, args.seed, world=WORLD_PRESETS[args.world])
+    generator = ProceduralPairGenerator(config)
     if args.out:
         shard_index, num_shards = resolve_sharding(args.shard_index, args.num_shards)
         report = write_dataset(
