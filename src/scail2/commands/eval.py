@@ -10,8 +10,13 @@ def register(subparsers) -> None:
         "--skeleton-model",
         help="skeleton-driven baseline model folder (default: the bundled one; 'none' leaves the row out)",
     )
-    parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out split")
-    parser.add_argument("--pairs", type=int, help="pairs of the split to use (default: all 64)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val", "outside"],
+        help="held-out split (outside: new shapes on plain backdrops along curved paths, no skeleton baseline)",
+    )
+    parser.add_argument("--pairs", type=int, help="pairs of the split to use (default: all 64; outside: 16)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's setting)")
     parser.add_argument("--shift", type=float, help="sampling shift (default: the bundled model's setting)")
     parser.add_argument("--seed", type=int, default=0)

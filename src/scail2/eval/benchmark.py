@@ -41,6 +41,10 @@ SPLITS = {
     "val": SynthConfig(height=128, width=128, frames=17, seed=3000),
 }
 SPLIT_SIZE = 64
+# Clips drawn outside the procedural world (scail2.eval.outside): new shapes on plain backdrops along curved
+# paths. They have no rig, so the skeleton-driven baseline cannot run on them.
+OUTSIDE_SPLIT = "outside"
+OUTSIDE_SIZE = 16
 METRICS = ("psnr", "ssim", "silhouette", "path_x", "path_y", "extent_h", "extent_w", "colour_error", "flicker")
 # Averaged like the metrics, not ranked: the silhouette score's two halves, the old IoU (raw plate, no
 # tolerance) and the part of the flicker on the target's characters (the rest is scenery).
@@ -66,10 +70,14 @@ Method = Callable[[PairSample], np.ndarray]
 
 def split_pairs(split: str = "test", count: int = SPLIT_SIZE) -> list[PairSample]:
     """The first `count` pairs of a held-out split, generated on the fly (deterministic)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if split not in SPLITS and split != OUTSIDE_SPLIT:
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join([*SPLITS, OUTSIDE_SPLIT])}")
     if count < 1:
         raise Scail2Error(f"--pairs must be at least 1, got {count}")
+    if split == OUTSIDE_SPLIT:
+        from scail2.eval.outside import outside_pair
+
+        return [outside_pair(index) for index in range(count)]
     generator = ProceduralPairGenerator(SPLITS[split])
     return [generator.generate(index) for index in range(count)]
 
@@ -118,6 +126,15 @@ def vae_round_trip(codec, video: np.ndarray) -> np.ndarray:
     return model_video_to_frames(codec.decode(latent)[0]).cpu().numpy()
 
 
+def sample_plate(sample: PairSample) -> np.ndarray:
+    """The target's empty scene: re-rendered from a procedural pair's metadata, or an outside clip's backdrop."""
+    if "plate_colour" in sample.metadata:
+        from scail2.eval.outside import outside_plate
+
+        return outside_plate(sample.metadata)
+    return target_plate(sample.metadata)
+
+
 def method_plate(method: Method, plate: np.ndarray, round_trips: dict | None = None) -> np.ndarray:
     """The empty scene in `method`'s own space: the plate itself, or its round trip through the method's codec
     (memoised in `round_trips`, keyed by VAE, so methods sharing a VAE share one round trip)."""
@@ -139,7 +156,7 @@ def pair_metrics(
     methods; pass the plate's VAE round trip for a VAE-decoded output)."""
     if output.shape != sample.target.shape:
         raise ValueError(f"output {list(output.shape)} does not match the target {list(sample.target.shape)}")
-    plate = target_plate(sample.metadata) if plate is None else plate
+    plate = sample_plate(sample) if plate is None else plate
     own_plate = plate if own_plate is None else own_plate
     character = sample.target_ids > 0
     raw_foreground = metrics.foreground_from_plate(output, plate, SILHOUETTE_THRESHOLD)
@@ -185,7 +202,7 @@ def evaluate(
     rows = []
     with tqdm(total=len(methods) * len(samples), disable=not progress, unit="video", desc="eval") as bar:
         for sample in samples:
-            plate, round_trips = target_plate(sample.metadata), {}
+            plate, round_trips = sample_plate(sample), {}
             for name, method in methods.items():
                 start = time.perf_counter()
                 output = method(sample)

@@ -407,7 +407,7 @@ def build_methods(args) -> tuple[dict, object]:
     overrides = {k: v for k, v in (("steps", args.steps), ("shift", args.shift)) if v is not None}
     settings = dataclasses.replace(BUNDLED_SAMPLING, **overrides)
     methods = {"copy_reference": benchmark.copy_reference}
-    if args.skeleton_model != "none":
+    if args.skeleton_model != "none" and getattr(args, "split", None) != benchmark.OUTSIDE_SPLIT:
         skeleton = skeleton_pipeline(args.skeleton_model or BUNDLED_SKELETON, pipeline.vae)
         methods["skeleton"] = benchmark.ModelMethod(skeleton, settings, driving="skeleton", seed=args.seed)
     methods["scail2"] = benchmark.ModelMethod(pipeline, settings, driving="frames", seed=args.seed)
@@ -441,7 +441,8 @@ def run_benchmark(args) -> dict:
     for readme in (args.readme, details_readme(args.report_dir)):
         if readme:
             _readme_text(Path(readme))  # fail before the long run, not after it
-    count = benchmark.SPLIT_SIZE if args.pairs is None else args.pairs
+    default = benchmark.OUTSIDE_SIZE if args.split == benchmark.OUTSIDE_SPLIT else benchmark.SPLIT_SIZE
+    count = default if args.pairs is None else args.pairs
     samples = benchmark.split_pairs(args.split, count)
     methods, settings = build_methods(args)
     rows = benchmark.evaluate(methods, samples, progress=not args.quiet)
@@ -456,11 +457,11 @@ def run_benchmark(args) -> dict:
             f"{', '.join(f'{s:g}' for s in DEPENDENCE_SIGMAS)}) when a model's driving stream is zeroed.\n\n"
             + dependence_table(dependence)
         )
-    split = benchmark.SPLITS[args.split]
+    height, width, frames = samples[0].target.shape[1], samples[0].target.shape[2], samples[0].target.shape[0]
     beaten = wins(summary, "scail2", "copy_reference")
     protocol = (
-        f"{len(samples)} held-out pairs of the `{args.split}` split ({split.width}x{split.height}, "
-        f"{split.frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
+        f"{len(samples)} held-out pairs of the `{args.split}` split ({width}x{height}, "
+        f"{frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
         f"{args.seed}. SCAIL-2 beats copy-reference on {sum(beaten.values())} of {len(beaten)} metrics. "
         f"Regenerate with `{command_line(args)}`."
     )
