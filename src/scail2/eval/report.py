@@ -137,11 +137,15 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
         ]
         lines.append(f"| {labels.get(method, method)} | " + " | ".join(format_score(c, "iou") for c in cells) + " |")
     plans = [g for g in summary[methods[0]] if g.startswith("plan:")]
-    lines += [
-        "",
-        "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} silhouette / PSNR" for m in methods) + " |",
-        "|---|" + "---:|" * len(methods),
-    ]
+    lines += (
+        []
+        if not plans
+        else [
+            "",
+            "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} silhouette / PSNR" for m in methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+    )
     for group in plans:
         cells = [
             f"{format_score(summary[m][group]['silhouette'], 'silhouette')} / "
