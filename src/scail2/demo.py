@@ -116,7 +116,7 @@ def run_demo(
         seconds = time.perf_counter() - tic
         outputs.append(output)
         plate = benchmark.target_plate(sample.metadata)
-        scores = benchmark.pair_metrics(output, sample, plate)
+        scores = benchmark.pair_metrics(output, sample, plate, benchmark.method_plate(ours, plate))
         baseline = benchmark.pair_metrics(benchmark.copy_reference(sample), sample, plate)
         name = f"{len(results):02d}_{label}"
         write_mp4(out / f"{name}.mp4", output, fps=sample.metadata["fps"])

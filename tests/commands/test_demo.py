@@ -74,8 +74,11 @@ def test_eval_reports_every_method_and_updates_the_readme(tiny_model, tmp_path, 
     scores = json.loads(result.read_text())
     assert list(scores["summary"]) == ["copy_reference", "skeleton", "scail2", "vae_round_trip"]
     assert len(scores["rows"]) == 2 * 4
+    assert list(scores["dependence"]) == ["skeleton", "scail2"]  # the models, not copy-reference or the VAE
+    assert set(scores["dependence"]["scail2"]) >= {"character_loss", "rise_driving_latents", "rise_driving_masks"}
     text = readme.read_text()
     assert "| SCAIL-2 (ours) |" in text and "| skeleton-driven |" in text and "bench/table.md" in text
+    assert "zero driving latents" in (tmp_path / "bench" / "table.md").read_text()
     assert (tmp_path / "bench" / "plot.png").is_file() and (tmp_path / "bench" / "table.md").is_file()
 
 

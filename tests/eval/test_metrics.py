@@ -101,3 +101,67 @@ def test_ssim_separable_float32_equals_the_2d_float64_window():
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     expected = (((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).mean().item()
     assert ssim(a, b) == pytest.approx(expected, abs=1e-5)
+
+
+# Honest silhouettes and motion following ------------------------------------------------------------------
+
+
+def _square(frames: int, top: int, left: int, size: int = 10, shape=(24, 40)) -> np.ndarray:
+    mask = np.zeros((frames, *shape), dtype=bool)
+    mask[:, top : top + size, left : left + size] = True
+    return mask
+
+
+def test_silhouette_tolerance_forgives_one_pixel_not_five():
+    from scail2.eval.metrics import SILHOUETTE_TOLERANCE, dilate, silhouette_overlap
+
+    assert SILHOUETTE_TOLERANCE == 2
+    target = _square(2, 6, 8)
+    assert silhouette_overlap(target, target)["f"] == 1.0
+    one = silhouette_overlap(_square(2, 7, 9), target)  # one pixel down and right
+    assert one == {"precision": 1.0, "recall": 1.0, "f": 1.0}
+    five = silhouette_overlap(_square(2, 6, 13), target)  # five pixels right: 7 of 10 columns within 2 px
+    assert five["precision"] == pytest.approx(0.7) and five["recall"] == pytest.approx(0.7)
+    assert five["f"] == pytest.approx(0.7)
+    assert silhouette_overlap(_square(2, 6, 13), target, tolerance=5)["f"] == 1.0
+    assert silhouette_overlap(np.zeros_like(target), target) == {"precision": 1.0, "recall": 0.0, "f": 0.0}
+    empty = np.zeros_like(target)
+    assert silhouette_overlap(empty, empty)["f"] == 1.0
+    grown = dilate(target, 2)
+    assert grown.sum() == 2 * 14 * 14 and np.array_equal(dilate(target, 0), target)
+
+
+def test_pearson_is_nan_safe_and_documented_on_constant_series():
+    from scail2.eval.metrics import MIN_MOVEMENT_PX, pearson
+
+    moving = np.arange(8, dtype=float) * 2
+    assert pearson(3 * moving + 1, moving) == pytest.approx(1.0)
+    assert pearson(-moving, moving) == pytest.approx(-1.0)
+    assert pearson(np.full(8, 5.0), moving) == 0.0  # the driver moved, the output did not
+    assert math.isnan(pearson(moving, np.full(8, 5.0)))  # nothing to follow
+    assert math.isnan(pearson(moving, moving * 0.1 * MIN_MOVEMENT_PX))  # under the movement floor
+    gaps = moving.copy()
+    gaps[[1, 4]] = np.nan  # frames where the output shows no character are left out
+    assert pearson(gaps, moving) == pytest.approx(1.0)
+    assert math.isnan(pearson(np.full(8, np.nan), moving))
+
+
+def test_tracks_follow_two_characters_and_correlate_with_their_driver():
+    from scail2.eval.metrics import foreground_tracks, identity_tracks, track_correlations
+
+    frames, shape = 6, (30, 64)
+    ids = np.zeros((frames, *shape), dtype=np.uint8)
+    for t in range(frames):
+        ids[t, 4 + 2 * t : 14 + 2 * t, 2 + 2 * t : 8 + 2 * t] = 1  # moves right and down, 10 x 6
+        ids[t, 10 : 16 + 2 * t, 50 - 3 * t : 58 - 3 * t] = 2  # moves left and grows taller
+    driver = identity_tracks(ids, 2)
+    assert driver.shape == (2, frames, 4)
+    assert driver[0, 0].tolist() == pytest.approx([4.5, 8.5, 10, 6])  # median, 2-98% span (whole rows)
+    output = foreground_tracks(ids > 0, 2)
+    assert np.allclose(output, driver)  # the k-means split finds each character
+    scores = track_correlations(output, driver)
+    assert scores["path_x"] == pytest.approx(1.0) and scores["path_y"] == pytest.approx(1.0)
+    assert scores["extent_h"] == pytest.approx(1.0)  # the second grows; the first keeps its height: nan, left out
+    assert math.isnan(scores["extent_w"])  # no character changes width
+    backwards = track_correlations(foreground_tracks(ids[::-1] > 0, 2)[::-1, ::-1], driver)
+    assert backwards["path_x"] == pytest.approx(-1.0)

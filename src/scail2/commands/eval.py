@@ -12,8 +12,13 @@ def register(subparsers) -> None:
         "--skeleton-model",
         help="skeleton-driven baseline model folder (default: the bundled one; 'none' leaves the row out)",
     )
-    parser.add_argument("--split", default="test", choices=["test", "val"], help="held-out split")
-    parser.add_argument("--pairs", type=int_range(1), help="pairs of the split to use (default: all 64)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val", "outside"],
+        help="held-out split (outside: new shapes on plain backdrops along curved paths, no skeleton baseline)",
+    )
+    parser.add_argument("--pairs", type=int_range(1), help="pairs of the split to use (default: all 64; outside: 16)")
     parser.add_argument(
         "--steps", type=int_range(1, MAX_STEPS), help="denoising steps (default: the bundled model's setting)"
     )
@@ -26,6 +31,11 @@ def register(subparsers) -> None:
     parser.add_argument("--json", help="write every score and the summary to this JSON file")
     parser.add_argument("--report-dir", help="write table.md and plot.png here")
     parser.add_argument("--readme", help="replace the benchmark section of this README with the new table")
+    parser.add_argument(
+        "--no-dependence",
+        action="store_true",
+        help="skip the driver-dependence check (loss rise on character cells with the driving stream zeroed)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--tasks", default="animate,replace,multi", help="comma-separated tasks to mix")
     parser.add_argument("--seed", type=seed, default=0, help="dataset seed; pair i depends only on (seed, i)")
+    parser.add_argument(
+        "--world", default="wide", choices=["wide", "closeup"], help="procedural world preset (default wide)"
+    )
     parser.add_argument("--workers", type=int_range(1, 256), default=1, help="rendering processes (default 1)")
     parser.add_argument("--shard-size", type=int_range(1), default=256, help="pairs per tar shard (default 256)")
     parser.add_argument("--shard-index", type=int_range(0), help="this machine's index (default: $RANK)")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from scail2.data.format import atomic_path
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig, contact_sheet
     from scail2.data.shards import resolve_sharding, write_dataset
+    from scail2.data.world import WORLD_PRESETS
     from scail2.errors import Scail2Error
     from scail2.optional import require
     from scail2.outputs import OutputGuard
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.preview:
         OutputGuard("synth", {"--out": args.out}).file("--preview", args.preview)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    generator = ProceduralPairGenerator(SynthConfig(height, width, args.frames, tasks, args.seed))
+    config = SynthConfig(height, width, args.frames, tasks, args.seed, world=WORLD_PRESETS[args.world])
+    generator = ProceduralPairGenerator(config)
     if args.out:
         shard_index, num_shards = resolve_sharding(args.shard_index, args.num_shards)
         report = write_dataset(

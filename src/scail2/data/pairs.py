@@ -16,6 +16,7 @@ Generators make samples from an index, deterministically:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,12 +32,16 @@ from scail2.data.world import (
     Placement,
     Rendered,
     Scene,
+    WorldOptions,
+    closeup_camera,
     evaluate_motion,
     render_video,
     sample_camera,
     sample_character,
     sample_motion,
     sample_scene,
+    travelling,
+    world_scene,
 )
 from scail2.errors import Scail2Error
 from scail2.modes import Mode, parse_mode
@@ -134,6 +139,7 @@ class SynthConfig:
     cross_plan: float = 0.5  # probability that a reference character has another body plan than its driver
     same_identity: float = 0.1  # probability of a same-identity pair (reference = driving character and scene)
     max_characters: int = 3  # multi-character pairs have 2..max_characters characters
+    world: WorldOptions = WorldOptions()  # framing, scenes and travel (scail2.data.world.framing)
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -157,7 +163,7 @@ class SynthConfig:
             "cross_plan": self.cross_plan,
             "same_identity": self.same_identity,
             "max_characters": self.max_characters,
-        }
+        } | ({} if self.world.is_default else {"world": self.world.to_json()})
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,16 @@ class ProceduralPairGenerator:
         )
         task = str(rngs["task"].choice(cfg.tasks, p=self._task_p))
         cast = self._cast(rngs, task)
-        camera = sample_camera(rngs["camera"])
-        scene_a = sample_scene(rngs["scene_a"])
-        scene_b = scene_a if cast.same_identity else sample_scene(rngs["scene_b"])
+        camera, zoom = sample_camera(rngs["camera"]), 1.0
+        if cfg.world.framing == "closeup":
+            heights = [c.height for c in cast.drivers + cast.references]
+            aspect = cfg.width / cfg.height
+            camera, placements, zoom = closeup_camera(
+                rngs["camera"], cfg.world, heights, cast.motions, cast.placements, cfg.frames, cfg.fps, aspect
+            )
+            cast = dataclasses.replace(cast, placements=placements)
+        scene_a = world_scene(rngs["scene_a"], cfg.world)
+        scene_b = scene_a if cast.same_identity else world_scene(rngs["scene_b"], cfg.world)
         size = (cfg.height, cfg.width, cfg.frames, cfg.fps)
         driving = render_video(scene_a, camera, self._actors(cast.drivers, cast), *size)
         identities = _left_to_right(driving.ids[0], cast)
@@ -208,7 +221,7 @@ class ProceduralPairGenerator:
         else:
             target_scene = scene_b if TASK_MODES[task] == "animate" else scene_a
             target = render_video(target_scene, camera, self._actors(cast.references, cast, identities), *size)
-        ref_actors = self._reference_actors(rngs["reference"], cast, identities)
+        ref_actors = self._reference_actors(rngs["reference"], cast, identities, camera.x, zoom)
         # The reference is shot from where the camera starts: in animation the output begins in the reference's
         # view and then moves as the driving camera does. (Version 1 shot it at zoom 1 while the target started at
         # zoom 0.95-1.1, a framing no input reveals: 20-25 dB between the two backgrounds, which a model can only blur.)
@@ -244,7 +257,11 @@ class ProceduralPairGenerator:
             references.append(driver if same else sample_character(rng, plan))
         duration = cfg.frames / cfg.fps
         motions = [sample_motion(rngs["motion"], duration, fps=cfg.fps) for _ in range(count)]
-        return _Cast(drivers, references, motions, self._placements(rng, motions), same)
+        placements = self._placements(rng, motions)
+        if cfg.world.travel:  # some characters walk across the frame instead, also in depth
+            moved = [travelling(rngs["motion"], m, p, duration, cfg.world) for m, p in zip(motions, placements)]
+            motions, placements = [m for m, _ in moved], [p for _, p in moved]
+        return _Cast(drivers, references, motions, placements, same)
 
     def _placements(self, rng: np.random.Generator, motions: list) -> list:
         """Spread characters over the view, left to right, each centred on its own travel."""
@@ -263,8 +280,11 @@ class ProceduralPairGenerator:
         identities = identities or list(range(1, len(characters) + 1))
         return [Actor(c, m, p, i) for c, m, p, i in zip(characters, cast.motions, cast.placements, identities)]
 
-    def _reference_actors(self, rng: np.random.Generator, cast: _Cast, identities: list[int]) -> list:
-        """The reference characters standing idle in their own scene, in identity order left to right."""
+    def _reference_actors(
+        self, rng: np.random.Generator, cast: _Cast, identities: list[int], centre: float = 0.0, zoom: float = 1.0
+    ) -> list:
+        """The reference characters standing idle in their own scene, in identity order left to right, spread
+        over the view of a camera at `centre` with `zoom` (the defaults: the wide camera)."""
         count = len(cast.references)
         half_view = 0.5 * self.config.width / self.config.height
         slots = np.linspace(-0.55, 0.55, count) * half_view if count > 1 else np.zeros(1)
@@ -273,6 +293,7 @@ class ProceduralPairGenerator:
         for slot, k in zip(slots, by_identity):
             pose = sample_motion(rng, 1.0 / self.config.fps, "idle", fps=self.config.fps)
             x = float(slot + rng.uniform(-0.1, 0.1) * half_view)
+            x = x if zoom == 1.0 else centre + x / zoom
             lane = float(rng.uniform(0.0, 0.5))
             actors.append(Actor(cast.references[k], pose, Placement(x, lane), identities[k]))
         return actors

@@ -19,6 +19,7 @@ import torch
 from scail2.data.format import atomic_path, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.eval import benchmark
+from scail2.train.dependence import DEPENDENCE_SIGMAS
 
 LABELS = {
     "copy_reference": "copy reference",
@@ -29,10 +30,17 @@ LABELS = {
 METRIC_HEADERS = {
     "psnr": "PSNR dB ↑",
     "ssim": "SSIM ↑",
-    "iou": "IoU ↑",
+    "silhouette": "silhouette ↑",
+    "path_x": "path x ↑",
+    "path_y": "path y ↑",
+    "extent_h": "height ↑",
+    "extent_w": "width ↑",
+    "iou": "old IoU ↑",
     "colour_error": "colour err ↓",
     "flicker": "flicker ↓",
 }
+# Scores on a 0-1 scale (correlations are plotted from 0: a negative one draws no bar).
+UNIT_METRICS = ("silhouette", "path_x", "path_y", "extent_h", "extent_w", "iou", "ssim")
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 PLOT_COLOURS = [(150, 150, 150), (230, 140, 40), (40, 110, 220), (90, 180, 90), (170, 80, 170)]
 
@@ -91,18 +99,16 @@ def format_score(value: float, metric: str) -> str:
         return "n/a"
     if math.isinf(value):
         return "inf"
-    return (
-        f"{value:.1f}"
-        if metric in ("psnr", "colour_error")
-        else f"{value:.2f}"
-        if metric == "flicker"
-        else f"{value:.3f}"
-    )
+    if metric in ("psnr", "colour_error"):
+        return f"{value:.1f}"
+    if metric in ("flicker", "path_x", "path_y", "extent_h", "extent_w"):
+        return f"{value:.2f}"
+    return f"{value:.3f}"
 
 
 def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
-    """Markdown tables: every metric on all pairs and per task, silhouette IoU / PSNR per body plan, and where
-    the flicker is (on the characters or elsewhere)."""
+    """Markdown tables: every metric on all pairs and per task, the silhouette score's parts beside the old IoU,
+    silhouette / PSNR per body plan, and where the flicker is (on the characters or elsewhere)."""
     labels = labels or LABELS
     methods = list(summary)
     if not methods:
@@ -122,15 +128,28 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
                     + " | ".join(format_score(scores[m], m) for m in benchmark.METRICS)
                     + " |"
                 )
+    lines += ["", "| silhouette, all pairs | precision | recall | F | old IoU (raw plate, no tolerance) |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for method in methods:
+        scores = summary[method]["all"]
+        cells = [
+            scores.get(k, float("nan")) for k in ("silhouette_precision", "silhouette_recall", "silhouette", "iou")
+        ]
+        lines.append(f"| {labels.get(method, method)} | " + " | ".join(format_score(c, "iou") for c in cells) + " |")
     plans = [g for g in summary[methods[0]] if g.startswith("plan:")]
-    lines += [
-        "",
-        "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} IoU / PSNR" for m in methods) + " |",
-        "|---|" + "---:|" * len(methods),
-    ]
+    lines += (
+        []
+        if not plans
+        else [
+            "",
+            "| body plan (pairs) | " + " | ".join(f"{labels.get(m, m)} silhouette / PSNR" for m in methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+    )
     for group in plans:
         cells = [
-            f"{format_score(summary[m][group]['iou'], 'iou')} / {format_score(summary[m][group]['psnr'], 'psnr')}"
+            f"{format_score(summary[m][group]['silhouette'], 'silhouette')} / "
+            f"{format_score(summary[m][group]['psnr'], 'psnr')}"
             for m in methods
         ]
         lines.append(f"| {group[5:]} ({summary[methods[0]][group]['pairs']}) | " + " | ".join(cells) + " |")
@@ -148,6 +167,21 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dependence_table(dependence: dict, labels: dict[str, str] | None = None) -> str:
+    """Markdown: per model, the character-cell flow loss and its rise with the driving latents or masks zeroed."""
+    labels = labels or LABELS
+    lines = [
+        "| model | character-cell loss | zero driving latents | zero driving masks |",
+        "|---|---:|---:|---:|",
+    ]
+    for method, scores in dependence.items():
+        lines.append(
+            f"| {labels.get(method, method)} | {scores['character_loss']:.4f} | "
+            f"{scores['rise_driving_latents']:+.1%} | {scores['rise_driving_masks']:+.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def wins(summary: dict, method: str, baseline: str, group: str = "all") -> dict[str, bool]:
     """Per metric: does `method` beat `baseline` on `group`?"""
     ours, theirs = summary[method][group], summary[baseline][group]
@@ -157,7 +191,7 @@ def wins(summary: dict, method: str, baseline: str, group: str = "all") -> dict[
 
 
 def plot_summary(
-    summary: dict, labels: dict[str, str] | None = None, panels: tuple[str, ...] = ("iou", "psnr")
+    summary: dict, labels: dict[str, str] | None = None, panels: tuple[str, ...] = ("silhouette", "path_x", "psnr")
 ) -> np.ndarray:
     """A grouped bar chart [H, W, 3] uint8: one panel per metric, bars per method over all pairs and each body
     plan. Drawn with PIL, so the report needs no plotting library."""
@@ -176,7 +210,7 @@ def plot_summary(
         y0 = top + p * (panel_h + 60)
         values = [summary[m][g][metric] for m in methods for g in groups]
         high = max([v for v in values if math.isfinite(v)] + [1e-6])
-        scale_max = 1.0 if metric in ("iou", "ssim") else math.ceil(high / 5) * 5
+        scale_max = 1.0 if metric in UNIT_METRICS else math.ceil(high / 5) * 5
         draw.text((4, y0 - 22), METRIC_HEADERS[metric], fill=(0, 0, 0))
         for tick in np.linspace(0, scale_max, 5):
             y = y0 + panel_h - panel_h * tick / scale_max
@@ -188,7 +222,7 @@ def plot_summary(
                 value = summary[method][group][metric]
                 if math.isnan(value):
                     continue
-                h = panel_h * min(value, scale_max) / scale_max
+                h = panel_h * min(max(value, 0.0), scale_max) / scale_max
                 draw.rectangle(
                     [x0 + mi * bar, y0 + panel_h - h, x0 + (mi + 1) * bar - 2, y0 + panel_h],
                     fill=PLOT_COLOURS[mi % len(PLOT_COLOURS)],
@@ -214,7 +248,12 @@ VERDICT_NAMES = {
 METRIC_NAMES = {
     "psnr": "PSNR",
     "ssim": "SSIM",
-    "iou": "silhouette IoU",
+    "silhouette": "silhouette",
+    "path_x": "path x",
+    "path_y": "path y",
+    "extent_h": "height",
+    "extent_w": "width",
+    "iou": "old IoU",
     "colour_error": "colour error",
     "flicker": "flicker",
 }
@@ -275,7 +314,7 @@ def verdict_lines(summary: dict) -> list[str]:
         line = (
             f"The VAE round trip of the ground truth, the ceiling of any model decoded by this VAE, reaches "
             f"{format_score(ceiling['psnr'], 'psnr')} dB, SSIM {format_score(ceiling['ssim'], 'ssim')} and "
-            f"IoU {format_score(ceiling['iou'], 'iou')}"
+            f"silhouette {format_score(ceiling['silhouette'], 'silhouette')}"
         )
         behind = (
             [m for m, better in wins(summary, "copy_reference", "vae_round_trip").items() if better]
@@ -372,7 +411,7 @@ def build_methods(args) -> tuple[dict, object]:
     overrides = {k: v for k, v in (("steps", args.steps), ("shift", args.shift)) if v is not None}
     settings = dataclasses.replace(BUNDLED_SAMPLING, **overrides)
     methods = {"copy_reference": benchmark.copy_reference}
-    if args.skeleton_model != "none":
+    if args.skeleton_model != "none" and getattr(args, "split", None) != benchmark.OUTSIDE_SPLIT:
         skeleton = skeleton_pipeline(args.skeleton_model or BUNDLED_SKELETON, pipeline.vae)
         methods["skeleton"] = benchmark.ModelMethod(skeleton, settings, driving="skeleton", seed=args.seed)
     methods["scail2"] = benchmark.ModelMethod(pipeline, settings, driving="frames", seed=args.seed)
@@ -397,6 +436,8 @@ def command_line(args) -> str:
             parts.append(f"{flag} {value}")
     if args.seed:
         parts.append(f"--seed {args.seed}")
+    if getattr(args, "no_dependence", False):
+        parts.append("--no-dependence")
     return " ".join(parts)
 
 
@@ -404,24 +445,41 @@ def run_benchmark(args) -> dict:
     for readme in (args.readme, details_readme(args.report_dir)):
         if readme:
             _readme_text(Path(readme))  # fail before the long run, not after it
-    count = benchmark.SPLIT_SIZE if args.pairs is None else args.pairs
+    default = benchmark.OUTSIDE_SIZE if args.split == benchmark.OUTSIDE_SPLIT else benchmark.SPLIT_SIZE
+    count = default if args.pairs is None else args.pairs
     samples = benchmark.split_pairs(args.split, count)
     methods, settings = build_methods(args)
     rows = benchmark.evaluate(methods, samples, progress=not args.quiet)
     summary = benchmark.summarise(rows)
+    dependence = (
+        {} if getattr(args, "no_dependence", False) else benchmark.driver_dependence(methods, samples, not args.quiet)
+    )
     tables = markdown_tables(summary)
-    split = benchmark.SPLITS[args.split]
+    if dependence:
+        tables += (
+            "\nDriver dependence: the rise of the flow loss on character cells (noise levels "
+            f"{', '.join(f'{s:g}' for s in DEPENDENCE_SIGMAS)}) when a model's driving stream is zeroed.\n\n"
+            + dependence_table(dependence)
+        )
+    height, width, frames = samples[0].target.shape[1], samples[0].target.shape[2], samples[0].target.shape[0]
     beaten = wins(summary, "scail2", "copy_reference")
     protocol = (
-        f"{len(samples)} held-out pairs of the `{args.split}` split ({split.width}x{split.height}, "
-        f"{split.frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
+        f"{len(samples)} held-out pairs of the `{args.split}` split ({width}x{height}, "
+        f"{frames} frames), {settings.sampler} {settings.steps} steps, shift {settings.shift:g}, seed "
         f"{args.seed}. SCAIL-2 beats copy-reference on {sum(beaten.values())} of {len(beaten)} metrics. "
         f"Regenerate with `{command_line(args)}`."
     )
     print(protocol + "\n\n" + tables)
     if args.json:
         write_json(
-            args.json, {"split": args.split, "settings": dataclasses.asdict(settings), "summary": summary, "rows": rows}
+            args.json,
+            {
+                "split": args.split,
+                "settings": dataclasses.asdict(settings),
+                "summary": summary,
+                "dependence": dependence,
+                "rows": rows,
+            },
         )
     if args.report_dir:
         folder = Path(args.report_dir)

@@ -59,6 +59,8 @@ class TrainLoopConfig:
     keep_checkpoints: int = 2
     validate_every: int = 0  # 0: no validation videos
     validation_steps: int = 8  # sampler steps of a validation video
+    dependence_every: int = 0  # > 0: log the driver-dependence check (scail2.train.dependence) every N steps
+    dependence_samples: int = 8  # cache samples (the first ones) the check runs on
     mixed_precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
     export_dtype: str = "float32"  # dtype of the exported transformer weights: float32, float16 or bfloat16
     recipe: str = "scail2"  # "scail2", or "directanimator" (Same2X stages; the `directanimator:` section)

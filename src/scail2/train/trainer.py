@@ -35,6 +35,8 @@ CONSOLE = (
     ("grad_norm", "grad {:.3f}"),
     ("samples_per_s", "{:.2f} samples/s"),
     ("tokens_per_s", "{:.0f} tokens/s"),
+    ("rise_driving_latents", "character loss {:+.1%} without driving latents"),
+    ("rise_driving_masks", "{:+.1%} without driving masks"),
 )
 
 
@@ -446,6 +448,18 @@ class Trainer:
                     )
                 target.copy_(value)
 
+    def log_dependence(self) -> dict[str, float]:
+        """The driver-dependence check on the cache's first samples, logged as a row of its own (every process
+        runs the forwards, which a sharded model needs; the main one writes)."""
+        from scail2.train.dependence import driver_dependence
+
+        cfg = self.config.train
+        samples = [self.cache[i] for i in range(min(cfg.dependence_samples, len(self.cache)))]
+        scores = driver_dependence(self.model, samples, seed=cfg.seed, autocast_dtype=self.autocast)
+        if self.group.is_main:
+            self.run_log.write(self.step, scores)
+        return scores
+
     # The loop -------------------------------------------------------------------------------------------------
     def train(self, stop_at: int | None = None) -> None:
         cfg = self.config.train
@@ -459,6 +473,8 @@ class Trainer:
                 self.run_log.write(self.step, metrics)
             if self.step % cfg.checkpoint_every == 0 or self.step == stop:
                 self.save_checkpoint()
+            if cfg.dependence_every and self.step % cfg.dependence_every == 0 and self.dpo is None:
+                self.log_dependence()
             if cfg.validate_every and self.step % cfg.validate_every == 0:
                 from scail2.train.validation import write_validation_video
 

@@ -5,6 +5,7 @@ pairs of videos are built from it.
 """
 
 from scail2.data.world.character import TAG_BODY, TAG_FACE, TAG_LIMB_END, Character, PartSpec
+from scail2.data.world.framing import WORLD_PRESETS, WorldOptions, closeup_camera, travelling, world_scene
 from scail2.data.world.motion import LIMB_GROUPS, MOTION_KINDS, Motion, MotionState, evaluate_motion, sample_motion
 from scail2.data.world.plans import BODY_PLANS, PLAN_NAMES, sample_character
 from scail2.data.world.render import Actor, Placement, Rendered, actor_batches, pose_actor, render_video
@@ -15,6 +16,7 @@ __all__ = [
     "LIMB_GROUPS",
     "MOTION_KINDS",
     "PLAN_NAMES",
+    "WORLD_PRESETS",
     "TAG_BODY",
     "TAG_FACE",
     "TAG_LIMB_END",
@@ -35,4 +37,8 @@ __all__ = [
     "sample_character",
     "sample_motion",
     "sample_scene",
+    "WorldOptions",
+    "closeup_camera",
+    "travelling",
+    "world_scene",
 ]

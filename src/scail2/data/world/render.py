@@ -22,6 +22,7 @@ from scail2.data.world.scene import Backdrop, Camera, Scene, lighting
 
 LANE_RISE = 0.1  # a lane-1 character stands this much higher [world units]
 LANE_SHRINK = 0.3  # and is this much smaller (fraction)
+LANE_WAVE_HZ = 0.6  # the depth wave of a character travelling on a curve [cycles / s]
 # Parts per rasteriser call: a few frames at a time keeps the sample arrays in cache (measured best ~250).
 PARTS_PER_DRAW = 250
 # Stick-figure bones: a radius of 2% of the body height (4% across), never under 3 pixels across (they must
@@ -34,6 +35,11 @@ SKELETON_MIN_PIXELS = 1.5
 class Placement:
     x: float  # start x of the root [world units]
     lane: float = 0.0  # 0 front .. 1 back
+    # Depth travel (0: the character keeps its lane): lane(t) = lane + lane_rate * t + lane_wave * sin(2 pi
+    # LANE_WAVE_HZ t + lane_phase), clipped to [0, 1], so it walks away or closer, on a curve on screen.
+    lane_rate: float = 0.0  # [lanes / s]
+    lane_wave: float = 0.0  # [lanes]
+    lane_phase: float = 0.0  # [rad]
 
     @property
     def ground(self) -> float:
@@ -43,12 +49,25 @@ class Placement:
     def scale(self) -> float:
         return 1.0 - LANE_SHRINK * self.lane
 
+    @property
+    def moves_in_depth(self) -> bool:
+        return self.lane_rate != 0.0 or self.lane_wave != 0.0
+
+    def lanes(self, times: np.ndarray) -> np.ndarray:
+        """[F] lane at `times` (constant unless the character travels in depth)."""
+        if not self.moves_in_depth:
+            return np.full(np.shape(times), self.lane)
+        wave = self.lane_wave * (np.sin(2 * np.pi * LANE_WAVE_HZ * times + self.lane_phase) - np.sin(self.lane_phase))
+        return np.clip(self.lane + self.lane_rate * times + wave, 0.0, 1.0)
+
     def to_json(self) -> dict:
-        return {"x": self.x, "lane": self.lane}
+        depth = {"lane_rate": self.lane_rate, "lane_wave": self.lane_wave, "lane_phase": self.lane_phase}
+        return {"x": self.x, "lane": self.lane} | (depth if self.moves_in_depth else {})
 
     @staticmethod
     def from_json(data: dict) -> Placement:
-        return Placement(data["x"], data["lane"])
+        depth = {k: data[k] for k in ("lane_rate", "lane_wave", "lane_phase") if k in data}
+        return Placement(data["x"], data["lane"], **depth)
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,7 @@ class PosedActor:
     state: MotionState
     joints: Joints  # character frame, world units before the lane scale
     root: np.ndarray  # [F, 2] world position of the ground point
+    scale: np.ndarray  # [F] lane scale (constant unless the character travels in depth)
 
     @property
     def yaw(self) -> np.ndarray:
@@ -82,9 +102,10 @@ def pose_actor(actor: Actor, num_frames: int) -> PosedActor:
     """Evaluate the actor's motion and pose its body plan over `num_frames` frames."""
     state = evaluate_motion(actor.motion, num_frames)
     joints = BODY_PLANS[actor.character.plan].pose(actor.character, state)
-    scale = actor.placement.scale
-    root = np.stack([actor.placement.x + scale * state.root_x, actor.placement.ground + scale * state.root_y], -1)
-    return PosedActor(actor, state, joints, root)
+    lanes = actor.placement.lanes(state.times)
+    scale, ground = 1.0 - LANE_SHRINK * lanes, LANE_RISE * lanes  # [F] each
+    root = np.stack([actor.placement.x + scale * state.root_x, ground + scale * state.root_y], -1)
+    return PosedActor(actor, state, joints, root, scale)
 
 
 def actor_batches(posed: PosedActor, views: tuple, height: int, width: int, skeleton: bool = False) -> PartBatch:
@@ -92,7 +113,7 @@ def actor_batches(posed: PosedActor, views: tuple, height: int, width: int, skel
 
     `skeleton`: every part becomes a thin bone between its two joints in a fixed colour per bone (the
     stick figure a pose-driven system is conditioned on), with the same depth order and visibility."""
-    character, scale = posed.actor.character, posed.actor.placement.scale
+    character, scale = posed.actor.character, posed.scale  # scale: [F]
     specs = BODY_PLANS[character.plan].parts(character)
     names = sorted({s.a for s in specs} | {s.b for s in specs} | {s.facing for s in specs if s.facing})
     index = {name: i for i, name in enumerate(names)}
@@ -101,9 +122,10 @@ def actor_batches(posed: PosedActor, views: tuple, height: int, width: int, skel
     facing_depth = local[..., 0] * sin + local[..., 2] * cos  # [F, J] towards the camera, before the lane scale
     centre_x, centre_y, zoom = views
     px_per_unit = (zoom * height)[:, None]
-    px = (posed.root[:, :1] + (local[..., 0] * cos - local[..., 2] * sin) * scale - centre_x[:, None]) * px_per_unit
+    lane = scale[:, None]
+    px = (posed.root[:, :1] + (local[..., 0] * cos - local[..., 2] * sin) * lane - centre_x[:, None]) * px_per_unit
     px = px + width / 2.0
-    py = height / 2.0 - (posed.root[:, 1:] + local[..., 1] * scale - centre_y[:, None]) * px_per_unit
+    py = height / 2.0 - (posed.root[:, 1:] + local[..., 1] * lane - centre_y[:, None]) * px_per_unit
     ia = np.array([index[s.a] for s in specs])
     ib = np.array([index[s.b] for s in specs])
     body_px = character.height * scale * zoom * height  # [F] pixels per body unit

@@ -28,18 +28,29 @@ class Camera:
     pan: float  # horizontal view speed [world units / s]
     zoom_rate: float  # zoom multiplies by exp(zoom_rate * t)
     kind: str = "static"
+    # A camera that follows a character: view-centre offsets from `x` at frames 0, 1, ... of `track_fps`
+    # (linear in between, held after the last), added to the pan.
+    track: tuple[float, ...] = ()
+    track_fps: float = 16.0
 
     def views(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """View centre x, centre y and zoom at `times`; the ground stays at the same screen height."""
         zoom = self.zoom * np.exp(self.zoom_rate * times)
-        return self.x + self.pan * times, GROUND_SCREEN / zoom, zoom
+        x = self.x + self.pan * times
+        if self.track:
+            x = x + np.interp(times * self.track_fps, np.arange(len(self.track)), self.track)
+        return x, GROUND_SCREEN / zoom, zoom
 
     def to_json(self) -> dict:
-        return {"x": self.x, "zoom": self.zoom, "pan": self.pan, "zoom_rate": self.zoom_rate, "kind": self.kind}
+        data = {"x": self.x, "zoom": self.zoom, "pan": self.pan, "zoom_rate": self.zoom_rate, "kind": self.kind}
+        return data | ({"track": list(self.track), "track_fps": self.track_fps} if self.track else {})
 
     @staticmethod
     def from_json(data: dict) -> Camera:
-        return Camera(data["x"], data["zoom"], data["pan"], data["zoom_rate"], data["kind"])
+        track = tuple(data.get("track", ()))
+        return Camera(
+            data["x"], data["zoom"], data["pan"], data["zoom_rate"], data["kind"], track, data.get("track_fps", 16.0)
+        )
 
 
 def sample_camera(rng: np.random.Generator, kind: str | None = None) -> Camera:
@@ -103,13 +114,16 @@ class Scene:
         return Scene(**fields, props=props)
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
+def sample_scene(
+    rng: np.random.Generator, props: tuple[int, int] = (2, 8), textures: tuple[str, ...] = GROUND_TEXTURES
+) -> Scene:
+    """A random scene with `props[0]..props[1]` props and a ground texture from `textures`."""
     sky_hue = float(rng.uniform(0.5, 0.7)) if rng.uniform() < 0.7 else float(rng.uniform())
     ground_hue = float(rng.choice([0.25, 0.3, 0.1, 0.08, 0.6, float(rng.uniform())]))
     tint_hue = float(rng.uniform())
     tint = np.array(hsv_colour(tint_hue, float(rng.uniform(0.0, 0.2)), 1.0), dtype=np.float64) / 255.0
     tint = tint * float(rng.uniform(0.85, 1.08))
-    props = tuple(_sample_prop(rng) for _ in range(int(rng.integers(2, 9))))
+    props = tuple(_sample_prop(rng) for _ in range(int(rng.integers(props[0], props[1] + 1))))
     return Scene(
         sky_top=hsv_colour(sky_hue, float(rng.uniform(0.3, 0.8)), float(rng.uniform(0.6, 1.0))),
         sky_bottom=hsv_colour(sky_hue + float(rng.uniform(-0.1, 0.1)), float(rng.uniform(0.05, 0.4)), 0.95),
@@ -118,12 +132,32 @@ def sample_scene(rng: np.random.Generator) -> Scene:
             ground_hue + float(rng.uniform(-0.05, 0.05)), float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.35, 0.7))
         ),
         horizon=float(rng.uniform(0.22, 0.5)),
-        ground_texture=str(rng.choice(GROUND_TEXTURES)),
+        ground_texture=str(rng.choice(textures)),
         texture_scale=float(rng.uniform(4.0, 10.0)),
         tint=tuple(float(c) for c in tint),
         light=float(rng.uniform(-0.2, 0.2)),
         noise_seed=int(rng.integers(2**31)),
         props=props,
+    )
+
+
+def plain_scene(rng: np.random.Generator) -> Scene:
+    """A studio backdrop: one colour above the horizon, a close one below, no props, no texture, neutral light."""
+    hue = float(rng.uniform())
+    backdrop = hsv_colour(hue, float(rng.uniform(0.0, 0.35)), float(rng.uniform(0.55, 0.95)))
+    floor = tuple(int(c * 0.85) for c in backdrop)
+    return Scene(
+        sky_top=backdrop,
+        sky_bottom=backdrop,
+        ground_far=floor,
+        ground_near=floor,
+        horizon=float(rng.uniform(0.22, 0.5)),
+        ground_texture="plain",
+        texture_scale=1.0,
+        tint=(1.0, 1.0, 1.0),
+        light=0.0,
+        noise_seed=0,
+        props=(),
     )
 
 
