@@ -179,7 +179,7 @@ class GuideWindows:
         return cls(radius, tuple(channels), tuple(means), tuple(_inverse_symmetric_3x3(var)))
 
 
-def _guided_coefficients(windows: GuideWindows, source: torch.Tensor):
+def guided_coefficients(windows: GuideWindows, source: torch.Tensor):
     """Window-averaged affine coefficients (a [N, C, 3, H, W], b [N, C, H, W]) of the colour guided filter."""
     mean = lambda t: box_mean(t, windows.radius)  # noqa: E731
     channels, mean_i = windows.channels, windows.means
@@ -210,7 +210,7 @@ def guided_filter(
     of the guide's colour, so mask edges move onto the image's edges. `windows` (`GuideWindows.of(guide,
     radius, eps)`) skips recomputing the guide's statistics.
     """
-    slope, offset = _guided_coefficients(windows or GuideWindows.of(guide, radius, eps), source)
+    slope, offset = guided_coefficients(windows or GuideWindows.of(guide, radius, eps), source)
     return (slope * guide[:, None]).sum(dim=2) + offset
 
 
@@ -226,7 +226,7 @@ def guided_upsample(
     `guide_small` [N, 3, h, w] and `source_small` [N, C, h, w] -> [N, C, H, W] at `guide_large`'s size,
     with edges following the full-resolution image at the cost of a few multiply-adds per output pixel.
     """
-    slope, offset = _guided_coefficients(GuideWindows.of(guide_small, radius, eps), source_small)
+    slope, offset = guided_coefficients(GuideWindows.of(guide_small, radius, eps), source_small)
     size = guide_large.shape[-2:]
     batch, channels = offset.shape[:2]
     slope = F.interpolate(slope.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
