@@ -403,8 +403,10 @@ def check_memory(request: AnimateRequest, device: torch.device) -> None:
     )
 
 
-def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None) -> dict:
-    """Generate one video from files; returns the manifest (also written beside the video)."""
+def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None, step_callback=None) -> dict:
+    """Generate one video from files; returns the manifest (also written beside the video). `step_callback` is
+    the pipeline's `callback_on_step_end` (progress; an exception from it stops the run before anything is
+    written)."""
     start = time.perf_counter()
     out = Path(request.out)
     if out.suffix.lower() != ".mp4":
@@ -443,6 +445,8 @@ def run_animate(request: AnimateRequest, pipeline: SCAIL2Pipeline | None = None)
             request.settings,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
+            progress=step_callback is None,
+            callback_on_step_end=step_callback,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_mp4(out, result.frames, loaded.fps, audio_source=request.driving if loaded.has_audio else None)
