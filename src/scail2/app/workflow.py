@@ -216,7 +216,7 @@ def model_request(
         ref=ref,
         driving=driving,
         out=out,
-        model=bundled.bundled_model_dir() if use_bundled else model,
+        model=None if use_bundled else model,  # run_animate loads the bundled model and says so in the manifest
         driving_mask=masks,
         mode=choices.mode,
         height=height,
@@ -252,7 +252,8 @@ def plan_run(request: AnimateRequest, frames: int) -> RunPlan:
         overlap=settings.overlap,
         guided=settings.guidance_scale > 1,
     )
-    return RunPlan(len(segments), len(segments) * settings.steps, predict(request.model, job).table())
+    model = request.model or bundled.bundled_model_dir()
+    return RunPlan(len(segments), len(segments) * settings.steps, predict(model, job).table())
 
 
 # ------------------------------------------------------------------------------------------------------------
