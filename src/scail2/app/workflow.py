@@ -328,11 +328,13 @@ class RunJob:
 
     @property
     def files(self) -> list[Path]:
-        """The video and its manifest (and any other file the run wrote beside it under the video's name)."""
+        """The video first, then every file the run wrote beside it under the video's name: the manifest
+        (`output.json`), and whatever reports a run adds there later (a QA sheet), with no change here."""
         if self.manifest is None:
             return []
         video = Path(self.manifest["output"])
-        return [video, video.with_suffix(".json")]
+        beside = sorted(p for p in video.parent.glob(f"{video.stem}*") if p.is_file() and p != video)
+        return [video, *beside]
 
     def manifest_text(self) -> str:
         return json.dumps(self.manifest, indent=2, default=str) if self.manifest else ""
