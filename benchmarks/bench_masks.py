@@ -8,14 +8,19 @@ Prints three tables:
 2. identity tracking through occlusion crossings (two runners, one hides the other): the share of clips
    whose identities keep their colour in every frame, and the mean IoU;
 3. the still-image method on procedural reference images (`ProceduralPairGenerator` references).
-Then a speed table: seconds for the stages at working resolution and per frame at full HD.
+Then a speed table: seconds for the stages at working resolution and per frame at full HD, and `scail2
+masks` end to end on a 1920x1080 video (`--video PATH`; by default a procedural walk rendered at 1080p,
+`--hd-frames` long) in frames per second, with the CPU seconds and the machine's load average beside it
+(on a shared machine the wall clock alone says little).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' clip 
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig  # noqa: E402
 from scail2.preprocess.segmentation.extract import MaskSettings, MotionMasks, reference_identities  # noqa: E402
 from scail2.preprocess.segmentation.filters import as_float_images, label_components, single_threaded  # noqa: E402
+from scail2.preprocess.segmentation.pipeline import MasksRequest, build_mask_folder  # noqa: E402
 from scail2.preprocess.segmentation.refine import upsample_identities  # noqa: E402
+from scail2.preprocess.video_io import probe_video, write_mp4  # noqa: E402
 from tests.preprocess.segmentation_clips import crossing_clip, fixed_camera_clip, iou  # noqa: E402
 
 KINDS = ("walk", "run", "jump", "dance", "spin", "wave", "idle", "mix")
@@ -128,16 +135,42 @@ def table_speed(frames: int) -> None:
     print(f"{'connected components, 320x180 random (worst case)':48} {labelling:8.3f}")
 
 
+def _hd_clip(folder: Path, frames: int) -> Path:
+    """A procedural walk rendered at 1920x1080 and encoded as H.264 (what a phone or camera gives)."""
+    clip = fixed_camera_clip(0, "walk", height=1080, width=1920, frames=frames)
+    return write_mp4(folder / "walk_1080p.mp4", clip.frames, 30)
+
+
+def table_end_to_end(video: str | None, frames: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(video) if video else _hd_clip(Path(folder), frames)
+        info = probe_video(path)
+        load = os.getloadavg()[0]
+        start, cpu = time.perf_counter(), time.process_time()
+        meta = build_mask_folder(MasksRequest(driving=path, out=Path(folder) / "masks"))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    count = meta["frames"]
+    print(f"\n5. `scail2 masks` end to end (decode, analysis, render, PNG frames), {os.cpu_count()} cores")
+    print(f"{'video':34} {'frames':>6} {'wall s':>7} {'frames/s':>8} {'CPU s':>6} {'load':>5}")
+    name = f"{path.name} {info.width}x{info.height}"
+    print(f"{name[:34]:34} {count:6d} {wall:7.1f} {count / wall:8.2f} {cpu:6.1f} {load:5.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=6, help="clips per motion kind and crossings")
     parser.add_argument("--references", type=int, default=30, help="procedural reference images")
     parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--video", help="a 1080p driving video for the end-to-end row (default: procedural)")
+    parser.add_argument("--hd-frames", type=int, default=60, help="length of the procedural 1080p clip")
+    parser.add_argument("--only-end-to-end", action="store_true", help="skip the quality tables")
     args = parser.parse_args()
-    table_fixed_camera(args.seeds, args.frames)
-    table_crossings(args.seeds * 2, args.frames)
-    table_references(args.references)
-    table_speed(args.frames)
+    if not args.only_end_to_end:
+        table_fixed_camera(args.seeds, args.frames)
+        table_crossings(args.seeds * 2, args.frames)
+        table_references(args.references)
+        table_speed(args.frames)
+    table_end_to_end(args.video, args.hd_frames)
 
 
 if __name__ == "__main__":

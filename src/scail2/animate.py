@@ -487,13 +487,16 @@ def run_animate(
     loaded: LoadedInputs | None = None,
     segment_hooks=None,
     call_kwargs: dict | None = None,
+    step_callback=None,
 ) -> dict | None:
     """Generate one video from files; returns the manifest (also written beside the video).
 
     `loaded` replaces reading the inputs (a batch's cached driving work); `segment_hooks` resume and keep
     segments (checkpoints); `call_kwargs` go to the pipeline call (cached `segment_conditions`, embeddings).
     Under torchrun, `layout` (`scail2.parallel.ParallelLayout`) spreads the generation over the ranks; every
-    rank reads the inputs itself and only rank 0 writes (the other ranks return None)."""
+    rank reads the inputs itself and only rank 0 writes (the other ranks return None). `step_callback` is the
+    pipeline's `callback_on_step_end` (progress; an exception from it stops the run before anything is
+    written)."""
     start = time.perf_counter()
     out = Path(request.out)
     if out.suffix.lower() != ".mp4":
@@ -543,7 +546,8 @@ def run_animate(
             request.settings,
             seed=request.seed,
             autocast_dtype=autocast_dtype(request.dtype, device, pipeline.transformer),
-            progress=layout is None or layout.is_main,
+            progress=step_callback is None and (layout is None or layout.is_main),
+            callback_on_step_end=step_callback,
             drift=request.drift,
             segment_hooks=hooks,
             **(call_kwargs or {}),

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "scail2.commands.eval",
     "scail2.commands.masks",
     "scail2.commands.cues",
+    "scail2.commands.app",
     "scail2.commands.synth",
     "scail2.commands.prefs",
     "scail2.commands.cache",

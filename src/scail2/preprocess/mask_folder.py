@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -151,11 +152,23 @@ class MaskFolderWriter:
     def __enter__(self) -> MaskFolderWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         (self.tmp / FRAMES_DIR).mkdir(parents=True)
+        # PNG compression releases the GIL: frames are encoded on a second thread while the next is rendered
+        self._encoder = ThreadPoolExecutor(max_workers=1)
+        self._pending: list[Future] = []
         return self
 
     def write_frame(self, ids: np.ndarray | torch.Tensor) -> None:
-        save_identity_png(self.tmp / frame_name(self.frames), ids)
+        array = np.array(ids, dtype=np.uint8)  # a copy: the caller may reuse its buffer
+        self._pending.append(self._encoder.submit(save_identity_png, self.tmp / frame_name(self.frames), array))
         self.frames += 1
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()  # raises an encoding error here, at the next frame
+
+    def _finish_frames(self) -> None:
+        self._encoder.shutdown(wait=True)
+        for future in self._pending:
+            future.result()
+        self._pending = []
 
     def write_reference(self, ids: np.ndarray | torch.Tensor) -> None:
         save_identity_png(self.tmp / REFERENCE_FILE, ids)
@@ -164,6 +177,7 @@ class MaskFolderWriter:
         return self.tmp / PREVIEW_FILE
 
     def commit(self, meta: dict) -> Path:
+        self._finish_frames()
         payload = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -176,6 +190,7 @@ class MaskFolderWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         if exc_type is not None:
+            self._encoder.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from scail2.preprocess.segmentation.filters import guided_filter
+from scail2.preprocess.segmentation.filters import GuideWindows, guided_filter
 
 HISTOGRAM_BINS = 16
 # Pseudo-count spread over all bins, relative to the total weight: unseen colours get a small, equal share.
@@ -102,6 +102,7 @@ def refine_probability(
     bins = colour_bins(images)
     radius = settings.radius(*images.shape[-2:])
     probability = torch.sigmoid(prior_logit)
+    windows = GuideWindows.of(images, radius, settings.eps)  # the same guide in every iteration
     groups = [slice(k, k + 1) for k in range(images.shape[0])] if per_frame else [slice(None)]
     for _ in range(settings.iterations):
         evidence = torch.empty_like(probability)
@@ -109,7 +110,7 @@ def refine_probability(
             foreground = _fit_side(bins[group], probability[group], foreground_samples)
             background = _fit_side(bins[group], 1.0 - probability[group], background_samples)
             evidence[group] = colour_evidence(bins[group], foreground, background)
-        vote = guided_filter(images, probability[:, None], radius, settings.eps)[:, 0].clamp_(0.0, 1.0)
+        vote = guided_filter(images, probability[:, None], radius, settings.eps, windows)[:, 0].clamp_(0.0, 1.0)
         logit = prior_logit + settings.colour_weight * evidence + settings.smooth_weight * (2.0 * vote - 1.0)
         probability = torch.sigmoid(logit)
     return probability

@@ -151,9 +151,11 @@ class MotionMasks(DrivingMasks):
 
     def render(self, frames: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         for t, frame in enumerate(frames):
-            large = as_float_images(torch.from_numpy(np.ascontiguousarray(frame)))[0]
-            ids = upsample_identities(self.ids[t], self.small[t], large, self.count)
-            yield refine_identities(ids, self.refinement)
+            large = torch.from_numpy(np.ascontiguousarray(frame))  # uint8 [H, W, 3]: read only along the outlines
+            with single_threaded():  # per-frame work is small and mostly gathers: threads cost more than they gain
+                ids = upsample_identities(self.ids[t], self.small[t], large, self.count)
+                ids = refine_identities(ids, self.refinement)
+            yield ids
 
 
 class Sam2Masks(DrivingMasks):

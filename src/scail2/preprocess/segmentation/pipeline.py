@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Full, Queue
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from scail2.preprocess.segmentation.extract import (
     downscaler,
     reference_identities,
 )
-from scail2.preprocess.segmentation.filters import dilate, fit_long_side
+from scail2.preprocess.segmentation.filters import dilate, fit_long_side, single_threaded
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +89,10 @@ def driving_masks(request: MasksRequest, method: str, size: tuple[int, int]) -> 
     if method == "provided":
         frames = video_io.read_mask_frames(request.driving_mask, max_frames=request.max_frames)
         return ProvidedMasks(frames, settings, str(request.driving_mask))
-    small = video_io.read_video(
-        request.driving, max_frames=request.max_frames, frame_transform=downscaler(settings.work_size)
-    ).frames
+    with single_threaded():  # one frame's resize is too small to gain from threads while the decoder runs
+        small = video_io.read_video(
+            request.driving, max_frames=request.max_frames, frame_transform=downscaler(settings.work_size)
+        ).frames
     try:
         if method == "sam2":
             return Sam2Masks(small, size, settings)
@@ -155,6 +159,45 @@ def _reference(request: MasksRequest, writer: mask_folder.MaskFolderWriter, mask
     }
 
 
+def _read_ahead(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
+    """`frames`, decoded on a second thread up to `depth` frames ahead (the decoder releases the GIL)."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Put `item` in the queue unless the reader stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for frame in frames:
+                if not offer(frame):
+                    return
+            offer(_END)
+        except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
+            offer(error)
+
+    thread = threading.Thread(target=decode, name="scail2-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+_END = object()
+
+
 def _render_and_write(
     request: MasksRequest, masks: DrivingMasks, writer: mask_folder.MaskFolderWriter, fps
 ) -> tuple[int, int]:
@@ -162,7 +205,7 @@ def _render_and_write(
     current: dict[str, np.ndarray] = {}
 
     def frames():
-        for frame in video_io.iter_video_frames(request.driving, max_frames=request.max_frames):
+        for frame in _read_ahead(video_io.iter_video_frames(request.driving, max_frames=request.max_frames)):
             current["frame"] = frame  # renderers consume one frame and yield its mask before the next
             yield frame
 

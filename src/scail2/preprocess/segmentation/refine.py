@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from scail2.preprocess.segmentation.filters import (
+    GuideWindows,
     dilate,
     erode,
     fill_holes,
     fit_long_side,
     gaussian_blur,
-    guided_upsample,
+    guided_coefficients,
     remove_small_components,
 )
 
@@ -103,6 +104,29 @@ def _feather(ids: torch.Tensor, present: list[int], sigma: float) -> torch.Tenso
     return torch.where(soft.sum(dim=0) >= 0.5, keys[best], torch.zeros_like(ids))
 
 
+def _bilinear_taps(small: int, large: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output position of a bilinear resize from `small` to `large` samples (half-pixel centres, as
+    `F.interpolate(..., align_corners=False)`): the two source indices and the second one's weight."""
+    source = ((torch.arange(large, dtype=torch.float32) + 0.5) * (small / large) - 0.5).clamp_min(0.0)
+    first = source.long().clamp_max(small - 1)
+    return first, (first + 1).clamp_max(small - 1), source - first
+
+
+def _uniform_neighbourhoods(ids: torch.Tensor, radius: int) -> torch.Tensor:
+    """bool [h, w]: the identity map is one value within `radius` pixels (Chebyshev) of each pixel."""
+    values = ids[None, None].float()
+    highest = F.max_pool2d(values, 2 * radius + 1, stride=1, padding=radius)
+    lowest = -F.max_pool2d(-values, 2 * radius + 1, stride=1, padding=radius)
+    return (highest == lowest)[0, 0]
+
+
+def _large_pixels(guide_large: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Colours [N, 3] in [0, 1] of the full-resolution guide (float [3, H, W] or uint8 [H, W, 3]) at (ys, xs)."""
+    if guide_large.dtype == torch.uint8:
+        return guide_large[ys, xs].float() / 255.0
+    return guide_large[:, ys, xs].T
+
+
 def upsample_identities(
     ids_small: torch.Tensor,
     guide_small: torch.Tensor,
@@ -113,10 +137,49 @@ def upsample_identities(
 ) -> torch.Tensor:
     """Identity map uint8 [h, w] -> [H, W] with edges on the full-resolution image (fast guided filter).
 
-    `guide_small` [3, h, w] and `guide_large` [3, H, W] are the frame at both sizes, floats in [0, 1].
+    `guide_small` [3, h, w] is the frame at working size, floats in [0, 1]; `guide_large` the full-size
+    frame, float [3, H, W] in [0, 1] or the decoded uint8 [H, W, 3].
+
+    Each identity's indicator is filtered against the background's (the filter is linear, so the
+    difference decides between them). Where the identity map is one value within twice the filter's
+    radius the filter returns that value (its local slope is zero), so the full-resolution work is done
+    only for pixels whose bilinear taps reach a mixed neighbourhood: a band along the outlines.
     """
-    one_hot = F.one_hot(ids_small.long(), count + 1).permute(2, 0, 1).float()[None]  # [1, K + 1, h, w]
-    if tuple(guide_small.shape[-2:]) == tuple(guide_large.shape[-2:]):
+    height, width = guide_large.shape[:2] if guide_large.dtype == torch.uint8 else guide_large.shape[-2:]
+    if tuple(guide_small.shape[-2:]) == (height, width):
         return ids_small.clone()
-    soft = guided_upsample(guide_small[None], one_hot, guide_large[None], radius, eps)[0]
-    return soft.argmax(dim=0).to(torch.uint8)
+    one_hot = F.one_hot(ids_small.long(), count + 1).permute(2, 0, 1).float()[None]  # [1, K + 1, h, w]
+    against_background = one_hot[:, 1:] - one_hot[:, :1]  # [1, K, h, w]
+    slope, offset = guided_coefficients(GuideWindows.of(guide_small[None], radius, eps), against_background)
+    # [h * w, 4 K] rows: each identity's three colour slopes, then the offsets
+    table = torch.cat([slope[0].flatten(0, 1), offset[0]]).flatten(1).T.contiguous()
+    row0, row1, row_weight = _bilinear_taps(ids_small.shape[0], height)
+    col0, col1, col_weight = _bilinear_taps(ids_small.shape[1], width)
+    mixed = ~_uniform_neighbourhoods(ids_small, 2 * radius)
+    # a full-size pixel needs the filter when any of its four taps is mixed
+    mixed = F.max_pool2d(F.pad(mixed[None, None].float(), (0, 1, 0, 1)), 2, stride=1)[0, 0] > 0
+    out = ids_small[row0][:, col0]  # [H, W]: the uniform value (all four taps agree there)
+    ys, xs = torch.nonzero(mixed[row0][:, col0], as_tuple=True)
+    if len(ys) == 0:
+        return out
+    wy, wx = row_weight[ys, None], col_weight[xs, None]
+    first = row0[ys] * ids_small.shape[1] + col0[xs]  # flat index of each pixel's top-left tap
+    down, right = ((row1 - row0) * ids_small.shape[1])[ys], (col1 - col0)[xs]
+    taps = [table.index_select(0, first + offset) for offset in (0, right, down, down + right)]  # [N, 4 K] each
+    blended = torch.lerp(torch.lerp(taps[0], taps[1], wx), torch.lerp(taps[2], taps[3], wx), wy)
+    colours = _large_pixels(guide_large, ys, xs)  # [N, 3]
+    slopes = blended[:, : 3 * count].view(-1, count, 3)
+    margin = (slopes * colours[:, None]).sum(dim=2) + blended[:, 3 * count :]  # [N, K]: identity minus background
+    out[ys, xs] = _first_argmax(torch.cat([torch.zeros(len(ys), 1), margin], dim=1).T)
+    return out
+
+
+def _first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """uint8 [N]: index of the largest of `scores` [K, N] (the first on ties, as argmax), one comparison per
+    row: argmax along a short leading dim is 100x slower on CPU."""
+    best, index = scores[0].clone(), torch.zeros(scores.shape[1], dtype=torch.uint8)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        best = torch.where(better, scores[k], best)
+        index[better] = k
+    return index
