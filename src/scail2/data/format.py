@@ -55,6 +55,21 @@ def atomic_path(path: str | Path, partial: Path | None = None) -> Iterator[Path]
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; it replaces `folder` (by `replace_folder`) when the block
+    succeeds and is deleted otherwise."""
+    folder = Path(folder)
+    tmp = partial_path(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]*)?")
 
 
