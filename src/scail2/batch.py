@@ -45,9 +45,10 @@ from scail2.animate import (
     sampling_settings,
     target_size,
     with_bundled_model,
+    write_manifest,
 )
 from scail2.conditioning import SegmentConditions
-from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, file_sha256, read_json, write_json_atomic
+from scail2.data.format import FormatSpec, atomic_path, file_sha256, read_json, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.pipelines.segment_hooks import SegmentHooks, SegmentState
 from scail2.pipelines.segments import Segment
@@ -369,8 +370,7 @@ class BatchRunner:
         hooks = self.checkpoint_hook(checkpoints) if self.checkpoint_hook else checkpoints
         manifest = run_animate(request, pipeline, loaded=loaded, segment_hooks=hooks, call_kwargs=call)
         manifest["batch"] = {"job": job.name, "resumed_segments": checkpoints.resumed, "cache": self.cache.counts()}
-        text = json.dumps(manifest, indent=2, default=str) + "\n"
-        atomic_write_bytes(Path(request.out).with_suffix(".json"), text.encode())
+        write_manifest(request.out, manifest)
         checkpoints.clear()
         return manifest
 
