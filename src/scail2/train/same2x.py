@@ -46,7 +46,7 @@ from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME
 from scail2.train.config import TrainConfig
 from scail2.train.data import sample_generator
 from scail2.train.export import gather_weights, write_model_folder
-from scail2.train.trainer import Trainer
+from scail2.train.trainer import Trainer, transformer_folder
 
 # The paper's alignment depth (block 10 of CogVideoX's 42) and weight.
 PAPER_S2X_BLOCK, PAPER_NUM_LAYERS, PAPER_S2X_WEIGHT = 10, 42, 0.5
@@ -135,14 +135,6 @@ def s2x_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 # 3. Models
 # ------------------------------------------------------------------------------------------------------------
-
-
-def transformer_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    folder = folder / "transformer" if (folder / "transformer").is_dir() else folder
-    if not (folder / "config.json").is_file():
-        raise Scail2Error(f"{path}: no transformer config.json; pass a model folder (or its transformer/)")
-    return folder
 
 
 def load_directanimator(path: str | Path) -> DirectAnimatorTransformer3DModel:
