@@ -577,6 +577,12 @@ def run_animate(
         **finish_outputs(request, loaded, result, out, hooks),
         "timings_s": {**result.timings, "wall_s": time.perf_counter() - start},
     }
-    # settings in the order they were given (paths as strings), not the sorted keys of the data formats
-    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    write_manifest(out, manifest)
     return manifest
+
+
+def write_manifest(out: str | Path, manifest: dict) -> Path:
+    """The manifest beside the video `out` (OUT.json), atomically."""
+    # settings in the order they were given (paths as strings), not the sorted keys of the data formats
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    return atomic_write_bytes(Path(out).with_suffix(".json"), text.encode())

@@ -45,10 +45,12 @@ from scail2.animate import (
     sampling_settings,
     target_size,
     with_bundled_model,
+    write_manifest,
 )
 from scail2.conditioning import SegmentConditions
-from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, file_sha256, read_json, write_json_atomic
+from scail2.data.format import FormatSpec, atomic_path, file_sha256, read_json, write_json_atomic
 from scail2.errors import Scail2Error
+from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
 from scail2.pipelines.segment_hooks import SegmentHooks, SegmentState
 from scail2.pipelines.segments import Segment
 
@@ -359,18 +361,15 @@ class BatchRunner:
         target = target_size(request)
         driving = self.cache.driving(request, target)
         loaded = load_inputs(request, driving)
-        call = {
-            "segment_conditions": self.cache.conditions(
-                pipeline, request, loaded.inputs, self.cache.driving_key(request, target), model
-            ),
-            **self.cache.embeddings(pipeline, request, loaded.inputs, model, target),
-        }
+        call = self.cache.embeddings(pipeline, request, loaded.inputs, model, target)
+        if not isinstance(pipeline, DirectAnimatorPipeline):  # its cue conditions are made inside the call
+            key = self.cache.driving_key(request, target)
+            call["segment_conditions"] = self.cache.conditions(pipeline, request, loaded.inputs, key, model)
         checkpoints = SegmentCheckpoints(self.out / "checkpoints" / job.name, job_fingerprint(request, model))
         hooks = self.checkpoint_hook(checkpoints) if self.checkpoint_hook else checkpoints
         manifest = run_animate(request, pipeline, loaded=loaded, segment_hooks=hooks, call_kwargs=call)
         manifest["batch"] = {"job": job.name, "resumed_segments": checkpoints.resumed, "cache": self.cache.counts()}
-        text = json.dumps(manifest, indent=2, default=str) + "\n"
-        atomic_write_bytes(Path(request.out).with_suffix(".json"), text.encode())
+        write_manifest(request.out, manifest)
         checkpoints.clear()
         return manifest
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scail2.conditioning.geometry import model_video_to_frames
 from scail2.eval import qa
 from scail2.pipelines.segment_hooks import SegmentHooks
 from scail2.preprocess import alpha_io, video_io
@@ -17,7 +18,7 @@ from scail2.preprocess import alpha_io, video_io
 
 def to_uint8_image(model_image) -> np.ndarray:
     """A [3, H, W] tensor in [-1, 1] -> uint8 [H, W, 3]."""
-    return ((model_image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return model_video_to_frames(model_image[:, None])[0].numpy()  # as a one-frame video [3, 1, H, W]
 
 
 def segment_hooks_for(request, loaded, inner: SegmentHooks | None = None) -> SegmentHooks | None:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scail2.data.format import read_json, write_json_atomic
+from scail2.data.format import pid_alive, read_json, write_json_atomic
 from scail2.errors import Scail2Error
 
 MARKER = ".scail2-output.json"  # inside every output folder: {"command": "train"}
@@ -59,11 +59,16 @@ def mark(folder: str | Path, command: str) -> None:
     write_json_atomic(folder / MARKER, {"command": command})
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_writable_location(flag: str, path: Path) -> None:
     """`path` can be created: its nearest existing ancestor is a folder we may write into."""
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent)
     if not ancestor.is_dir():
         raise Scail2Error(f"{flag} {path}: {ancestor} is a file, not a folder; choose a path in a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -72,10 +77,7 @@ def check_writable_location(flag: str, path: Path) -> None:
 
 def check_free_space(flag: str, path: Path, needed_bytes: int) -> None:
     """Refuse before the work when the disk holding `path` has less free space than `needed_bytes`."""
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    free = shutil.disk_usage(ancestor).free
+    free = shutil.disk_usage(nearest_existing(path)).free
     if free < needed_bytes:
         raise Scail2Error(
             f"{flag} {path}: about {needed_bytes / 2**30:.1f} GiB are needed but {free / 2**30:.1f} GiB are free "
@@ -170,15 +172,7 @@ def _holder(folder: Path) -> int | None:
         pid = int((folder / LOCK).read_text().strip() or "0")
     except (OSError, ValueError):
         return None
-    if pid in (0, os.getpid()):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return None if pid in (0, os.getpid()) or not pid_alive(pid) else pid
 
 
 def check_unlocked(flag: str, folder: str | Path) -> None:

@@ -107,6 +107,22 @@ def test_animate_cli_with_a_directanimator_folder(model_folder, tmp_path):
     assert np.isfinite(manifest["timings_s"]["total_s"])
 
 
+def test_batch_runs_a_directanimator_job(model_folder, tmp_path):
+    from scail2.batch import run_batch
+
+    driving = write_video(tmp_path / "driving.mp4", moving_square_frames(11, 72, 120), fps=24)
+    write_mask_folder(tmp_path / "masks", square_masks(11, 72, 120))
+    write_reference(tmp_path / "ref.png", 90, 140)
+    write_reference_mask(tmp_path / "ref_mask.png", 90, 140)
+    job = {"ref": "ref.png", "ref_mask": "ref_mask.png", "driving": driving.name, "driving_mask": "masks"}
+    defaults = {"model": str(model_folder), "height": 64, "width": 96, "sampler": "euler", "steps": 1}
+    defaults |= {"segment_length": 9, "overlap": 5, "cfg": 1, "qa": False}
+    (tmp_path / "jobs.yaml").write_text(json.dumps({"out": "renders", "defaults": defaults, "jobs": [job]}))
+    [row] = run_batch(tmp_path / "jobs.yaml")
+    assert row["status"] == "done", row.get("error")
+    assert row["frames"] == 11
+
+
 def test_animate_cli_reuses_a_reviewed_cue_folder(model_folder, tmp_path, capsys):
     from scail2.preprocess.mask_folder import MaskFolderWriter, palette_to_identities
 

@@ -116,9 +116,10 @@ def _run_folder(path: Path) -> bool:
 
 
 def _lora_path(spec: str) -> str:
-    """FILE[:SCALE] -> FILE."""
-    path, _, scale = spec.rpartition(":")
-    return path if path and re.fullmatch(r"[-+.\deE]+", scale) else spec
+    """FILE[:SCALE] -> FILE, split as `--lora` itself is."""
+    from scail2.models.lora import parse_lora_arg
+
+    return str(parse_lora_arg(spec).path)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scail2.conditioning.codec import VideoLatentCodec
-from scail2.conditioning.geometry import TEMPORAL_STRIDE, latent_frame_count, pad_frames
+from scail2.conditioning.geometry import pad_frames
+from scail2.conditioning.masks import pack_planes_to_latent
 from scail2.conditioning.streams import encode_video
 from scail2.preprocess.cues import DrivingCues
 
@@ -43,10 +43,7 @@ class CueConditions:
 def pack_soft_mask(mask: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """Soft mask uint8 [T, H, W] (T = 4n+1) -> float32 [4, T_lat, h, w] in [0, 1] on the latent grid (h, w)."""
     frames = torch.as_tensor(np.asarray(mask)).float()[:, None] / 255  # [T, 1, H, W]
-    num_latent = latent_frame_count(frames.shape[0])
-    pooled = F.interpolate(frames, size=grid, mode="area")  # [T, 1, h, w]
-    padded = torch.cat([pooled[:1].expand(TEMPORAL_STRIDE - 1, -1, -1, -1), pooled])  # [4 * T_lat, 1, h, w]
-    return padded.reshape(num_latent, TEMPORAL_STRIDE, *grid).permute(1, 0, 2, 3).contiguous()
+    return pack_planes_to_latent(frames, grid)
 
 
 def pad_cues(cues: DrivingCues, length: int) -> DrivingCues:

@@ -58,15 +58,20 @@ def compress_mask_to_latent(mask: torch.Tensor) -> torch.Tensor:
     colour plane. Frame 0 is repeated 4 times, then each latent frame packs 4 pixel frames:
     channel = 7 * subframe + colour plane.
     """
-    num_latent = latent_frame_count(mask.shape[1])
     planes = mask_color_planes(mask)  # [T, 7, H, W]
     height, width = planes.shape[-2:]
-    size = (_three_ceil_halvings(height), _three_ceil_halvings(width))
-    pooled = F.interpolate(planes, size=size, mode="area")  # [T, 7, h, w]
+    return pack_planes_to_latent(planes, (_three_ceil_halvings(height), _three_ceil_halvings(width)))
+
+
+def pack_planes_to_latent(planes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Planes [T, C, H, W] (T = 4n+1) -> [4 * C, T_lat, h, w] float32, packed as the VAE packs time: each
+    plane's area coverage on the grid `size`, frame 0 repeated 4 times, channel = C * subframe + plane."""
+    num_latent = latent_frame_count(planes.shape[0])
+    pooled = F.interpolate(planes.float(), size=size, mode="area")  # [T, C, h, w]
     first = pooled[:1].expand(TEMPORAL_STRIDE - 1, -1, -1, -1)
-    padded = torch.cat([first, pooled], dim=0)  # [4 * T_lat, 7, h, w]
-    packed = padded.reshape(num_latent, MASK_CHANNELS, *size)  # [T_lat, 4 * 7, h, w]
-    return packed.permute(1, 0, 2, 3).contiguous()  # [28, T_lat, h, w]
+    padded = torch.cat([first, pooled], dim=0)  # [4 * T_lat, C, h, w]
+    packed = padded.reshape(num_latent, TEMPORAL_STRIDE * planes.shape[1], *size)  # [T_lat, 4 * C, h, w]
+    return packed.permute(1, 0, 2, 3).contiguous()  # [4 * C, T_lat, h, w]
 
 
 # ---------------------------------------------------------------------------------------------------

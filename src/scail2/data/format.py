@@ -55,10 +55,26 @@ def atomic_path(path: str | Path, partial: Path | None = None) -> Iterator[Path]
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; it replaces `folder` (by `replace_folder`) when the block
+    succeeds and is deleted otherwise."""
+    folder = Path(folder)
+    tmp = partial_path(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]*)?")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,7 +93,7 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = PARTIAL_NAME.fullmatch(entry.name)
-        if match is None or int(match["pid"]) == os.getpid() or _pid_alive(int(match["pid"])):
+        if match is None or int(match["pid"]) == os.getpid() or pid_alive(int(match["pid"])):
             continue
         try:
             if time.time() - entry.lstat().st_mtime < STALE_SECONDS:

@@ -19,7 +19,6 @@ uint8 [T, H, W, 3] (identity colours mark characters); colours are compared in 0
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from scail2.data.format import atomic_path, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.eval import metrics
+from scail2.pipelines.drift import character_pixels
 from scail2.pipelines.segment_hooks import SegmentHooks, SegmentState
 from scail2.pipelines.segments import Segment
 
@@ -75,8 +75,9 @@ class QaInputs:
 
 def character_map(palette: np.ndarray) -> np.ndarray:
     """Bool [...] of the identity-coloured pixels of palette masks [..., 3] (white and black are not)."""
-    palette = np.asarray(palette)
-    return (palette.max(axis=-1).astype(np.int16) - palette.min(axis=-1)) > 128
+    import torch
+
+    return character_pixels(torch.from_numpy(np.ascontiguousarray(palette)), channel_dim=-1).numpy()
 
 
 def output_character_masks(output: np.ndarray, mode: str) -> np.ndarray:
@@ -227,7 +228,7 @@ def write_qa_report(report: dict, inputs: QaInputs, stem: str | Path) -> dict[st
     output's character outlined), both written atomically; returns their paths."""
     stem = Path(stem)
     json_path, sheet_path = stem.with_name(stem.name + ".qa.json"), stem.with_name(stem.name + ".qa.png")
-    write_json_atomic(json_path, json.loads(json.dumps(report)))
+    write_json_atomic(json_path, report)
     sheet = contact_sheet(inputs.output, inputs.driving, inputs.output_masks)
     from PIL import Image
 

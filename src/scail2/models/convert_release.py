@@ -70,8 +70,9 @@ def _tokenizer_class(folder: Path) -> str:
     return config.get("tokenizer_class") or "AutoTokenizer"
 
 
-def write_model_index(folder: Path) -> None:
-    """model_index.json for the components present in `folder` (optional ones may be missing)."""
+def write_model_index(folder: Path, **fields) -> None:
+    """model_index.json for the components present in `folder` (optional ones may be missing); `fields` replace
+    or add entries (another pipeline class, its settings)."""
     index = {"_class_name": "SCAIL2Pipeline", "_diffusers_version": diffusers.__version__}
     for name in ("image_encoder", "text_encoder", "tokenizer", "transformer", "vae"):
         if not (folder / name).is_dir():
@@ -80,6 +81,7 @@ def write_model_index(folder: Path) -> None:
             index[name] = ["transformers", _tokenizer_class(folder / name)]
         else:
             index[name] = list(COMPONENT_CLASSES[name])
+    index.update(fields)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -219,20 +219,8 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
                 nn.init.zeros_(block.cue_modulation[2].bias)
 
     def init_weights(self) -> None:
-        """The backbone's from-scratch initialisation (Xavier projections and patch embeddings, zero biases,
-        N(0, 0.02) text and time embeddings, zero head), then the cue modules zeroed as at construction."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for conv in (self.patch_embedding, self.patch_embedding_mask):
-            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
-            nn.init.zeros_(conv.bias)
-        for embedding in (self.text_embedding, self.time_embedding):
-            for module in embedding:
-                if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
+        """The backbone's from-scratch initialisation, then the cue modules zeroed as at construction."""
+        super().init_weights()
         self.zero_cue_modules()
 
     @classmethod

@@ -689,6 +689,11 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         self._rope_axis_tables: dict[str, RopeAxisTables] = {}
         self._rope_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
+    def patch_embeddings(self) -> list[nn.Conv3d]:
+        """The input patch embeddings that `init_weights` draws (a variant without a driving stream has fewer)."""
+        names = ("patch_embedding", "patch_embedding_pose", "patch_embedding_mask")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
+
     def init_weights(self) -> None:
         """Initialisation for training from scratch, as Wan does: Xavier-uniform projections and patch embeddings,
         zero biases, N(0, 0.02) text and time embeddings, and a zero output head (the untrained model predicts
@@ -697,7 +702,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        for conv in (self.patch_embedding, self.patch_embedding_pose, self.patch_embedding_mask):
+        for conv in self.patch_embeddings():
             nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
             nn.init.zeros_(conv.bias)
         for embedding in (self.text_embedding, self.time_embedding):

@@ -11,9 +11,6 @@ tools read; its colour is lossy like any delivery codec, the PNG sequence is the
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,24 +18,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from scail2.data.format import atomic_path, partial_path
+from scail2.data.format import atomic_folder, atomic_path
 
 PRORES_PROFILE = "4444"
-
-
-def _write_folder(folder: Path, write: Callable[[Path], None]) -> Path:
-    tmp = partial_path(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
 
 
 def rgba_frames(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -75,15 +57,11 @@ def write_alpha_outputs(out: str | Path, frames: np.ndarray, masks: np.ndarray, 
     paths = alpha_paths(out)
     rgba = rgba_frames(frames, masks)
 
-    def masks_to(folder: Path) -> None:
+    with atomic_folder(paths["masks"]) as folder:
         for index, frame in enumerate(rgba[..., 3]):
             Image.fromarray(frame).save(folder / f"mask_{index:06d}.png")
-
-    def rgba_to(folder: Path) -> None:
+    with atomic_folder(paths["rgba"]) as folder:
         for index, frame in enumerate(rgba):
             Image.fromarray(frame).save(folder / f"frame_{index:06d}.png")
-
-    _write_folder(paths["masks"], masks_to)
-    _write_folder(paths["rgba"], rgba_to)
     write_prores_4444(paths["mov"], rgba, fps)
     return {name: str(path) for name, path in paths.items()}

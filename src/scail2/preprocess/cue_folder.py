@@ -16,14 +16,13 @@ versions they do not know.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from scail2 import __version__
-from scail2.data.format import partial_path, read_json, replace_folder
+from scail2.data.format import atomic_folder, read_json
 from scail2.errors import Scail2Error
 from scail2.preprocess.cues import DrivingCues
 
@@ -45,9 +44,7 @@ def write_cue_folder(path: str | Path, cues: DrivingCues, meta: dict, *, overwri
         raise Scail2Error(f"{path}: already exists; pass --overwrite or choose another --out folder")
     if path.exists() and not (path / META_FILE).is_file() and any(path.iterdir()):
         raise Scail2Error(f"{path}: exists and is not a cue folder; choose another --out folder")
-    tmp = partial_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(path) as tmp:
         for stream, mode in STREAMS.items():
             (tmp / stream).mkdir(parents=True)
             for index, frame in enumerate(getattr(cues, stream)):
@@ -65,10 +62,7 @@ def write_cue_folder(path: str | Path, cues: DrivingCues, meta: dict, *, overwri
             "width": width,
         }
         (tmp / META_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return replace_folder(tmp, path)
+    return path
 
 
 def read_cue_folder(path: str | Path) -> tuple[DrivingCues, dict]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from scail2.data.format import partial_path
+from scail2.data.format import atomic_folder, partial_path
 from scail2.errors import Scail2Error
 from scail2.optional import LazyModule
 
@@ -498,16 +497,7 @@ def write_png_frames(folder: str | Path, frames: np.ndarray | torch.Tensor, *, o
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise Scail2Error(f"{folder}: already exists; delete it or choose another frames folder")
-    tmp = partial_path(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         for index, frame in enumerate(_as_uint8_frames(frames)):
             Image.fromarray(frame).save(tmp / f"frame_{index:06d}.png", compress_level=3)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

@@ -63,19 +63,25 @@ def export_run(trainer) -> Path | None:
                 indent=1,
             )
         )
-    else:
-        target = export_root / "model"
-        tmp = export_root / ".model.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        transformer = SCAIL2Transformer3DModel.from_config(trainer.model.config)
-        transformer.load_state_dict(weights, strict=True)
-        transformer.to(getattr(torch, trainer.config.train.export_dtype)).save_pretrained(tmp / "transformer")
-        components = components_folder(trainer.config)
-        if components is not None:
-            from scail2.models.convert_release import write_model_index
+        return replace_folder(tmp, target)
+    return write_model_folder(trainer, weights, SCAIL2Transformer3DModel)
 
-            for name in COMPONENTS:
-                if (components / name).is_dir():
-                    shutil.copytree(components / name, tmp / name)
-            write_model_index(tmp)
+
+def write_model_folder(trainer, weights: dict[str, torch.Tensor], transformer_class, **index_fields) -> Path:
+    """export/model, a folder `scail2 animate --model` loads: a `transformer_class` holding `weights` in the
+    export dtype, beside the components of `model.components` and a model_index.json (with `index_fields`)."""
+    target, tmp = trainer.out / "export" / "model", trainer.out / "export" / ".model.partial"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    transformer = transformer_class.from_config(trainer.model.config)
+    transformer.load_state_dict(weights, strict=True)
+    transformer.to(getattr(torch, trainer.config.train.export_dtype)).save_pretrained(tmp / "transformer")
+    components = components_folder(trainer.config)
+    if components is not None:
+        from scail2.models.convert_release import write_model_index
+
+        for name in COMPONENTS:
+            if (components / name).is_dir():
+                shutil.copytree(components / name, tmp / name)
+        write_model_index(tmp, **index_fields)
     return replace_folder(tmp, target)

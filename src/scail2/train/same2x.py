@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from scail2.data.cue_cache import CUE_FIELDS, cue_field_names
-from scail2.data.format import replace_folder
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import DirectAnimatorTransformer3DModel
@@ -47,9 +45,8 @@ from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME
 from scail2.train.config import TrainConfig
 from scail2.train.data import sample_generator
-from scail2.train.export import COMPONENTS, gather_weights
-from scail2.train.trainer import Trainer
-from scail2.train.validation import components_folder
+from scail2.train.export import gather_weights, write_model_folder
+from scail2.train.trainer import Trainer, transformer_folder
 
 # The paper's alignment depth (block 10 of CogVideoX's 42) and weight.
 PAPER_S2X_BLOCK, PAPER_NUM_LAYERS, PAPER_S2X_WEIGHT = 10, 42, 0.5
@@ -138,14 +135,6 @@ def s2x_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 # 3. Models
 # ------------------------------------------------------------------------------------------------------------
-
-
-def transformer_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    folder = folder / "transformer" if (folder / "transformer").is_dir() else folder
-    if not (folder / "config.json").is_file():
-        raise Scail2Error(f"{path}: no transformer config.json; pass a model folder (or its transformer/)")
-    return folder
 
 
 def load_directanimator(path: str | Path) -> DirectAnimatorTransformer3DModel:
@@ -304,33 +293,17 @@ def export_directanimator(trainer: Same2XTrainer) -> Path | None:
     """The run's newest weights (EMA when on) as a DirectAnimator model folder under export/model: the
     transformer, the VAE and encoders of `model.components`, and a model_index.json naming
     DirectAnimatorPipeline with the cache's cue settings (so generation extracts cues as training did)."""
-    from scail2.models.convert_release import write_model_index
-
     weights = gather_weights(trainer, use_ema=bool(trainer.ema))
     if not trainer.group.is_main:
         return None
-    export_root = trainer.out / "export"
-    export_root.mkdir(parents=True, exist_ok=True)
-    target, tmp = export_root / "model", export_root / ".model.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    transformer = DirectAnimatorTransformer3DModel.from_config(trainer.model.config)
-    transformer.load_state_dict(weights, strict=True)
-    dtype = getattr(torch, trainer.config.train.export_dtype)
-    (transformer if dtype == torch.float32 else transformer.to(dtype)).save_pretrained(tmp / "transformer")
-    components = components_folder(trainer.config)
-    if components is not None:
-        for name in COMPONENTS:
-            if (components / name).is_dir():
-                shutil.copytree(components / name, tmp / name)
-        write_model_index(tmp)
-        index = json.loads((tmp / "model_index.json").read_text())
-        index.update(
-            _class_name=PIPELINE_CLASS_NAME,
-            transformer=[DirectAnimatorTransformer3DModel.__module__, DirectAnimatorTransformer3DModel.__name__],
-            cue_settings=trainer.cache.meta.get("encoders", {}).get("cues", {}),
-        )
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return replace_folder(tmp, target)
+    return write_model_folder(
+        trainer,
+        weights,
+        DirectAnimatorTransformer3DModel,
+        _class_name=PIPELINE_CLASS_NAME,
+        transformer=[DirectAnimatorTransformer3DModel.__module__, DirectAnimatorTransformer3DModel.__name__],
+        cue_settings=trainer.cache.meta.get("encoders", {}).get("cues", {}),
+    )
 
 
 def recipe_parts(config: TrainConfig):

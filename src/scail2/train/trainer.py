@@ -114,6 +114,15 @@ def init_processes() -> ProcessGroup:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def transformer_folder(path: str | Path) -> Path:
+    """The transformer folder of a model folder (its `transformer/`), or `path` itself when it is one."""
+    folder = Path(path)
+    folder = folder / "transformer" if (folder / "transformer").is_dir() else folder
+    if not (folder / "config.json").is_file():
+        raise Scail2Error(f"{path}: no transformer config.json; pass a model folder (or its transformer/)")
+    return folder
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False):
         self.config, self.out = config.resolved(), Path(out_dir)
@@ -153,11 +162,9 @@ class Trainer:
     def build_model(self) -> SCAIL2Transformer3DModel:
         cfg = self.config.model
         if cfg.pretrained:
-            folder = Path(cfg.pretrained)
-            folder = folder / "transformer" if (folder / "transformer").is_dir() else folder
-            if not (folder / "config.json").is_file():
-                raise Scail2Error(f"{cfg.pretrained}: no transformer config.json; pass a converted model folder")
-            model = SCAIL2Transformer3DModel.from_pretrained(folder, torch_dtype=torch.float32)
+            model = SCAIL2Transformer3DModel.from_pretrained(
+                transformer_folder(cfg.pretrained), torch_dtype=torch.float32
+            )
         else:
             torch.manual_seed(self.config.train.seed)
             model = SCAIL2Transformer3DModel.from_preset(cfg.preset, **cfg.overrides)
