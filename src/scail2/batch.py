@@ -233,7 +233,12 @@ class DrivingCache:
         """Each segment's driving latents and mask tensors (`SCAIL2Pipeline.prepare_segment`)."""
         settings = request.settings
         key = settings_key(
-            "conditions", driving=driving_key, model=model, length=settings.segment_length, overlap=settings.overlap
+            "conditions",
+            driving=driving_key,
+            model=model,
+            length=settings.segment_length,
+            overlap=settings.overlap,
+            **encoder_numerics(request),
         )
         segments = pipeline.plan_segments(inputs.driving.shape[0], settings)
         found = self._load("conditions", key)
@@ -257,7 +262,12 @@ class DrivingCache:
         if pipeline.text_encoder is not None:
             guided = request.settings.guidance_scale > 1
             key = settings_key(
-                "text", model=model, prompt=request.prompt, negative=request.negative_prompt, guided=guided
+                "text",
+                model=model,
+                prompt=request.prompt,
+                negative=request.negative_prompt,
+                guided=guided,
+                **encoder_numerics(request),
             )
             cached = self._load("text", key)
             if cached is None:
@@ -269,7 +279,9 @@ class DrivingCache:
             if guided:
                 found["negative_prompt_embeds"] = text[:1]
         if pipeline.image_encoder is not None and pipeline.transformer.config.model_type == "i2v":
-            key = settings_key("clip", model=model, ref=self.input_hash(request.ref), size=target)
+            key = settings_key(
+                "clip", model=model, ref=self.input_hash(request.ref), size=target, **encoder_numerics(request)
+            )
             cached = self._load("clip", key)
             if cached is None:
                 image = pipeline.encode_image(inputs.reference)
@@ -278,6 +290,19 @@ class DrivingCache:
                 image = cached[0]["image"]
             found["image_embeds"] = image
         return found
+
+
+def encoder_numerics(request: AnimateRequest) -> dict:
+    """The request's settings that change what the VAE and the encoders compute (precision, device, quantised
+    weights, VAE tiling), so a cached tensor is reused only where an uncached run would make the same one."""
+    memory = request.memory
+    return {
+        "dtype": request.dtype,
+        "device": request.device,
+        "quantize": request.quantize,
+        "vae_tiling": getattr(memory, "vae_tiling", None),
+        "encoders_on_cpu": getattr(memory, "encoders_on_cpu", None),
+    }
 
 
 # 3. Per-segment checkpoints -----------------------------------------------------------------------------------
