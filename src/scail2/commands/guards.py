@@ -115,7 +115,7 @@ def _run_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").exists())
 
 
-def _lora_path(spec: str) -> str:
+def lora_path(spec: str) -> str:
     """FILE[:SCALE] -> FILE."""
     path, _, scale = spec.rpartition(":")
     return path if path and re.fullmatch(r"[-+.\deE]+", scale) else spec
@@ -132,7 +132,7 @@ def animate_guard(args) -> None:
         "--ref-mask": args.ref_mask,
         "--model": args.model,
         **{f"--extra-ref {p}": p for p in args.extra_ref},
-        **{f"--lora {spec}": _lora_path(spec) for spec in args.lora},
+        **{f"--lora {spec}": lora_path(spec) for spec in args.lora},
     }
     for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
         check_image_size(flag.split()[0], inputs[flag])
@@ -150,10 +150,47 @@ def animate_guard(args) -> None:
     guard.file("--out", out, ours=lambda _: our_manifest(manifest))
     guard.file("--out (its manifest)", manifest, ours=our_manifest)
     guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=_frames_folder)
+    _side_outputs_guard(guard, args, out, lambda _: our_manifest(manifest))
     if args.frames_dir is not None and real(args.frames_dir) in real(out).parents:
         raise Scail2Error(
             f"--out {out} lies inside --frames-dir {args.frames_dir}, which is replaced; write it elsewhere"
         )
+
+
+def _side_outputs_guard(guard: OutputGuard, args, out: Path, ours_beside) -> None:
+    """The files `animate` writes beside --out (QA report, alpha outputs) replace only earlier ones of this output:
+    the alpha folders hold nothing but their numbered PNGs, the files sit beside this output's manifest."""
+    if getattr(args, "qa", True):
+        for suffix in (".qa.json", ".qa.png"):
+            guard.file(f"--out (its QA report {out.stem}{suffix})", out.with_name(out.stem + suffix), ours=ours_beside)
+    if getattr(args, "alpha", False):
+        guard.folder("--alpha", out.with_name(out.stem + "_alpha"), reuse=True, ours=_numbered_pngs("mask"))
+        guard.folder("--alpha", out.with_name(out.stem + "_rgba"), reuse=True, ours=_numbered_pngs("frame"))
+        guard.file("--alpha", out.with_name(out.stem + ".alpha.mov"), ours=ours_beside)
+
+
+def _numbered_pngs(prefix: str):
+    pattern = re.compile(rf"{prefix}_\d{{6}}\.png")
+    return lambda path: all(pattern.fullmatch(entry.name) for entry in path.iterdir())
+
+
+def cues_guard(args) -> None:
+    """`cues`: --masks is a `scail2 masks` folder; --out is no input and replaces only an earlier cue folder."""
+    masks = Path(args.masks)
+    if not masks.is_dir():
+        what = "is a file" if masks.exists() else "does not exist"
+        raise Scail2Error(f"--masks {masks} {what}; give the folder `scail2 masks` wrote for --driving")
+    if not isinstance(_json(masks / "meta.json"), dict):
+        raise Scail2Error(f"--masks {masks} has no readable meta.json; give the folder `scail2 masks` wrote")
+    if not Path(args.driving).is_file():
+        raise Scail2Error(f"--driving {args.driving} is not a file; give the driving video")
+
+    def cue_folder(path: Path) -> bool:
+        meta = _json(path / "meta.json")
+        return isinstance(meta, dict) and meta.get("format") == "scail2-cues"
+
+    guard = OutputGuard("cues", {"--driving": args.driving, "--masks": args.masks})
+    guard.folder("--out", args.out, reuse=args.overwrite, ours=cue_folder)
 
 
 def run_folder_guard(args, command: str) -> None:
