@@ -233,9 +233,11 @@ class DrivingCache:
         found = self._load("driving", key)
         if found is not None:
             tensors, meta = found
-            return LoadedDriving(tensors["frames"], tensors["masks"], Fraction(meta["fps"]), meta["has_audio"])
+            fps, audio = Fraction(meta["fps"]), meta["has_audio"]
+            return LoadedDriving(tensors["frames"], tensors["masks"], fps, audio, meta.get("timing"))
         loaded = load_driving(request, target)
         meta = {"fps": str(loaded.fps), "has_audio": loaded.has_audio, "source": str(request.driving)}
+        meta["timing"] = loaded.timing
         self._save("driving", key, {"frames": loaded.frames, "masks": loaded.masks}, meta)
         return loaded
 

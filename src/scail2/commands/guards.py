@@ -47,6 +47,22 @@ def check_image_size(flag: str, path) -> None:
         )
 
 
+def check_driving_video(flag: str, path) -> None:
+    """A still image given as the driving video is refused before any work (one frame moves nothing). Files that
+    cannot be opened are left to the video reader's errors."""
+    if path is None or not Path(path).is_file():
+        return
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            kind = container.format.name
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError):
+        return
+    if kind == "image2" or kind.endswith("_pipe"):
+        raise Scail2Error(f"{flag} {path} is a still image ({kind.removesuffix('_pipe')}); give a video of the motion")
+
+
 ASPECT_TOLERANCE = 0.02  # masks whose width/height differs more than this from the video's are another framing
 
 
@@ -136,6 +152,7 @@ def animate_guard(args) -> None:
     }
     for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
         check_image_size(flag.split()[0], inputs[flag])
+    check_driving_video("--driving", args.driving)
     check_mask_aspect(args.driving_mask, args.driving)
     guard = OutputGuard(args.command, inputs)
     out = Path(args.out)
@@ -184,6 +201,7 @@ def cues_guard(args) -> None:
         raise Scail2Error(f"--masks {masks} has no readable meta.json; give the folder `scail2 masks` wrote")
     if not Path(args.driving).is_file():
         raise Scail2Error(f"--driving {args.driving} is not a file; give the driving video")
+    check_driving_video("--driving", args.driving)
 
     def cue_folder(path: Path) -> bool:
         meta = _json(path / "meta.json")
@@ -230,6 +248,7 @@ def masks_guard(args) -> None:
     }
     for flag in ("--ref", "--ref-mask"):
         check_image_size(flag, inputs[flag])
+    check_driving_video("--driving", args.driving)
     check_mask_aspect(args.driving_mask, args.driving)
     OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
 
