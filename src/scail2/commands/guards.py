@@ -217,6 +217,17 @@ def run_folder_guard(args, command: str) -> None:
     if overwrite and (args.resume or args.export_only):
         raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
     check_input_folder("--data", args.data, "cache" if command == "train" else "synth")
+    continuing = "--resume" if args.resume else "--export-only" if args.export_only else None
+    if continuing and not Path(args.out).exists():
+        raise Scail2Error(
+            f"{continuing}: --out {args.out} does not exist: no checkpoint to resume from; drop {continuing} to start"
+        )
+    evaluation = getattr(args, "eval", None)
+    if evaluation is not None and not isinstance(_json(Path(evaluation) / "meta.json"), dict):
+        what = _not_a_folder(evaluation) or "has no meta.json"
+        raise Scail2Error(f"--eval {evaluation} {what}; give a held-out folder written by `scail2 synth`")
+    if args.config is not None and Path(args.config).is_dir():
+        raise Scail2Error(f"--config {args.config} is a folder; give a YAML or JSON config file")
     inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
     guard = OutputGuard(command, inputs)
     reuse = args.resume or args.export_only or overwrite
@@ -268,7 +279,21 @@ def convert_guard(args, inputs: dict, marker_file: str) -> None:
         check_free_space("--out", out, source.stat().st_size // 4 * width)
 
 
+def _not_a_folder(path) -> str:
+    """Why `path` is no folder ("is a file", "does not exist"), or "" for a folder."""
+    return "is a file" if Path(path).is_file() else "" if Path(path).is_dir() else "does not exist"
+
+
+def check_model_folder(flag: str, path) -> None:
+    """A converted model folder (its model_index.json), checked before any output folder is made."""
+    if path is None or (Path(path) / "model_index.json").is_file():
+        return
+    what = _not_a_folder(path) or "has no model_index.json"
+    raise Scail2Error(f"{flag} {path} {what}; give a folder written by `scail2 convert all` (or leave {flag} out)")
+
+
 def eval_guard(args) -> None:
+    check_model_folder("--model", args.model)
     inputs = {"--model": args.model, "--skeleton-model": None if args.skeleton_model == "none" else args.skeleton_model}
     guard = OutputGuard("eval", inputs)
     guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
@@ -284,6 +309,7 @@ def eval_guard(args) -> None:
 
 
 def demo_guard(args) -> None:
+    check_model_folder("--model", args.model)
     OutputGuard("demo", {"--model": args.model}).folder(
         "--out", args.out, reuse=True, ours=lambda path: (path / "metrics.json").is_file()
     )

@@ -32,13 +32,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from scail2.commands import require_text_dependencies
-    from scail2.commands.guards import dataset_guard
+    from scail2.commands.guards import check_model_folder, dataset_guard
     from scail2.data.preference import PipelineAnimator, ProceduralAnimator, write_preference_dataset
     from scail2.optional import require
 
     require("webdataset", purpose="reading and writing dataset shards")
     dataset_guard(args, "prefs", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
+    check_model_folder("--model", args.model)
 
     if args.procedural:
         animator = ProceduralAnimator(seed=args.seed)
