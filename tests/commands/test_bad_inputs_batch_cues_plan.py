@@ -152,6 +152,7 @@ def test_animate_newer_flags_corpus(world, capsys):
         (dict(qa_retry="1000000"), ["--qa-retry"]),
         (dict(handoff="tail"), ["--handoff", "tail"]),
         (dict(out=out), ["video.qa.json", "not written by"]),  # the QA report beside --out is the user's
+        (dict(cues=world / "mine", frames_dir=world / "mine" / "frames"), ["--frames-dir", "--cues"]),
     ]
     for flags, names in cases:
         assert_refused(capsys, animate_args(world, **flags), names, world)

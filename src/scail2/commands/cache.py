@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scail2.commands.arguments import device, int_range
-from scail2.commands.cues import add_cue_arguments, cue_settings
+from scail2.commands.cues import add_cue_arguments, changed_cue_flags, cue_settings
 
 
 def register(subparsers) -> None:
@@ -56,6 +56,9 @@ def run(args) -> int:
     from scail2.optional import require
 
     require("webdataset", purpose="reading the dataset's shards")
+    ignored = [] if args.cues else changed_cue_flags(args)
+    if ignored:
+        raise Scail2Error(f"{', '.join(ignored)} only work with --cues; add --cues or drop them")
     dataset_guard(args, "cache", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,6 +42,26 @@ def add_cue_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+CUE_FLAGS = {
+    "cue_color": "--cue-color",
+    "cue_filter": "--cue-filter",
+    "cue_cutoff": "--cue-cutoff",
+    "cue_order": "--cue-order",
+    "face_scale": "--face-scale",
+    "head_fraction": "--head-fraction",
+    "box_smoothing": "--box-smoothing",
+    "cue_grid": "--cue-grid",
+}
+
+
+def changed_cue_flags(args: argparse.Namespace) -> list[str]:
+    """The cue flags given other values than their defaults (for commands where they only apply with --cues)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_cue_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return [flag for dest, flag in CUE_FLAGS.items() if getattr(args, dest) != defaults[dest]]
+
+
 def cue_settings(args: argparse.Namespace) -> CueSettings:
     from scail2.errors import Scail2Error
 

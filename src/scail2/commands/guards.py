@@ -147,6 +147,7 @@ def animate_guard(args) -> None:
         "--driving-mask": args.driving_mask,
         "--ref-mask": args.ref_mask,
         "--model": args.model,
+        "--cues": getattr(args, "cues", None),
         **{f"--extra-ref {p}": p for p in args.extra_ref},
         **{f"--lora {spec}": lora_path(spec) for spec in args.lora},
     }
