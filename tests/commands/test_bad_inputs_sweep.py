@@ -66,6 +66,7 @@ def test_prefs_corpus(world, capsys):
         (prefs("--procedural", out="note.txt"), ["--out", "is a file"]),
         (prefs("--procedural", "--shard-index", "3", "--num-shards", "2"), ["--shard-index"]),
         (prefs("--procedural", "--num", "0"), ["--num"]),
+        (prefs("--procedural", "--num", "1000"), ["--num 1000", "2 pairs"]),
         (prefs("--procedural", "--steps", "0"), ["--steps"]),
         (prefs("--procedural", "--seed", "-1"), ["--seed"]),
         (prefs("--procedural", "--num-shards", "0"), ["--num-shards"]),

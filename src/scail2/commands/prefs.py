@@ -40,6 +40,7 @@ def run(args) -> int:
     dataset_guard(args, "prefs", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
     check_model_folder("--model", args.model)
+    check_pair_count(args.data, args.num)
 
     if args.procedural:
         animator = ProceduralAnimator(seed=args.seed)
@@ -61,3 +62,13 @@ def run(args) -> int:
     )
     print(f"wrote {args.out}; encode it with `scail2 cache --data {args.out} ...`")
     return 0
+
+
+def check_pair_count(data, num: int | None) -> None:
+    """--num cannot exceed the source dataset's pairs (each preference pair is made from one of them)."""
+    from scail2.data.shards import MotionPairDataset
+    from scail2.errors import Scail2Error
+
+    available = len(MotionPairDataset(data, verify=False))
+    if num is not None and num > available:
+        raise Scail2Error(f"--num {num} is more than the {available} pairs of --data {data}; give at most {available}")
