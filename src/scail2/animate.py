@@ -35,6 +35,7 @@ from scail2.pipelines.memory_plan import JobShape, RunOptions, check_fits
 from scail2.pipelines.pipeline_scail2 import SAMPLING_PRESETS, SamplingSettings, SCAIL2Pipeline
 from scail2.preprocess import mask_folder, video_io
 from scail2.preprocess import masks as mask_ops
+from scail2.preprocess.mask_checks import check_user_mask
 from scail2.preprocess.resize import choose_target_size, frame_resizer, image_to_model
 from scail2.preprocess.segmentation import automatic as auto_masks
 
@@ -99,6 +100,7 @@ class LoadedInputs:
     fps: Fraction
     has_audio: bool
     size: tuple[int, int]
+    timing: dict | None = None  # the driving video's, when its frame rate varies
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -319,6 +321,7 @@ def _reference_mask(
                 f"{request.ref_mask}: is {mw}x{mh} but the reference image is {w}x{h}; give the "
                 "reference mask the reference image's size"
             )
+        check_user_mask(mask_image.rgb, f"--ref-mask {request.ref_mask}")
         palette = mask_ops.normalize_user_mask(mask_image.rgb, request.mode, "reference")
     elif image.alpha is not None and (
         driving_masks is None or len(mask_ops.identity_colors_present(driving_masks)) <= 1
@@ -359,6 +362,7 @@ def _driving_masks(
             f"{request.driving_mask}: has {frames.shape[0]} mask frames but the driving video has "
             f"{num_frames}; give one mask frame per driving frame"
         )
+    check_user_mask(frames, f"--driving-mask {request.driving_mask}")
     return mask_ops.normalize_user_mask(frames, request.mode, "driving")
 
 
@@ -370,6 +374,7 @@ class LoadedDriving:
     masks: torch.Tensor  # uint8 palette [T, H, W, 3]
     fps: Fraction
     has_audio: bool
+    timing: dict | None = None  # a variable-frame-rate driving video's frame timing (video_io.variable_rate)
 
 
 def target_size(request: AnimateRequest) -> tuple[int, int]:
@@ -381,7 +386,9 @@ def load_driving(request: AnimateRequest, target: tuple[int, int]) -> LoadedDriv
     """Read and resize the driving video and its masks (automatic ones when none are given)."""
     video = video_io.read_video(request.driving, max_frames=request.max_frames, frame_transform=frame_resizer(target))
     masks = _driving_masks(request, video.frames.shape[0], target, video.frames)
-    return LoadedDriving(frames=video.frames, masks=masks, fps=video.fps, has_audio=video.has_audio)
+    return LoadedDriving(
+        frames=video.frames, masks=masks, fps=video.fps, has_audio=video.has_audio, timing=video.frame_timing
+    )
 
 
 def load_inputs(request: AnimateRequest, driving: LoadedDriving | None = None) -> LoadedInputs:
@@ -418,7 +425,7 @@ def load_inputs(request: AnimateRequest, driving: LoadedDriving | None = None) -
         negative_prompt=request.negative_prompt,
         extra_references=extra,
     )
-    return LoadedInputs(inputs=inputs, fps=video.fps, has_audio=video.has_audio, size=target)
+    return LoadedInputs(inputs=inputs, fps=video.fps, has_audio=video.has_audio, size=target, timing=video.timing)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -468,6 +475,33 @@ def check_memory(request: AnimateRequest, device: torch.device, layout=None) -> 
     )
 
 
+def check_host_memory(request: AnimateRequest, device: torch.device) -> None:
+    """On the CPU every weight, activation and frame lives in host RAM: refuse, before loading, a job whose
+    predicted size (frames x size, weights, the largest phase) exceeds the RAM available now."""
+    from scail2.pipelines import memory_plan
+
+    available = memory_plan.detected_host_bytes()
+    if available is None:
+        return
+    height, width = choose_target_size(video_io.read_image(request.ref).rgb.shape[:2], request.height, request.width)
+    frames = video_io.probe_video(request.driving).declared_frames or request.settings.segment_length
+    frames = min(frames, request.max_frames or frames)
+    settings = request.settings
+    guided = settings.guidance_scale > 1
+    job = JobShape(height, width, frames, settings.segment_length, settings.overlap, len(request.extra_refs), guided)
+    try:
+        plan = memory_plan.predict(request.model, job, planned_options(request, device))
+    except Scail2Error:
+        return  # an unreadable model folder gets the loader's own error
+    need = max(plan.host, plan.peak) - memory_plan.PROCESS_HOST_BYTES  # this process is running already
+    if need > available:
+        raise Scail2Error(
+            f"--driving {request.driving}: {frames} frames at {width}x{height} need about {need / 2**30:.1f} GiB "
+            f"of RAM on the CPU but {available / 2**30:.1f} GiB are available; use --max-frames, a smaller "
+            "--height/--width, or a GPU (--no-memory-check skips this check)"
+        )
+
+
 def cue_arguments(request: AnimateRequest, pipeline: SCAIL2Pipeline, loaded: LoadedInputs) -> dict:
     """`cues=` for a DirectAnimator pipeline given `--cues DIR` (the folder read, checked and sized); else none."""
     if request.cues is None:
@@ -512,6 +546,8 @@ def run_animate(
         request = with_bundled_model(request) if use_bundled else request
         if request.memory_check and device.type == "cuda":
             check_memory(request, device, layout)
+        elif request.memory_check and device.type == "cpu":
+            check_host_memory(request, device)
         sharded = load_sharded(request, device, layout) if request.shard_weights and layout else None
         pipeline = load_pipeline(
             request.model,
@@ -565,6 +601,7 @@ def run_animate(
         "frames": int(result.frames.shape[0]),
         "driving_frames": int(loaded.inputs.driving.shape[0]),
         "fps": str(loaded.fps),
+        **({"driving_timing": loaded.timing} if loaded.timing else {}),
         "size": {"height": loaded.size[0], "width": loaded.size[1]},
         "audio": loaded.has_audio,
         "segments": [dataclasses.asdict(s) for s in result.segments],

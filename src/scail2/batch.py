@@ -47,9 +47,11 @@ from scail2.animate import (
     with_bundled_model,
     write_manifest,
 )
+from scail2.commands.batch_checks import batch_guard, check_entry
 from scail2.conditioning import SegmentConditions
 from scail2.data.format import FormatSpec, atomic_path, file_sha256, read_json, write_json_atomic
 from scail2.errors import Scail2Error
+from scail2.outputs import mark
 from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
 from scail2.pipelines.segment_hooks import SegmentHooks, SegmentState
 from scail2.pipelines.segments import Segment
@@ -86,14 +88,23 @@ def read_jobs_file(path: str | Path) -> tuple[Path, list[BatchJob]]:
         spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise Scail2Error(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise Scail2Error(f"{path}: not a text file; give a YAML file with a `jobs:` list") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("jobs"), list) or not spec["jobs"]:
         raise Scail2Error(f"{path}: needs a non-empty `jobs:` list (see `scail2 batch --help`)")
+    unknown = sorted(set(spec) - {"out", "defaults", "jobs"})
+    if unknown:
+        raise Scail2Error(f"{path}: unknown top-level keys {unknown}; the file holds out:, defaults: and jobs:")
+    if not isinstance(spec.get("out", ""), str) or not isinstance(spec.get("defaults") or {}, dict):
+        raise Scail2Error(f"{path}: `out:` must be a folder name and `defaults:` a mapping of settings")
     base = path.parent
     out = base / spec.get("out", f"{path.stem}_out")
     defaults = spec.get("defaults") or {}
     jobs: list[BatchJob] = []
     for index, entry in enumerate(spec["jobs"]):
-        jobs.extend(_expand(path, index, {**defaults, **(entry or {})}, base, out))
+        if not isinstance(entry, dict):
+            raise Scail2Error(f"{path}: job {index + 1} is {entry!r}, not a mapping of settings (ref:, driving:, ...)")
+        jobs.extend(_expand(path, index, {**defaults, **entry}, base, out))
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         duplicate = next(name for name in names if names.count(name) > 1)
@@ -108,6 +119,7 @@ def _expand(source: Path, index: int, entry: dict, base: Path, out: Path) -> lis
     for key in ("ref", "driving"):
         if not entry.get(key):
             raise Scail2Error(f"{source}: job {index + 1} needs `{key}:` (a file or a list of files)")
+    check_entry(source, index, entry, base)
     refs, drivings = _as_list(entry["ref"]), _as_list(entry["driving"])
     jobs = []
     for ref in refs:
@@ -223,9 +235,11 @@ class DrivingCache:
         found = self._load("driving", key)
         if found is not None:
             tensors, meta = found
-            return LoadedDriving(tensors["frames"], tensors["masks"], Fraction(meta["fps"]), meta["has_audio"])
+            fps, audio = Fraction(meta["fps"]), meta["has_audio"]
+            return LoadedDriving(tensors["frames"], tensors["masks"], fps, audio, meta.get("timing"))
         loaded = load_driving(request, target)
         meta = {"fps": str(loaded.fps), "has_audio": loaded.has_audio, "source": str(request.driving)}
+        meta["timing"] = loaded.timing
         self._save("driving", key, {"frames": loaded.frames, "masks": loaded.masks}, meta)
         return loaded
 
@@ -422,7 +436,8 @@ def run_batch(jobs_file: str | Path, out: str | Path | None = None, runner: Batc
     out = Path(out) if out is not None else default_out
     if out != default_out:
         jobs = [BatchJob(j.name, dataclasses.replace(j.request, out=out / f"{j.name}.mp4")) for j in jobs]
-    out.mkdir(parents=True, exist_ok=True)
+    batch_guard(jobs_file, "--out" if out != default_out else f"out: of {jobs_file}", out, jobs)
+    mark(out, "batch")
     runner = runner or BatchRunner(out, DrivingCache(out / "cache"))
     queue_path = out / "queue.json"
     state = load_queue(queue_path, jobs)

@@ -36,8 +36,8 @@ def test_animate_writes_qa_and_alpha_outputs(bundled_tiny, files, tmp_path, caps
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--color-anchor", "2"], "--color-anchor must be in [0, 1]"),
-        (["--qa-retry", "-1"], "--qa-retry must be 0 or more"),
+        (["--color-anchor", "2"], "--color-anchor: must be in [0, 1]"),
+        (["--qa-retry", "-1"], "--qa-retry: must be in [0, 20]"),
     ],
 )
 def test_bad_output_flags_are_refused(flags, message, bundled_tiny, files, tmp_path, capsys):  # noqa: F811

@@ -79,6 +79,9 @@ def test_cache_corpus(world, capsys):
         (cache("data", "model", "new_cache", "--text-len", "0"), ["--text-len"]),
         (cache("data", "model", "new_cache", "--device", "quantum"), ["--device", "quantum"]),
         (cache("data", "model", "new_cache", "--num-shards", "0"), ["--num-shards"]),
+        (cache("data", "model", "new_cache", "--cue-grid", "4"), ["--cue-grid", "only work with --cues"]),
+        (cache("data", "model", "new_cache", "--cues", "--cue-cutoff", "0"), ["--cue-cutoff"]),
+        (cache("data", "model", "new_cache", "--cues", "--cue-filter", "median"), ["--cue-filter", "median"]),
     ]
     for args, names in cases:
         assert_refused(capsys, args, names, world)

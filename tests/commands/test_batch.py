@@ -107,6 +107,7 @@ def test_a_killed_job_resumes_at_its_last_segment_with_the_same_bytes(bundled_ti
 
 
 def test_a_failing_job_is_reported_and_the_others_go_on(bundled_tiny, jobs_dir, capsys):
+    (jobs_dir / "missing.png").write_bytes(b"not an image")  # found before the run, unreadable in the job
     jobs = write_jobs(jobs_dir, ["missing.png", "ref.png"])
     assert main(["batch", jobs]) == 1
     out = capsys.readouterr().out

@@ -6,6 +6,8 @@ import os
 
 from scail2.commands.arguments import MAX_SIDE, MAX_STEPS, device, finite_float, four_n_plus_one, int_range, seed
 
+MAX_QA_RETRIES = 20  # each retry draws the segment again: more is a mistake, not a wish for quality
+
 
 def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument("--ref", required=True, help="reference image (any size; RGBA alpha is used as its mask)")
@@ -123,7 +125,7 @@ def add_output_arguments(parser) -> None:
     )
     parser.add_argument(
         "--color-anchor",
-        type=float,
+        type=finite_float(0, 1),
         default=0.0,
         metavar="BOUND",
         help="move each segment's character colour towards the reference's by at most BOUND per channel in "
@@ -131,7 +133,7 @@ def add_output_arguments(parser) -> None:
     )
     parser.add_argument(
         "--qa-retry",
-        type=int,
+        type=int_range(0, MAX_QA_RETRIES),
         default=0,
         metavar="N",
         help="draw a segment again with another seed, up to N times, when its character colour drifts or its "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scail2.commands.arguments import device, int_range
-from scail2.commands.cues import add_cue_arguments, cue_settings
+from scail2.commands.cues import add_cue_arguments, changed_cue_flags, cue_settings
 
 
 def register(subparsers) -> None:
@@ -56,6 +56,9 @@ def run(args) -> int:
     from scail2.optional import require
 
     require("webdataset", purpose="reading the dataset's shards")
+    ignored = [] if args.cues else changed_cue_flags(args)
+    if ignored:
+        raise Scail2Error(f"{', '.join(ignored)} only work with --cues; add --cues or drop them")
     dataset_guard(args, "cache", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,6 +78,8 @@ def run(args) -> int:
     meta = Path(args.data) / "meta.json"
     header = read_json(meta, missing_hint="", corrupt_hint="write the dataset again") if meta.is_file() else {}
     is_preference = isinstance(header, dict) and header.get("format") == preference.FORMAT
+    if not is_preference:
+        check_cache_space(args, encoder)
     build = preference.build_preference_cache if is_preference else build_cache  # winners + losers for DPO
     complete = build(
         args.data, args.out, encoder, shard_index=args.shard_index, num_shards=args.num_shards, progress=not args.quiet
@@ -109,3 +114,23 @@ def check_model_components(model: str) -> None:
             f"--model {root}: has text_encoder/ but no tokenizer/; copy the tokenizer folder beside it (scail2 never "
             "downloads one)"
         )
+
+
+def check_cache_space(args, encoder) -> None:
+    """Refuse, before the first record, a disk without room for the cache: the first pair's record (its latents
+    have the same shapes for every pair), times the pairs this machine caches."""
+    from pathlib import Path
+
+    from scail2.data.shards import MotionPairDataset
+    from scail2.errors import Scail2Error
+    from scail2.outputs import check_free_space
+
+    try:
+        dataset = MotionPairDataset(args.data, verify=False)
+        first = next(iter(dataset), None)
+    except (Scail2Error, OSError, ValueError):
+        return  # an unfinished or damaged dataset gets the cache builder's own error
+    if first is None:
+        return
+    record_bytes = sum(t.numel() * t.element_size() for t in encoder.encode(first).values())
+    check_free_space("--out", Path(args.out), record_bytes * -(-len(dataset) // (args.num_shards or 1)))

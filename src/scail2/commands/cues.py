@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from scail2.commands.arguments import finite_float, int_range
 from scail2.preprocess.cue_settings import COLORS, FILTERS, CueSettings
 
 DEFAULTS = CueSettings()
@@ -16,17 +17,49 @@ def add_cue_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cue-filter", choices=FILTERS, default=DEFAULTS.filter, help="pose cue low-pass filter")
     group.add_argument(
         "--cue-cutoff",
-        type=float,
+        type=finite_float(0, 1, low_open=True),
         default=DEFAULTS.cutoff,
         help=f"low-pass cutoff as a fraction of the Nyquist frequency (default {DEFAULTS.cutoff})",
     )
-    group.add_argument("--cue-order", type=int, default=DEFAULTS.order, help="Butterworth order")
-    group.add_argument("--face-scale", type=float, default=DEFAULTS.face_scale, help="face crop side / head box side")
+    group.add_argument("--cue-order", type=int_range(1, 16), default=DEFAULTS.order, help="Butterworth order")
     group.add_argument(
-        "--head-fraction", type=float, default=DEFAULTS.head_fraction, help="head box side / mask height"
+        "--face-scale", type=finite_float(1, 16), default=DEFAULTS.face_scale, help="face crop side / head box side"
     )
-    group.add_argument("--box-smoothing", type=int, default=DEFAULTS.box_smoothing, help="frames to average boxes over")
-    group.add_argument("--cue-grid", type=int, default=DEFAULTS.grid, help="location-cue cell size in pixels")
+    group.add_argument(
+        "--head-fraction",
+        type=finite_float(0, 1, low_open=True),
+        default=DEFAULTS.head_fraction,
+        help="head box side / mask height",
+    )
+    group.add_argument(
+        "--box-smoothing",
+        type=int_range(1, 10_000),
+        default=DEFAULTS.box_smoothing,
+        help="frames to average boxes over",
+    )
+    group.add_argument(
+        "--cue-grid", type=int_range(1, 4096), default=DEFAULTS.grid, help="location-cue cell size in pixels"
+    )
+
+
+CUE_FLAGS = {
+    "cue_color": "--cue-color",
+    "cue_filter": "--cue-filter",
+    "cue_cutoff": "--cue-cutoff",
+    "cue_order": "--cue-order",
+    "face_scale": "--face-scale",
+    "head_fraction": "--head-fraction",
+    "box_smoothing": "--box-smoothing",
+    "cue_grid": "--cue-grid",
+}
+
+
+def changed_cue_flags(args: argparse.Namespace) -> list[str]:
+    """The cue flags given other values than their defaults (for commands where they only apply with --cues)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_cue_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return [flag for dest, flag in CUE_FLAGS.items() if getattr(args, dest) != defaults[dest]]
 
 
 def cue_settings(args: argparse.Namespace) -> CueSettings:
@@ -58,7 +91,7 @@ def register(subparsers) -> None:
     parser.add_argument("--driving", required=True, help="driving video")
     parser.add_argument("--masks", required=True, help="the driving video's mask folder (from `scail2 masks`)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--max-frames", type=int, help="use at most this many driving frames")
+    parser.add_argument("--max-frames", type=int_range(1), help="use at most this many driving frames")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cue folder")
     add_cue_arguments(parser)
     parser.set_defaults(func=run)
@@ -67,6 +100,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from scail2.commands.guards import cues_guard
     from scail2.errors import Scail2Error
     from scail2.optional import require
     from scail2.preprocess.cue_folder import write_cue_folder
@@ -76,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     require("av", purpose="reading the driving video")
     settings = cue_settings(args)
+    cues_guard(args)
     masks = open_mask_folder(args.masks)
     video = read_video(args.driving, max_frames=args.max_frames)
     frames = video.frames.numpy()

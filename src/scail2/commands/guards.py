@@ -47,6 +47,22 @@ def check_image_size(flag: str, path) -> None:
         )
 
 
+def check_driving_video(flag: str, path) -> None:
+    """A still image given as the driving video is refused before any work (one frame moves nothing). Files that
+    cannot be opened are left to the video reader's errors."""
+    if path is None or not Path(path).is_file():
+        return
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            kind = container.format.name
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError):
+        return
+    if kind == "image2" or kind.endswith("_pipe"):
+        raise Scail2Error(f"{flag} {path} is a still image ({kind.removesuffix('_pipe')}); give a video of the motion")
+
+
 ASPECT_TOLERANCE = 0.02  # masks whose width/height differs more than this from the video's are another framing
 
 
@@ -115,7 +131,7 @@ def _run_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").exists())
 
 
-def _lora_path(spec: str) -> str:
+def lora_path(spec: str) -> str:
     """FILE[:SCALE] -> FILE, split as `--lora` itself is."""
     from scail2.models.lora import parse_lora_arg
 
@@ -132,11 +148,13 @@ def animate_guard(args) -> None:
         "--driving-mask": args.driving_mask,
         "--ref-mask": args.ref_mask,
         "--model": args.model,
+        "--cues": getattr(args, "cues", None),
         **{f"--extra-ref {p}": p for p in args.extra_ref},
-        **{f"--lora {spec}": _lora_path(spec) for spec in args.lora},
+        **{f"--lora {spec}": lora_path(spec) for spec in args.lora},
     }
     for flag in ("--ref", "--ref-mask", *(f"--extra-ref {p}" for p in args.extra_ref)):
         check_image_size(flag.split()[0], inputs[flag])
+    check_driving_video("--driving", args.driving)
     check_mask_aspect(args.driving_mask, args.driving)
     guard = OutputGuard(args.command, inputs)
     out = Path(args.out)
@@ -151,10 +169,48 @@ def animate_guard(args) -> None:
     guard.file("--out", out, ours=lambda _: our_manifest(manifest))
     guard.file("--out (its manifest)", manifest, ours=our_manifest)
     guard.folder("--frames-dir", args.frames_dir, reuse=True, ours=_frames_folder)
+    _side_outputs_guard(guard, args, out, lambda _: our_manifest(manifest))
     if args.frames_dir is not None and real(args.frames_dir) in real(out).parents:
         raise Scail2Error(
             f"--out {out} lies inside --frames-dir {args.frames_dir}, which is replaced; write it elsewhere"
         )
+
+
+def _side_outputs_guard(guard: OutputGuard, args, out: Path, ours_beside) -> None:
+    """The files `animate` writes beside --out (QA report, alpha outputs) replace only earlier ones of this output:
+    the alpha folders hold nothing but their numbered PNGs, the files sit beside this output's manifest."""
+    if getattr(args, "qa", True):
+        for suffix in (".qa.json", ".qa.png"):
+            guard.file(f"--out (its QA report {out.stem}{suffix})", out.with_name(out.stem + suffix), ours=ours_beside)
+    if getattr(args, "alpha", False):
+        guard.folder("--alpha", out.with_name(out.stem + "_alpha"), reuse=True, ours=_numbered_pngs("mask"))
+        guard.folder("--alpha", out.with_name(out.stem + "_rgba"), reuse=True, ours=_numbered_pngs("frame"))
+        guard.file("--alpha", out.with_name(out.stem + ".alpha.mov"), ours=ours_beside)
+
+
+def _numbered_pngs(prefix: str):
+    pattern = re.compile(rf"{prefix}_\d{{6}}\.png")
+    return lambda path: all(pattern.fullmatch(entry.name) for entry in path.iterdir())
+
+
+def cues_guard(args) -> None:
+    """`cues`: --masks is a `scail2 masks` folder; --out is no input and replaces only an earlier cue folder."""
+    masks = Path(args.masks)
+    if not masks.is_dir():
+        what = "is a file" if masks.exists() else "does not exist"
+        raise Scail2Error(f"--masks {masks} {what}; give the folder `scail2 masks` wrote for --driving")
+    if not isinstance(_json(masks / "meta.json"), dict):
+        raise Scail2Error(f"--masks {masks} has no readable meta.json; give the folder `scail2 masks` wrote")
+    if not Path(args.driving).is_file():
+        raise Scail2Error(f"--driving {args.driving} is not a file; give the driving video")
+    check_driving_video("--driving", args.driving)
+
+    def cue_folder(path: Path) -> bool:
+        meta = _json(path / "meta.json")
+        return isinstance(meta, dict) and meta.get("format") == "scail2-cues"
+
+    guard = OutputGuard("cues", {"--driving": args.driving, "--masks": args.masks})
+    guard.folder("--out", args.out, reuse=args.overwrite, ours=cue_folder)
 
 
 def run_folder_guard(args, command: str) -> None:
@@ -163,6 +219,17 @@ def run_folder_guard(args, command: str) -> None:
     if overwrite and (args.resume or args.export_only):
         raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
     check_input_folder("--data", args.data, "cache" if command == "train" else "synth")
+    continuing = "--resume" if args.resume else "--export-only" if args.export_only else None
+    if continuing and not Path(args.out).exists():
+        raise Scail2Error(
+            f"{continuing}: --out {args.out} does not exist: no checkpoint to resume from; drop {continuing} to start"
+        )
+    evaluation = getattr(args, "eval", None)
+    if evaluation is not None and not isinstance(_json(Path(evaluation) / "meta.json"), dict):
+        what = _not_a_folder(evaluation) or "has no meta.json"
+        raise Scail2Error(f"--eval {evaluation} {what}; give a held-out folder written by `scail2 synth`")
+    if args.config is not None and Path(args.config).is_dir():
+        raise Scail2Error(f"--config {args.config} is a folder; give a YAML or JSON config file")
     inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
     guard = OutputGuard(command, inputs)
     reuse = args.resume or args.export_only or overwrite
@@ -194,6 +261,7 @@ def masks_guard(args) -> None:
     }
     for flag in ("--ref", "--ref-mask"):
         check_image_size(flag, inputs[flag])
+    check_driving_video("--driving", args.driving)
     check_mask_aspect(args.driving_mask, args.driving)
     OutputGuard("masks", inputs).folder("--out", args.out, reuse=args.overwrite, ours=_has_meta)
 
@@ -213,7 +281,21 @@ def convert_guard(args, inputs: dict, marker_file: str) -> None:
         check_free_space("--out", out, source.stat().st_size // 4 * width)
 
 
+def _not_a_folder(path) -> str:
+    """Why `path` is no folder ("is a file", "does not exist"), or "" for a folder."""
+    return "is a file" if Path(path).is_file() else "" if Path(path).is_dir() else "does not exist"
+
+
+def check_model_folder(flag: str, path) -> None:
+    """A converted model folder (its model_index.json), checked before any output folder is made."""
+    if path is None or (Path(path) / "model_index.json").is_file():
+        return
+    what = _not_a_folder(path) or "has no model_index.json"
+    raise Scail2Error(f"{flag} {path} {what}; give a folder written by `scail2 convert all` (or leave {flag} out)")
+
+
 def eval_guard(args) -> None:
+    check_model_folder("--model", args.model)
     inputs = {"--model": args.model, "--skeleton-model": None if args.skeleton_model == "none" else args.skeleton_model}
     guard = OutputGuard("eval", inputs)
     guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
@@ -229,6 +311,7 @@ def eval_guard(args) -> None:
 
 
 def demo_guard(args) -> None:
+    check_model_folder("--model", args.model)
     OutputGuard("demo", {"--model": args.model}).folder(
         "--out", args.out, reuse=True, ours=lambda path: (path / "metrics.json").is_file()
     )

@@ -9,6 +9,7 @@ import sys
 from scail2.commands.arguments import MAX_SIDE, finite_float, four_n_plus_one, int_range
 
 SIZE = int_range(32, MAX_SIDE, multiple_of=32)
+POSITIVE = finite_float(0, None, low_open=True)
 
 # The options `scail2 animate` takes; given here they are held fixed and the plan chooses the others.
 OPTION_FLAGS = {
@@ -59,11 +60,14 @@ def register(subparsers) -> None:
     for flag, choices, description in OPTION_FLAGS.values():
         parser.add_argument(flag, choices=choices, help=f"{description}; chosen by the plan when left out")
     parser.add_argument(
-        "--gpus", type=int, metavar="N", help="plan for N GPUs under torchrun: per-GPU memory, time and the scaling"
+        "--gpus",
+        type=int_range(1, 4096),
+        metavar="N",
+        help="plan for N GPUs under torchrun: per-GPU memory, time and the scaling",
     )
     parser.add_argument("--shard-weights", action="store_true", help="with --gpus: weights split over the GPUs")
-    parser.add_argument("--tflops", type=float, default=400.0, help="with --gpus: effective TFLOP/s of one GPU")
-    parser.add_argument("--link-gbs", type=float, default=200.0, help="with --gpus: all-to-all GB/s per GPU")
+    parser.add_argument("--tflops", type=POSITIVE, default=400.0, help="with --gpus: effective TFLOP/s of one GPU")
+    parser.add_argument("--link-gbs", type=POSITIVE, default=200.0, help="with --gpus: all-to-all GB/s per GPU")
     parser.add_argument(
         "--vae-tiling",
         action=argparse.BooleanOptionalAction,
@@ -109,6 +113,8 @@ def run(args) -> int:
     host_budget = None if args.host_memory is None else int(args.host_memory * GIB)
     if args.gpus is not None:
         return _plan_gpus(args, folder, job, RunOptions(**fixed))
+    if args.shard_weights:
+        raise Scail2Error("--shard-weights plans weights split over several GPUs; give it with --gpus N")
 
     if not args.gpu_memory:
         budget = detected_gpu_bytes()
@@ -141,8 +147,10 @@ def _plan_gpus(args, folder, job, options) -> int:
     from scail2.parallel.scaling import describe
     from scail2.pipelines.memory_plan import usable_gpu_bytes
 
-    if args.gpus < 1:
-        raise Scail2Error(f"--gpus must be at least 1, got {args.gpus}")
     budget = usable_gpu_bytes(args.gpu_memory[0]) if args.gpu_memory else None
-    print(describe(folder, job, options, args.gpus, args.shard_weights, budget, args.tflops, args.link_gbs))
+    try:
+        text = describe(folder, job, options, args.gpus, args.shard_weights, budget, args.tflops, args.link_gbs)
+    except Scail2Error as error:
+        raise Scail2Error(f"--gpus {args.gpus}: {error}") from None
+    print(text)
     return 0

@@ -32,13 +32,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from scail2.commands import require_text_dependencies
-    from scail2.commands.guards import dataset_guard
+    from scail2.commands.guards import check_model_folder, dataset_guard
     from scail2.data.preference import PipelineAnimator, ProceduralAnimator, write_preference_dataset
     from scail2.optional import require
 
     require("webdataset", purpose="reading and writing dataset shards")
     dataset_guard(args, "prefs", {"--data": args.data, "--model": args.model})
     require_text_dependencies(args.model)
+    check_model_folder("--model", args.model)
+    check_pair_count(args.data, args.num)
 
     if args.procedural:
         animator = ProceduralAnimator(seed=args.seed)
@@ -60,3 +62,13 @@ def run(args) -> int:
     )
     print(f"wrote {args.out}; encode it with `scail2 cache --data {args.out} ...`")
     return 0
+
+
+def check_pair_count(data, num: int | None) -> None:
+    """--num cannot exceed the source dataset's pairs (each preference pair is made from one of them)."""
+    from scail2.data.shards import MotionPairDataset
+    from scail2.errors import Scail2Error
+
+    available = len(MotionPairDataset(data, verify=False))
+    if num is not None and num > available:
+        raise Scail2Error(f"--num {num} is more than the {available} pairs of --data {data}; give at most {available}")

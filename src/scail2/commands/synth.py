@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     generator = ProceduralPairGenerator(config)
     if args.out:
         shard_index, num_shards = resolve_sharding(args.shard_index, args.num_shards)
+        check_synth_space(args.out, generator, -(-args.num // num_shards))
         report = write_dataset(
             generator,
             args.out,
@@ -107,3 +108,18 @@ def run(args: argparse.Namespace) -> int:
             Image.fromarray(contact_sheet(samples)).save(partial, format="PNG")
         print(f"wrote {args.preview}")
     return 0
+
+
+SPACE_MARGIN = 1.25  # procedural pairs compress alike; a quarter more covers the spread between them
+
+
+def check_synth_space(out, generator, num_pairs: int) -> None:
+    """Refuse, before the first shard, a disk without room for the pairs: one pair encoded as the shards store
+    it, times the pairs this machine writes."""
+    from pathlib import Path
+
+    from scail2.data.shards import encode_sample
+    from scail2.outputs import check_free_space
+
+    pair_bytes = sum(len(data) for data in encode_sample(generator.generate(0)).values())
+    check_free_space("--out", Path(out), int(pair_bytes * num_pairs * SPACE_MARGIN))

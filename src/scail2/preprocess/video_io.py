@@ -74,6 +74,7 @@ class Video:
     fps: Fraction
     has_audio: bool
     path: Path
+    frame_timing: dict | None = None  # a variable-frame-rate source's timing (`variable_rate`); None: constant
 
     @property
     def num_frames(self) -> int:
@@ -132,7 +133,9 @@ def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
-def iter_video_frames(path: str | Path, *, max_frames: int | None = None) -> Iterator[np.ndarray]:
+def iter_video_frames(
+    path: str | Path, *, max_frames: int | None = None, times: list[float] | None = None
+) -> Iterator[np.ndarray]:
     """Yield the frames of `path` one by one as uint8 RGB arrays [H, W, 3], in display order and upright.
 
     Raises Scail2Error for an unreadable file, a file without a video stream, a file that breaks off
@@ -150,6 +153,8 @@ def iter_video_frames(path: str | Path, *, max_frames: int | None = None) -> Ite
                 if packet.is_corrupt:  # the demuxer read past the end of a cut-off file
                     raise av.error.InvalidDataError(0, "corrupt packet")
                 for frame in packet.decode():
+                    if times is not None:
+                        times.append(float(frame.time) if frame.time is not None else float("nan"))
                     yield _upright_rgb(frame)
                     count += 1
                     if max_frames is not None and count >= max_frames:
@@ -182,8 +187,41 @@ def read_video(
     path = Path(path)
     info = probe_video(path)
     transform = frame_transform or (lambda frame: frame)
-    frames = [transform(frame) for frame in iter_video_frames(path, max_frames=max_frames)]
-    return Video(frames=_stack(frames), fps=info.fps, has_audio=info.has_audio, path=path)
+    times: list[float] = []
+    frames = [transform(frame) for frame in iter_video_frames(path, max_frames=max_frames, times=times)]
+    timing = variable_rate(times, info.fps)
+    if timing is not None:
+        logger.warning(
+            "%s: variable frame rate (frames %.0f to %.0f ms apart); read at its average %s fps, so moments "
+            "shift by up to %.0f ms (recorded in the manifest as driving_timing)",
+            path, timing["min_interval_ms"], timing["max_interval_ms"], info.fps, timing["max_shift_ms"],
+        )  # fmt: skip
+    return Video(frames=_stack(frames), fps=info.fps, has_audio=info.has_audio, path=path, frame_timing=timing)
+
+
+VFR_TOLERANCE = 0.25  # frame intervals further than this share of the average from it make a variable rate
+
+
+def variable_rate(times: list[float], fps: Fraction) -> dict | None:
+    """The timing of a variable-frame-rate video from its frames' presentation times (seconds), or None when
+    every interval is within VFR_TOLERANCE of 1/fps (or the times are unknown). Frames are read at `fps`, one
+    after the other; `max_shift_ms` is how far that moves a frame from its own time."""
+    stamps = np.asarray(times, dtype=np.float64)
+    if len(stamps) < 3 or not np.isfinite(stamps).all():
+        return None
+    intervals = np.diff(stamps)
+    period = 1 / float(fps)
+    if np.abs(intervals - period).max() <= VFR_TOLERANCE * period:
+        return None
+    shift = np.abs(stamps - stamps[0] - np.arange(len(stamps)) * period).max()
+    return {
+        "variable_frame_rate": True,
+        "average_fps": str(fps),
+        "min_interval_ms": round(float(intervals.min()) * 1000, 3),
+        "max_interval_ms": round(float(intervals.max()) * 1000, 3),
+        "max_shift_ms": round(float(shift) * 1000, 3),
+        "frame_times_s": [round(float(t - stamps[0]), 6) for t in stamps],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from scail2.errors import Scail2Error
 from scail2.preprocess import mask_folder, video_io
+from scail2.preprocess.mask_checks import check_user_mask
 from scail2.preprocess.palette import IDENTITY_COLORS
 from scail2.preprocess.segmentation.extract import (
     DrivingMasks,
@@ -87,7 +88,12 @@ def _check_inputs(request: MasksRequest) -> video_io.VideoInfo:
 def driving_masks(request: MasksRequest, method: str, size: tuple[int, int]) -> DrivingMasks:
     settings = request.settings
     if method == "provided":
-        frames = video_io.read_mask_frames(request.driving_mask, max_frames=request.max_frames)
+        if mask_folder.is_mask_folder(request.driving_mask):  # a `scail2 masks` folder: its identities as colours
+            folder = mask_folder.open_mask_folder(request.driving_mask)
+            frames = folder.palette_frames("animate", max_frames=request.max_frames)
+        else:
+            frames = video_io.read_mask_frames(request.driving_mask, max_frames=request.max_frames)
+            check_user_mask(frames, f"--driving-mask {request.driving_mask}")
         return ProvidedMasks(frames, settings, str(request.driving_mask))
     with single_threaded():  # one frame's resize is too small to gain from threads while the decoder runs
         small = video_io.read_video(
@@ -123,6 +129,7 @@ def _reference(request: MasksRequest, writer: mask_folder.MaskFolderWriter, mask
     user_mask = None
     if request.ref_mask is not None:
         user_mask = video_io.read_image(request.ref_mask).rgb
+        check_user_mask(user_mask, f"--ref-mask {request.ref_mask}")
         if user_mask.shape[:2] != image.rgb.shape[:2]:
             raise Scail2Error(
                 f"{request.ref_mask}: is {user_mask.shape[1]}x{user_mask.shape[0]} but the reference "
