@@ -34,3 +34,15 @@ def test_a_model_that_is_not_a_folder_is_refused(tmp_path, capsys):
     assert main(["app", "--model", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert app_command.register  # the verb is registered in scail2 --help
+
+
+def test_the_app_never_asks_gradios_server_for_anything(monkeypatch):
+    """Gradio checks its latest version online from every Blocks with analytics on; the app turns that off."""
+    pytest.importorskip("gradio")
+    from gradio import analytics
+
+    from scail2.app.ui import App, AppConfig
+
+    monkeypatch.setattr(analytics, "version_check", lambda: pytest.fail("the app asked Gradio's server"))
+    blocks = App(AppConfig()).build()
+    assert blocks.analytics_enabled is False

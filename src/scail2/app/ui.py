@@ -181,7 +181,8 @@ class App:
     # layout ----------------------------------------------------------------------------------------------
     def build(self):
         gr = require("gradio", purpose="the web app")
-        with gr.Blocks(title="scail2") as blocks:
+        # analytics off: otherwise every Blocks starts a thread that asks Gradio's server for its latest version
+        with gr.Blocks(title="scail2", analytics_enabled=False) as blocks:
             key = gr.State(None)
             gr.Markdown("# scail2: animate a character with a driving video")
             with gr.Row():

@@ -25,11 +25,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
     from pathlib import Path
 
     from scail2.optional import require
 
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports or version checks: nothing leaves the machine
     require("gradio", purpose="the web app")
     from scail2.app.ui import AppConfig, launch
     from scail2.app.workflow import MIB, UploadLimits
