@@ -64,6 +64,8 @@ def test_plan_then_run_on_the_bundled_model(app_inputs, accepted):
     job = workflow.run_blocking(request, plan, lambda progress: seen.append(progress.step))
     assert job.error is None, job.error
     assert job.progress.step == 10 and job.progress.describe() == "segment 1/1, step 10/10"
+    assert job.progress.bar(10) == "[##########] 100%"
+    assert workflow.Progress(step=3, steps=12, segments=2, steps_per_segment=6).bar(8) == "[##------] 25%"
     # the QA report, named after the video, joins the downloads
     assert [path.name for path in job.files] == ["output.mp4", "output.json", "output.qa.json", "output.qa.png"]
     assert all(path.is_file() for path in job.files)

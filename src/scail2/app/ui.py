@@ -162,7 +162,7 @@ class App:
             return
         session.job = job = workflow.RunJob(request, plan).start()
         while not job.wait(0.25):
-            yield key, f"Running: {job.progress.describe()}", None, None, ""
+            yield key, f"Running `{job.progress.bar()}` {job.progress.describe()}", None, None, ""
         if job.error is not None:
             message = str(job.error) if isinstance(job.error, Scail2Error) else repr(job.error)
             yield key, f"**Stopped:** {message}", None, None, ""

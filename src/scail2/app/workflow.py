@@ -284,12 +284,16 @@ class Progress:
     def describe(self) -> str:
         return f"segment {self.segment}/{self.segments}, step {self.step}/{self.steps}"
 
+    def bar(self, width: int = 24) -> str:
+        """A text progress bar over all steps of all segments, e.g. `[######------] 50%`."""
+        done = round(self.fraction * width)
+        return f"[{'#' * done}{'-' * (width - done)}] {round(100 * self.fraction)}%"
+
 
 class RunJob:
     """One generation on a worker thread: `start()`, then read `progress`, `cancel()`, `wait()`.
 
-    The manifest (and the QA report, once runs write one) lies beside the video; `files` lists what to offer
-    for download."""
+    The manifest and the QA report lie beside the video; `files` lists what to offer for download."""
 
     def __init__(self, request: AnimateRequest, plan: RunPlan):
         self.request = request
