@@ -21,13 +21,13 @@ from PIL import Image, ImageOps
 from scail2.animate import with_bundled_model
 from scail2.batch import BatchRunner, DrivingCache, read_jobs_file, run_batch
 
-SAMPLE = Path("/work/shared/samples/wan_animate/animate")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=41, help="driving frames (41 = 3 segments of the demo model)")
-    parser.add_argument("--sample", default=str(SAMPLE))
+    parser.add_argument(
+        "--sample", required=True, help="folder holding a driving video `video.mp4` and a reference `image.jpeg`"
+    )
     args = parser.parse_args()
     sample = Path(args.sample)
     with tempfile.TemporaryDirectory() as folder:
