@@ -1,7 +1,7 @@
 """DirectAnimator vs SCAIL-2 at equal (reduced) compute and data, its cheap ablations and its robustness.
 
     python -m benchmarks.bench_directanimator --work runs/da_bench [--pairs 32] [--size 64] [--frames 9]
-        [--stage1-steps 60] [--stage2-steps 60] [--eval-pairs 8] [--sections main,ablations,robustness]
+        [--stage1-steps 60] [--stage2-steps 60] [--eval-pairs 8] [--sections main,skeleton,ablations,robustness]
 
 The budget (printed and stored with the results): one procedural animation-only training set (`--pairs` pairs
 at `--size`^2, `--frames` frames, seed 21) cached once with both cue triplets through the bundled demo model's
@@ -20,6 +20,8 @@ only, scored with `scail2.eval.benchmark` (silhouette F against each method's ow
     main        copy-reference, SCAIL-2 and DirectAnimator (Same2X stages 1 + 2)
     ablations   DirectAnimator without the face cue, without the location cue (cue masks zeroed), without the
                 low-pass filter (a second cache, `--cue-filter none`), without Same2X (stage 2 with lambda 0)
+    skeleton    the skeleton-driven baseline (SCAIL-2 on stick figures re-rendered from the rig, its own cache
+                of the same pairs), same steps as SCAIL-2
     robustness  the main DirectAnimator on degraded driving frames: blurred (Gaussian, sigma 2 px), low
                 resolution (a quarter of the side, bilinear back up), darkened (x 0.35); the driving masks stay
                 the clean ones (as a segmenter run on the clean video would give)
@@ -103,8 +105,9 @@ class Bench:
     def cache(self, name: str) -> Path:
         folder = self.work / name
         if not (folder / "meta.json").exists():
-            extra = ["--cue-filter", "none"] if name == "cache_no_filter" else []
-            run(["cache", "--cues", "--data", self.work / "data", "--model", self.components, "--out", folder, *extra])
+            extra = {"cache_no_filter": ["--cues", "--cue-filter", "none"], "cache_skeleton": ["--driving", "skeleton"]}
+            options = extra.get(name, ["--cues"])
+            run(["cache", *options, "--data", self.work / "data", "--model", self.components, "--out", folder])
         return folder
 
     def train(self, out: Path, config: str, cache: Path, options: list) -> Path:
@@ -121,10 +124,10 @@ class Bench:
         self.save()
         return model
 
-    def scail2(self) -> Path:
+    def scail2(self, name: str = "scail2", cache: str = "cache") -> Path:
         steps = self.args.stage1_steps + self.args.stage2_steps
         options = [SCAIL2_MODEL, f"train.max_steps={steps}", "flow.augmentations=[]"]
-        return self.train(self.work / "scail2", "tiny.yaml", self.cache("cache"), options)
+        return self.train(self.work / name, "tiny.yaml", self.cache(cache), options)
 
     def directanimator(self, name: str = "directanimator", cache: str = "cache", extra=(), share_stage1=False):
         a = self.args
@@ -176,6 +179,15 @@ class Bench:
             "directanimator": directanimator_method(da, settings),
         }
         self.results["main"] = self.score(methods, self.pairs())
+        self.save()
+
+    def skeleton_section(self) -> None:
+        from scail2.animate import load_pipeline
+        from scail2.eval import benchmark
+
+        pipeline = load_pipeline(self.scail2("skeleton", "cache_skeleton"), torch.device("cpu"))
+        method = benchmark.ModelMethod(pipeline, self.settings(), driving="skeleton")
+        self.results["skeleton"] = self.score({"skeleton": method}, self.pairs())["skeleton"]
         self.save()
 
     def ablation_section(self) -> None:
@@ -232,14 +244,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-pairs", type=int, default=8)
     parser.add_argument("--sampling-steps", type=int, default=10)
-    parser.add_argument("--sections", default="main,ablations,robustness")
+    parser.add_argument("--sections", default="main,skeleton,ablations,robustness")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     bench = Bench(args)
     bench.data()
-    sections = {"main": bench.main_section, "ablations": bench.ablation_section, "robustness": bench.robustness_section}
+    sections = {
+        "main": bench.main_section,
+        "skeleton": bench.skeleton_section,
+        "ablations": bench.ablation_section,
+        "robustness": bench.robustness_section,
+    }
     for name in args.sections.split(","):
-        if name == "main" and "main" in bench.results:
+        if name in ("main", "skeleton") and name in bench.results:
             continue
         sections[name]()
         print(f"{name}: done", flush=True)
