@@ -215,6 +215,42 @@ class Bench:
                 self.save()
 
 
+COLUMNS = ("psnr", "ssim", "silhouette", "path_x", "path_y", "extent_h", "extent_w", "colour_error", "flicker")
+
+
+def markdown(results: dict) -> str:
+    """The results as Markdown tables: one per section present, the driver-dependence rises beside the scores."""
+    from scail2.eval.report import METRIC_HEADERS
+
+    header = "| model | pairs | " + " | ".join(METRIC_HEADERS[m] for m in COLUMNS)
+    header += " | rise, zero driving latents | rise, zero driving masks |\n|---|" + "---:|" * (len(COLUMNS) + 3)
+    main = results.get("main", {})
+    sections = {
+        "main": {**main, **({"skeleton": results["skeleton"]} if "skeleton" in results else {})},
+        "ablations": {"directanimator": main.get("directanimator"), **results.get("ablations", {})},
+        "robustness": {"clean": main.get("directanimator"), **results.get("robustness", {})},
+    }
+    out = []
+    for title, rows in sections.items():
+        rows = {name: row for name, row in rows.items() if row}
+        if len(rows) < 2 and title != "main":
+            continue
+        out += [f"**{title}**", "", header]
+        for name, row in rows.items():
+            cells = [_cell(row["all"].get(m), m) for m in COLUMNS]
+            rises = [row.get("dependence", {}).get(f"rise_driving_{v}") for v in ("latents", "masks")]
+            rises = ["-" if r is None else f"{r:+.1%}" for r in rises]
+            out.append(f"| {name} | {row['all']['pairs']} | " + " | ".join(cells + rises) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell(value, metric: str) -> str:
+    from scail2.eval.report import format_score
+
+    return "n/a" if value is None else format_score(float(value), metric)
+
+
 def degrade(video: np.ndarray, name: str) -> np.ndarray:
     """A uint8 driving video [F, H, W, 3] blurred, at low resolution or darkened."""
     from PIL import Image, ImageFilter
@@ -245,7 +281,11 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=8)
     parser.add_argument("--sampling-steps", type=int, default=10)
     parser.add_argument("--sections", default="main,skeleton,ablations,robustness")
+    parser.add_argument("--table", action="store_true", help="only print the Markdown tables of results.json")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads((args.work / "results.json").read_text())))
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     bench = Bench(args)
     bench.data()
@@ -260,7 +300,7 @@ def main() -> None:
             continue
         sections[name]()
         print(f"{name}: done", flush=True)
-    print(json.dumps({k: bench.results[k] for k in bench.results if k != "train_seconds"}, indent=1)[:4000])
+    print(markdown(bench.results))
 
 
 if __name__ == "__main__":
