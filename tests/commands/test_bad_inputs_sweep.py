@@ -44,6 +44,7 @@ def test_eval_sweep(world, capsys):
         (["eval", "--model", world / "nowhere", "--pairs", "1"], ["--model", "does not exist"]),
         (["eval", "--model", world / "note.txt", "--pairs", "1"], ["--model", "is a file"]),
         (["eval", "--skeleton-model", world / "nowhere", "--pairs", "1"], ["--skeleton-model"]),
+        (["eval", "--directanimator-model", world / "nowhere", "--pairs", "1"], ["--directanimator-model", "does not"]),
         (["eval", "--split", "train"], ["--split", "train"]),
         (["eval", "--readme", world / "user"], ["--readme", "is a folder"]),
         (["eval", "--readme", world / "note.txt" / "r.md"], ["--readme", "is a file"]),

@@ -13,6 +13,10 @@ def register(subparsers) -> None:
         help="skeleton-driven baseline model folder (default: the bundled one; 'none' leaves the row out)",
     )
     parser.add_argument(
+        "--directanimator-model",
+        help="DirectAnimator model folder to score beside SCAIL-2, on the animation pairs only (default: none)",
+    )
+    parser.add_argument(
         "--split",
         default="test",
         choices=["test", "val", "outside"],

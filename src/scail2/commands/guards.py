@@ -296,7 +296,9 @@ def check_model_folder(flag: str, path) -> None:
 
 def eval_guard(args) -> None:
     check_model_folder("--model", args.model)
+    check_model_folder("--directanimator-model", getattr(args, "directanimator_model", None))
     inputs = {"--model": args.model, "--skeleton-model": None if args.skeleton_model == "none" else args.skeleton_model}
+    inputs["--directanimator-model"] = getattr(args, "directanimator_model", None)
     guard = OutputGuard("eval", inputs)
     guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
     report_files = {"table.md", "plot.png", "README.md"}

@@ -6,7 +6,9 @@ seen in training). A method maps a `PairSample` to a uint8 video [F, H, W, 3]:
 - `copy_reference`: the reference image in every frame (no motion at all);
 - `ModelMethod(..., driving="skeleton")`: a model conditioned on stick figures re-rendered from the rig;
 - `ModelMethod(..., driving="frames")`: SCAIL-2, conditioned on the driving frames themselves;
-- `vae_round_trip`: the ground truth through the VAE, the ceiling any latent model can reach.
+- `vae_round_trip`: the ground truth through the VAE, the ceiling any latent model can reach;
+- `scail2.eval.directanimator.DirectAnimatorMethod`: DirectAnimator on its cues from the driving frames, on
+  the animation pairs only (a method's `tasks` attribute names the tasks it runs; the others are skipped).
 
 Scores per pair (`pair_metrics`): PSNR, SSIM, the silhouette score (the output's departure from the empty
 scene in the method's own space against the target's character mask, with a 2-px boundary tolerance: see
@@ -204,6 +206,9 @@ def evaluate(
         for sample in samples:
             plate, round_trips = sample_plate(sample), {}
             for name, method in methods.items():
+                if sample.task not in getattr(method, "tasks", (sample.task,)):
+                    bar.update(1)
+                    continue
                 start = time.perf_counter()
                 output = method(sample)
                 seconds = time.perf_counter() - start
@@ -235,6 +240,9 @@ def driver_dependence(methods: dict[str, Method], samples: list[PairSample], pro
     results = {}
     for name, method in methods.items():
         if not isinstance(method, ModelMethod):
+            continue
+        if hasattr(method, "driver_dependence"):  # a model with its own driving inputs (DirectAnimator's cues)
+            results[name] = method.driver_dependence(samples, progress)
             continue
         encoder = CacheEncoder(method.pipeline.vae, driving=method.driving)
         cached = [

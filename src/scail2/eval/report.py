@@ -25,6 +25,7 @@ LABELS = {
     "copy_reference": "copy reference",
     "skeleton": "skeleton-driven",
     "scail2": "SCAIL-2 (ours)",
+    "directanimator": "DirectAnimator (animation pairs only)",
     "vae_round_trip": "VAE round trip (ceiling)",
 }
 METRIC_HEADERS = {
@@ -147,9 +148,10 @@ def markdown_tables(summary: dict, labels: dict[str, str] | None = None) -> str:
         ]
     )
     for group in plans:
+        missing = {"silhouette": float("nan"), "psnr": float("nan")}  # a method that skips this plan's tasks
         cells = [
-            f"{format_score(summary[m][group]['silhouette'], 'silhouette')} / "
-            f"{format_score(summary[m][group]['psnr'], 'psnr')}"
+            f"{format_score(summary[m].get(group, missing)['silhouette'], 'silhouette')} / "
+            f"{format_score(summary[m].get(group, missing)['psnr'], 'psnr')}"
             for m in methods
         ]
         lines.append(f"| {group[5:]} ({summary[methods[0]][group]['pairs']}) | " + " | ".join(cells) + " |")
@@ -208,7 +210,7 @@ def plot_summary(
     draw = ImageDraw.Draw(image)
     for p, metric in enumerate(panels):
         y0 = top + p * (panel_h + 60)
-        values = [summary[m][g][metric] for m in methods for g in groups]
+        values = [summary[m].get(g, {}).get(metric, float("nan")) for m in methods for g in groups]
         high = max([v for v in values if math.isfinite(v)] + [1e-6])
         scale_max = 1.0 if metric in UNIT_METRICS else math.ceil(high / 5) * 5
         draw.text((4, y0 - 22), METRIC_HEADERS[metric], fill=(0, 0, 0))
@@ -219,7 +221,7 @@ def plot_summary(
         for gi, group in enumerate(groups):
             x0 = left + gi * group_w
             for mi, method in enumerate(methods):
-                value = summary[method][group][metric]
+                value = summary[method].get(group, {}).get(metric, float("nan"))
                 if math.isnan(value):
                     continue
                 h = panel_h * min(max(value, 0.0), scale_max) / scale_max
@@ -415,6 +417,10 @@ def build_methods(args) -> tuple[dict, object]:
         skeleton = skeleton_pipeline(args.skeleton_model or BUNDLED_SKELETON, pipeline.vae)
         methods["skeleton"] = benchmark.ModelMethod(skeleton, settings, driving="skeleton", seed=args.seed)
     methods["scail2"] = benchmark.ModelMethod(pipeline, settings, driving="frames", seed=args.seed)
+    if getattr(args, "directanimator_model", None):
+        from scail2.eval.directanimator import directanimator_method
+
+        methods["directanimator"] = directanimator_method(args.directanimator_model, settings, args.seed)
     methods["vae_round_trip"] = benchmark.VaeRoundTrip(pipeline)
     return methods, settings
 
@@ -425,6 +431,7 @@ def command_line(args) -> str:
     for flag, value in (
         ("--model", args.model),
         ("--skeleton-model", args.skeleton_model),
+        ("--directanimator-model", getattr(args, "directanimator_model", None)),
         ("--pairs", args.pairs),
         ("--steps", args.steps),
         ("--shift", args.shift),

@@ -1,0 +1,133 @@
+"""DirectAnimator in the benchmark: its method (animation pairs only) and its driver-dependence check.
+
+The method runs a DirectAnimator model folder's pipeline on a pair's driving frames: the pipeline extracts the
+Driving Cue Triplet from them with the model's own cue settings, as `scail2 animate` does. It scores on the
+animation pairs only, since animation is the paper's only mode; the table says so in its label.
+
+The driver-dependence check mirrors SCAIL-2's (`scail2.train.dependence`): the same noise levels, the same noise
+per sample and level, the loss on the target's character cells; the pairs are encoded as `scail2 cache --cues`
+encodes them and the model gets the cross-identity cues (those of the driving video, as in generation). The
+"driving latents" variant zeroes the pose-cue latents, the "driving masks" variant the pose-cue masks (the
+location cue of the body); the face cue is left in place in both, so the rise measures the body's driver.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from scail2.data.latent_cache import CachedSample
+from scail2.diffusion import flow_matching
+from scail2.errors import Scail2Error
+from scail2.eval.benchmark import ModelMethod
+from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
+from scail2.pipelines.pipeline_scail2 import SamplingSettings
+from scail2.train.dependence import DEPENDENCE_SIGMAS, VARIANTS, dependence_inputs
+
+# The SCAIL-2 variant names (so the tables line up) -> the DirectAnimator inputs each one zeroes.
+CUE_VARIANTS = {"driving_latents": "pose_cue_latents", "driving_masks": "pose_masks"}
+DRIVING_INPUTS = ("pose_latents", "driving_masks", "replace")
+
+
+@dataclass
+class DirectAnimatorMethod(ModelMethod):
+    """A DirectAnimator pipeline on a pair's driving frames; animation pairs only."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("animate",)
+    cue_side: ClassVar[str] = "cross"
+
+    def driver_dependence(self, samples: list, progress: bool = True) -> dict[str, float]:
+        from tqdm import tqdm
+
+        from scail2.data.cue_cache import CueCacheEncoder
+
+        encoder = CueCacheEncoder(self.pipeline.vae, cue_settings=self.pipeline.cue_settings)
+        animated = [s for s in samples if s.task in self.tasks]
+        cached = [
+            CachedSample(s.key, s.task, s.mode, encoder.encode(s))
+            for s in tqdm(animated, disable=not progress, unit="pair", desc="dependence directanimator")
+        ]
+        return cue_driver_dependence(self.pipeline.transformer, cached, seed=self.seed, side=self.cue_side)
+
+
+def directanimator_method(folder: str | Path, settings: SamplingSettings, seed: int = 0) -> DirectAnimatorMethod:
+    """The benchmark method of a DirectAnimator model folder (`--directanimator-model`)."""
+    from scail2.animate import load_pipeline
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise Scail2Error(
+            f"--directanimator-model {folder} has no model_index.json; give the export/model folder of a "
+            "`scail2 train --recipe directanimator` run"
+        )
+    pipeline = load_pipeline(folder, torch.device("cpu"))
+    if not isinstance(pipeline, DirectAnimatorPipeline):
+        raise Scail2Error(
+            f"--directanimator-model {folder} is a {type(pipeline).__name__} folder, not a DirectAnimator one; "
+            "pass SCAIL-2 models with --model"
+        )
+    return DirectAnimatorMethod(pipeline, settings, driving="frames", seed=seed)
+
+
+def cue_case(sample: CachedSample, sigma: float, generator: torch.Generator, text_dim: int, side: str) -> dict:
+    """`dependence_inputs` of one cached cue sample with the driving stream swapped for `side`'s cues."""
+    case = dependence_inputs(sample, sigma, generator, text_dim)
+    inputs = {k: v for k, v in case["inputs"].items() if k not in DRIVING_INPUTS}
+    t = sample.tensors
+    for name, field in (
+        ("pose_cue_latents", "pose_latents"),
+        ("pose_masks", "pose_masks"),
+        ("face_cue_latents", "face_latents"),
+        ("face_masks", "face_masks"),
+    ):
+        key = f"{side}_{field}"
+        if key not in t:
+            raise Scail2Error(f"sample {sample.key}: no {key} in the cache; build it with `scail2 cache --cues`")
+        inputs[name] = t[key].float()
+    return {**case, "inputs": inputs}
+
+
+@torch.no_grad()
+def cue_driver_dependence(
+    model,
+    samples: list[CachedSample],
+    sigmas: tuple[float, ...] = DEPENDENCE_SIGMAS,
+    seed: int = 0,
+    side: str = "cross",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """`scail2.train.dependence.driver_dependence`'s result for a DirectAnimator model: the character-cell loss
+    intact and with the pose-cue latents or the pose-cue masks zeroed (same noise and levels as SCAIL-2's)."""
+    if not samples:
+        raise Scail2Error("the driver-dependence check needs at least one animation pair")
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    totals = dict.fromkeys((None, *VARIANTS), 0.0)
+    for index, sample in enumerate(samples):
+        for level, sigma in enumerate(sigmas):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 101 + level)
+            case = cue_case(sample, sigma, generator, model.config.text_dim, side)
+            variants = [
+                case["inputs"]
+                if variant is None
+                else {**case["inputs"], CUE_VARIANTS[variant]: torch.zeros_like(case["inputs"][CUE_VARIANTS[variant]])}
+                for variant in totals
+            ]
+            inputs = {k: torch.stack([v[k] for v in variants]).to(device) for k in case["inputs"]}
+            with autocast:
+                prediction = model(**inputs).sample
+            loss = flow_matching.masked_velocity_loss(
+                prediction.float(), case["target"][None].to(device), case["mask"][None].to(device)
+            )
+            for variant, value in zip(totals, loss.tolist()):
+                totals[variant] += value
+    count = len(samples) * len(sigmas)
+    result = {"character_loss": totals[None] / count}
+    for variant in VARIANTS:
+        result[f"character_loss_zero_{variant}"] = totals[variant] / count
+        result[f"rise_{variant}"] = (totals[variant] - totals[None]) / totals[None] if totals[None] else float("nan")
+    return result
