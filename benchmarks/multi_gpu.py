@@ -47,6 +47,10 @@ def rank_main(rank: int, world: int, port: int, preset: str, shape: tuple, out: 
     frames, height, width, text_tokens, repeats = shape
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     os.environ["LOCAL_RANK"] = str(rank)
+    if device_type == "cpu":
+        # forked from a process whose OpenMP pool may be running: a forked child that opens a parallel region of
+        # its own waits forever for the parent's threads, so CPU ranks stay on one thread (they share the cores)
+        torch.set_num_threads(1)
     layout = ParallelLayout.from_environment(device_type)
     device = layout.device
     torch.manual_seed(0)  # the same weights and inputs on every rank
