@@ -13,7 +13,7 @@ location cue of the body); the face cue is left in place in both, so the rise me
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,12 +21,11 @@ from typing import ClassVar
 import torch
 
 from scail2.data.latent_cache import CachedSample
-from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.eval.benchmark import ModelMethod
 from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
-from scail2.train.dependence import DEPENDENCE_SIGMAS, VARIANTS, dependence_inputs
+from scail2.train.dependence import DEPENDENCE_SIGMAS, dependence_inputs, driver_dependence
 
 # The SCAIL-2 variant names (so the tables line up) -> the DirectAnimator inputs each one zeroes.
 CUE_VARIANTS = {"driving_latents": "pose_cue_latents", "driving_masks": "pose_masks"}
@@ -104,30 +103,12 @@ def cue_driver_dependence(
     intact and with the pose-cue latents or the pose-cue masks zeroed (same noise and levels as SCAIL-2's)."""
     if not samples:
         raise Scail2Error("the driver-dependence check needs at least one animation pair")
-    device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    totals = dict.fromkeys((None, *VARIANTS), 0.0)
-    for index, sample in enumerate(samples):
-        for level, sigma in enumerate(sigmas):
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 101 + level)
-            case = cue_case(sample, sigma, generator, model.config.text_dim, side)
-            variants = [
-                case["inputs"]
-                if variant is None
-                else {**case["inputs"], CUE_VARIANTS[variant]: torch.zeros_like(case["inputs"][CUE_VARIANTS[variant]])}
-                for variant in totals
-            ]
-            inputs = {k: torch.stack([v[k] for v in variants]).to(device) for k in case["inputs"]}
-            with autocast:
-                prediction = model(**inputs).sample
-            loss = flow_matching.masked_velocity_loss(
-                prediction.float(), case["target"][None].to(device), case["mask"][None].to(device)
-            )
-            for variant, value in zip(totals, loss.tolist()):
-                totals[variant] += value
-    count = len(samples) * len(sigmas)
-    result = {"character_loss": totals[None] / count}
-    for variant in VARIANTS:
-        result[f"character_loss_zero_{variant}"] = totals[variant] / count
-        result[f"rise_{variant}"] = (totals[variant] - totals[None]) / totals[None] if totals[None] else float("nan")
-    return result
+    return driver_dependence(
+        model,
+        samples,
+        sigmas,
+        seed,
+        autocast_dtype,
+        make_case=functools.partial(cue_case, side=side),
+        zeroed_inputs=CUE_VARIANTS,
+    )

@@ -54,11 +54,8 @@ def dependence_inputs(sample: CachedSample, sigma: float, generator: torch.Gener
     return {"inputs": inputs, "target": flow_matching.velocity_target(x0, noise), "mask": t["target_masks"].float()}
 
 
-def _zeroed(inputs: dict, variant: str | None) -> dict:
-    if variant is None:
-        return inputs
-    key = {"driving_latents": "pose_latents", "driving_masks": "driving_masks"}[variant]
-    return {**inputs, key: torch.zeros_like(inputs[key])}
+# each variant: the model input it zeroes
+ZEROED_INPUTS = {"driving_latents": "pose_latents", "driving_masks": "driving_masks"}
 
 
 @torch.no_grad()
@@ -68,9 +65,14 @@ def driver_dependence(
     sigmas: tuple[float, ...] = DEPENDENCE_SIGMAS,
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
+    make_case=dependence_inputs,
+    zeroed_inputs: dict[str, str] = ZEROED_INPUTS,
 ) -> dict[str, float]:
     """{"character_loss": intact, "character_loss_zero_<variant>": ..., "rise_<variant>": relative rise} for
-    each of VARIANTS, over `samples` at `sigmas` (one forward per sample and level, the variants batched)."""
+    each of VARIANTS, over `samples` at `sigmas` (one forward per sample and level, the variants batched).
+
+    `make_case(sample, sigma, generator, text_dim)` builds the inputs, target and mask (models with other
+    inputs pass their own), and `zeroed_inputs` names the input each variant zeroes."""
     if not samples:
         raise Scail2Error("the driver-dependence check needs at least one sample")
     device = next(model.parameters()).device
@@ -79,8 +81,11 @@ def driver_dependence(
     for index, sample in enumerate(samples):
         for level, sigma in enumerate(sigmas):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 101 + level)
-            case = dependence_inputs(sample, sigma, generator, model.config.text_dim)
-            variants = [_zeroed(case["inputs"], variant) for variant in totals]
+            case = make_case(sample, sigma, generator, model.config.text_dim)
+            clean = case["inputs"]
+            variants = [clean] + [
+                {**clean, zeroed_inputs[v]: torch.zeros_like(clean[zeroed_inputs[v]])} for v in VARIANTS
+            ]
             inputs = {k: torch.stack([v[k] for v in variants]).to(device) for k in case["inputs"]}
             with autocast:
                 prediction = model(**inputs).sample  # [V, C, T, h, w]: intact first, then each variant
