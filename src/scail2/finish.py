@@ -49,9 +49,10 @@ def qa_inputs(request, loaded, result, out: Path) -> qa.QaInputs:
 def finish_outputs(request, loaded, result, out: Path, hooks: SegmentHooks | None = None) -> dict:
     """The QA block (report files beside `out`) and, with `request.alpha`, the alpha outputs: manifest fields."""
     fields: dict = {}
+    if not (request.qa or request.alpha):
+        return fields
     checks = qa_inputs(request, loaded, result, out)
-    if request.qa or request.alpha:
-        checks.output_masks = qa.output_character_masks(checks.output, checks.mode)
+    checks.output_masks = qa.output_character_masks(checks.output, checks.mode)
     if request.qa:
         report = qa.qa_video(checks)
         if isinstance(hooks, qa.SegmentQaGate):
