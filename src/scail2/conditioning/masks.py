@@ -13,14 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from scail2.conditioning.geometry import TEMPORAL_STRIDE, latent_frame_count
-from scail2.preprocess.palette import NUM_PLANES, ON_THRESHOLD_UINT8, PLANE_COLORS
+from scail2.preprocess.palette import DETAIL_TAGS, NUM_PLANES, ON_THRESHOLD_UINT8, PLANE_COLORS
 
 # Channels of the compressed mask: 4 sub-frames x 7 colour planes.
 MASK_CHANNELS = TEMPORAL_STRIDE * NUM_PLANES
 # The i2v mask channels concatenated to each 16-channel latent stream (ones on clean frames).
 HISTORY_MASK_CHANNELS = 4
-# The tags of a MotionPair detail map that become loss-weight channels: limb ends (1) and face/head (2).
-DETAIL_TAGS = {"limb_ends": 1, "face": 2}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from scail2.preprocess.cue_settings import FILTERS, CueSettings
+from scail2.preprocess.palette import DETAIL_TAGS
 
-# The face/head tag of the procedural world's detail maps (scail2.conditioning.masks.DETAIL_TAGS["face"]).
-FACE_TAG = 2
+FACE_TAG = DETAIL_TAGS["face"]
 LUMA = (0.299, 0.587, 0.114)
 
 

@@ -9,6 +9,10 @@ Upstream's model was trained on these exact colours: identity k (in left-to-righ
 
 from __future__ import annotations
 
+# Region tags of a detail map (the procedural world writes one per frame, 0 elsewhere): the tagged parts become
+# loss-weight channels of the latent cache and the face tag places the face cue.
+DETAIL_TAGS = {"limb_ends": 1, "face": 2}
+
 # Colour planes in the order of the 28-channel mask's colour index c (channel = 7 * subframe + c).
 PLANE_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 255, 255),  # 0 white: "keep this source's environment"

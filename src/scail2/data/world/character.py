@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scail2.preprocess.palette import DETAIL_TAGS
+
 # Region tags of parts, stored per pixel in the detail masks (bit flags; DPO weighting uses them later).
 TAG_BODY = 0
-TAG_LIMB_END = 1  # hands, feet, paws, claws, wing tips
-TAG_FACE = 2  # head, eyes, mouth, beak, snout, ears
+TAG_LIMB_END = DETAIL_TAGS["limb_ends"]  # hands, feet, paws, claws, wing tips
+TAG_FACE = DETAIL_TAGS["face"]  # head, eyes, mouth, beak, snout, ears
 
 PATTERNS = ("flat", "stripes", "spots", "gradient")
 PATTERN_CODES = {name: code for code, name in enumerate(PATTERNS)}
