@@ -157,7 +157,7 @@ def check_augmentations(augmentations: list[dict]) -> None:
             raise Scail2Error(f"{where}.strength must be a finite number, got {strength!r}")
 
 
-def _build(cls, values: dict, where: str, defaults=None):
+def build_section(cls, values: dict, where: str, defaults=None):
     """Dataclass from a dict on top of `defaults` (an instance; None: the class defaults), recursing into fields whose
     default is a dataclass, so a section keeps its owner's defaults (the VAE's `optim:`); unknown keys are errors."""
     if not isinstance(values, dict):
@@ -177,7 +177,7 @@ def _build(cls, values: dict, where: str, defaults=None):
         default = factory() if factory is not dataclasses.MISSING else None
         key = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, key, default)
+            kwargs[name] = build_section(type(default), value, key, default)
         elif hasattr(cls, "_checks"):  # a section that checks its own values, with its own messages
             kwargs[name] = value
         else:
@@ -286,4 +286,4 @@ def load_config(
             raise Scail2Error(
                 f"{path}: the config must be a mapping of section: {{key: value}}, got {type(data).__name__}"
             )
-    return _build(cls, apply_overrides(json.loads(json.dumps(data, default=str)), list(overrides)), "")
+    return build_section(cls, apply_overrides(json.loads(json.dumps(data, default=str)), list(overrides)), "")

@@ -43,7 +43,7 @@ from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import DirectAnimatorTransformer3DModel
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME
-from scail2.train.config import TrainConfig
+from scail2.train.config import TrainConfig, build_section
 from scail2.train.data import sample_generator
 from scail2.train.export import gather_weights, write_model_folder
 from scail2.train.trainer import Trainer, transformer_folder
@@ -94,16 +94,8 @@ class Same2XConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> Same2XConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        stage_known = {f.name for f in dataclasses.fields(StageConfig)}
-        unknown = sorted(set(values) - known) + [
-            f"{s}.{k}" for s in ("stage1", "stage2") for k in sorted(set(values.get(s) or {}) - stage_known)
-        ]
-        if unknown:
-            raise Scail2Error(f"unknown config key(s) {', '.join('directanimator.' + k for k in unknown)}")
-        defaults = cls(stage=1)
-        stages = {s: dataclasses.replace(getattr(defaults, s), **(values.get(s) or {})) for s in ("stage1", "stage2")}
-        return cls(**{**values, **stages})
+        """The `directanimator:` section, typed and checked like every other section of the config."""
+        return build_section(cls, values, "directanimator")
 
 
 def default_s2x_block(num_layers: int) -> int:
