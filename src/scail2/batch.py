@@ -49,7 +49,7 @@ from scail2.animate import (
 )
 from scail2.commands.batch_checks import batch_guard, check_entry
 from scail2.conditioning import SegmentConditions
-from scail2.data.format import FormatSpec, atomic_path, file_sha256, read_json, write_json_atomic
+from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, file_sha256, read_json, write_json_atomic
 from scail2.errors import Scail2Error
 from scail2.outputs import mark
 from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
@@ -332,7 +332,7 @@ class SegmentCheckpoints(SegmentHooks):
         if self.folder.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(fingerprint)
+        atomic_write_bytes(stamp, fingerprint.encode())
         self.resumed: list[int] = []
 
     def _path(self, segment: Segment) -> Path:
