@@ -124,15 +124,28 @@ class CueFusionBlock(SCAIL2TransformerBlock):
         face_tokens: torch.Tensor | None = None,
         video_start: int = 0,
     ) -> torch.Tensor:
-        addition = None if cue_time is None else self.cue_addition(cue_time, {"pose": pose_tokens, "face": face_tokens})
-        if addition is not None:
-            end = video_start + addition.shape[1]
-            video = hidden_states[:, video_start:end] + addition.to(hidden_states.dtype)
-            hidden_states = torch.cat([hidden_states[:, :video_start], video, hidden_states[:, end:]], dim=1)
+        if cue_time is not None:
+            hidden_states = self.add_cues(hidden_states, cue_time, pose_tokens, face_tokens, video_start)
         return super().forward(hidden_states, time_modulation, context, rope, num_image_tokens)
+
+    def add_cues(self, hidden_states, cue_time, pose_tokens, face_tokens, video_start: int) -> torch.Tensor:
+        """The stream with the enriched cues added to its video tokens (a new tensor; the addition and the video
+        slice are freed on return, before the block's attention runs)."""
+        addition = self.cue_addition(cue_time, {"pose": pose_tokens, "face": face_tokens})
+        if addition is None:
+            return hidden_states
+        end = video_start + addition.shape[1]
+        video = hidden_states[:, video_start:end] + addition.to(hidden_states.dtype)
+        return torch.cat([hidden_states[:, :video_start], video, hidden_states[:, end:]], dim=1)
 
 
 TransformerBlockRegistry.register(CueFusionBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+
+
+def is_directanimator_config(config) -> bool:
+    """Whether a transformer config (a saved config.json or a live model's config) is DirectAnimator's: its
+    sequence is [reference | video] and the cue streams ride beside it."""
+    return config.get("_class_name") == "DirectAnimatorTransformer3DModel" or "cue_modulation_dim" in config
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -415,7 +428,7 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
         video = slice(grid_h * grid_w, None)  # the reference frame comes first
         # 3. Blocks.
         upto = capture_block if stop_after_capture else None
-        x, captured = self.run_blocks(prepared["x"], prepared["block_args"], upto, capture_block)
+        x, captured = self.run_blocks(prepared.pop("x"), prepared["block_args"], upto, capture_block)
         captured = None if captured is None else captured[:, video]
         sample = None
         if not stop_after_capture:

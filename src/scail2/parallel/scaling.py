@@ -64,7 +64,8 @@ def local_tokens(tokens: TokenCounts, ulysses: int) -> TokenCounts:
     if ulysses == 1:
         return tokens
     share = -(-tokens.total // ulysses)
-    return TokenCounts(extra_refs=0, reference=0, video=share, driving=0, context=tokens.context)
+    cues = -(-tokens.cues // ulysses)
+    return TokenCounts(extra_refs=0, reference=0, video=share, driving=0, context=tokens.context, cues=cues)
 
 
 def block_flops(config: dict, tokens: TokenCounts) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE
+from scail2.models.transformer_directanimator import CUES, is_directanimator_config
 from scail2.pipelines.live_bytes import peak_tensor_bytes, traced_peak
 
 # ------------------------------------------------------------------------------------------------------------
@@ -36,10 +37,16 @@ class TokenCounts:
     video: int
     driving: int
     context: int  # CLIP tokens + text_len
+    cues: int = 0  # DirectAnimator: tokens of its pose and face cue streams, held beside the sequence
 
     @property
     def total(self) -> int:
         return self.extra_refs + self.reference + self.video + self.driving
+
+    def describe(self) -> str:
+        if self.cues:
+            return f"{self.total:,} tokens: reference + video, cues added per block, no driving stream"
+        return f"{self.total:,} tokens"
 
 
 # CLIP ViT-H/14 tokens per image (256 patches + the class token), what an i2v transformer attends to.
@@ -47,18 +54,22 @@ CLIP_TOKENS = 257
 
 
 def transformer_tokens(config: dict, frames: int, height: int, width: int, extra_refs: int = 0) -> TokenCounts:
-    """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, half-resolution driving."""
+    """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, half-resolution driving.
+    A DirectAnimator config has no driving stream; its pose and face cues are two video-sized token streams
+    added to the video tokens in every block (`cues`)."""
     _, p_h, p_w = config.get("patch_size", (1, 2, 2))
     latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
     grid = (height // SPATIAL_STRIDE // p_h) * (width // SPATIAL_STRIDE // p_w)
     driving_grid = (height // SPATIAL_STRIDE // 2 // p_h) * (width // SPATIAL_STRIDE // 2 // p_w)
     image_tokens = CLIP_TOKENS if config.get("model_type", "i2v") == "i2v" else 0
+    cue_model = is_directanimator_config(config)
     return TokenCounts(
         extra_refs=extra_refs * grid,
         reference=grid,
         video=latent_frames * grid,
-        driving=latent_frames * driving_grid,
+        driving=0 if cue_model else latent_frames * driving_grid,
         context=image_tokens + config.get("text_len", 512),
+        cues=len(CUES) * latent_frames * grid if cue_model else 0,
     )
 
 
@@ -119,10 +130,18 @@ EMBEDDING_UNITS = 2.0
 EMBEDDING_UNITS_PER_INPUT = 0.65
 
 
+# DirectAnimator's cues, in units of one fp32 [B, cue tokens, dim] tensor (both cue streams, twice the video
+# tokens): the embedded cue tokens held for the whole forward (1 unit in fp32, 0.5 as bf16 under autocast), plus
+# the new stream each block's cue addition makes while its input is still held (about 0.6: the sequence is 5/6
+# video tokens at 17 frames). Fitted to the forward of mid-size models, chunked and whole (1.09-1.15 bf16,
+# 1.58-1.68 fp32); tests/pipelines/test_memory_plan.py checks it.
+CUE_UNITS = {"fp32": 1.6, "bf16": 1.1}
+
+
 def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, precision: str) -> int:
     """Peak bytes one forward allocates beyond its weights and inputs: the fp32 residual stream and one block's
     stages (blocks run one after another under no_grad) or, where the model is narrower than its inputs, the
-    patch embedding; plus the embedded context and the RoPE table."""
+    patch embedding; plus the embedded context, the RoPE table and DirectAnimator's cue streams."""
     dim, heads = config["dim"], config["num_heads"]
     unit = batch * tokens.total * dim * 4
     inputs = (config.get("in_dim", 20) + config.get("mask_dim", 28)) * math.prod(config.get("patch_size", (1, 2, 2)))
@@ -131,7 +150,8 @@ def transformer_forward_bytes(config: dict, tokens: TokenCounts, batch: int, pre
     block = max(block, embedding)
     context = batch * tokens.context * dim * COMPUTE_BYTES[precision]
     rope = tokens.total * (dim // heads) * 4  # [S, head_dim/2, 2] fp32
-    return int((1 + block) * unit) + context + rope
+    cues = int(CUE_UNITS[precision] * batch * tokens.cues * dim * 4)
+    return int((1 + block) * unit) + context + rope + cues
 
 
 def measure_block_memory(

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from scail2.errors import Scail2Error
+from scail2.models.transformer_directanimator import DirectAnimatorTransformer3DModel, is_directanimator_config
 from scail2.models.transformer_scail2 import SCAIL2_PRESETS, SCAIL2Transformer3DModel
 from scail2.optional import require
 
@@ -180,11 +181,17 @@ def gguf_tensors(path: Path) -> list[TensorInfo]:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def transformer_class(config: dict) -> type[SCAIL2Transformer3DModel]:
+    """The transformer class a config describes: DirectAnimator's (cue embeddings and per-block cue MLPs, no
+    driving-stream embedding) or SCAIL-2's."""
+    return DirectAnimatorTransformer3DModel if is_directanimator_config(config) else SCAIL2Transformer3DModel
+
+
 def meta_module(name: str, config: dict) -> torch.nn.Module:
     """The component's module built from its config on the meta device (no memory, no weights)."""
     with torch.device("meta"):
         if name == "transformer":
-            return SCAIL2Transformer3DModel.from_config(config)
+            return transformer_class(config).from_config(config)
         if name == "vae":
             diffusers = importlib.import_module("diffusers")
             return getattr(diffusers, config.get("_class_name", "AutoencoderKLWan")).from_config(config)

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from scail2.conditioning.geometry import SPATIAL_STRIDE, TEMPORAL_STRIDE, valid_length
+from scail2.conditioning.masks import HISTORY_MASK_CHANNELS
 from scail2.errors import Scail2Error
 from scail2.models.state_dict_io import kept_in_fp32
-from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+from scail2.models.transformer_directanimator import CUES, is_directanimator_config
 from scail2.pipelines.memory_activations import (
     CLIP_TOKENS,
     COMPUTE_BYTES,
@@ -52,6 +53,7 @@ from scail2.pipelines.memory_inventory import (
     block_index,
     is_block_linear,
     meta_module,
+    transformer_class,
 )
 
 GIB = 2**30
@@ -230,7 +232,7 @@ class MemoryPlan:
         job = self.job
         rows = [
             f"{self.model}: {job.describe()} ({job.segments} segment(s) of {job.segment_frames} frames, "
-            f"{self.tokens.total:,} tokens, {'guided' if job.guided else 'no guidance'})",
+            f"{self.tokens.describe()}, {'guided' if job.guided else 'no guidance'})",
             f"options: {self.options.label()}" + (f"  ({self.options.flags()})" if self.options.flags() else ""),
             "",
             f"| phase | weights {name} | activations {name} | total {name} |",
@@ -275,7 +277,7 @@ def _by_prefix(sizes: dict[str, int], prefix_of) -> int:
 
 def tensor_run_bytes(component: Component, options: RunOptions) -> dict[str, int]:
     """Bytes of every weight of the transformer as it runs under `options` (dtype, fp32 modules, fp8, GGUF)."""
-    keep_fp32 = SCAIL2Transformer3DModel._keep_in_fp32_modules
+    keep_fp32 = transformer_class(component.config)._keep_in_fp32_modules
     element = COMPUTE_BYTES[options.dtype]
     sizes = {}
     for tensor in component.tensors:
@@ -327,6 +329,8 @@ def run_element_bytes(component: Component, options: RunOptions) -> int:
 
 # Host memory of the process itself: Python, torch, the CUDA runtime and libraries.
 PROCESS_HOST_BYTES = 3 * GIB
+# DirectAnimator's cues of the whole video, uint8: pose and face RGB, soft body and face masks.
+CUE_HOST_BYTES_PER_PIXEL = 2 * 3 + 2
 
 
 class _MetaModules:
@@ -387,10 +391,14 @@ def _denoise_inputs(folder: ModelFolder, job: JobShape, batch: int) -> int:
     h, w = job.height // SPATIAL_STRIDE, job.width // SPATIAL_STRIDE
     mask = cfg.get("mask_dim", 28)
     latent = z * t * h * w
+    if is_directanimator_config(cfg):
+        driving = len(CUES) * (z + HISTORY_MASK_CHANNELS) * t * h * w  # cue latents and packed soft masks
+    else:
+        driving = (z + mask) * t * (h // 2) * (w // 2)  # driving latents and masks
     conditions = (
         (z + mask) * (1 + job.extra_refs) * h * w  # reference (and extra views) latent and mask
         + mask * t * h * w  # the zero video frames of the reference mask
-        + (z + mask) * t * (h // 2) * (w // 2)  # driving latents and masks
+        + driving
         + 4 * t * h * w  # history mask
         + batch * cfg.get("text_len", 512) * cfg.get("text_dim", 4096)
         + (CLIP_TOKENS * cfg.get("image_dim", 1280) if cfg.get("model_type", "i2v") == "i2v" else 0)
@@ -428,13 +436,15 @@ def _encoder_activations(folder: ModelFolder, job: JobShape, options: RunOptions
 
 
 def _vae_activations(folder: ModelFolder, job: JobShape, options: RunOptions) -> dict[str, int]:
-    """The largest VAE encode of the job (reference, a segment's half-resolution driving frames, the re-encoded
-    history) and one segment's decode, traced."""
+    """The largest VAE encode of the job (reference, a segment's half-resolution driving frames or, for
+    DirectAnimator, its full-resolution cue videos one after the other, the re-encoded history) and one
+    segment's decode, traced."""
     vae = _meta_modules(folder).get("vae", run_element_bytes(folder.vae, options))
     tiled, frames, h, w = options.vae_tiling, job.segment_frames, job.height, job.width
+    driving_scale = 1 if is_directanimator_config(folder.transformer.config) else 2
     encodes = [
         vae_encode_bytes(vae, 1, h, w, tiled, batch=max(1, job.extra_refs)),
-        vae_encode_bytes(vae, frames, h // 2, w // 2, tiled),
+        vae_encode_bytes(vae, frames, h // driving_scale, w // driving_scale, tiled),
     ]
     if job.segments > 1:
         encodes.append(vae_encode_bytes(vae, job.overlap, h, w, tiled))
@@ -447,6 +457,8 @@ def _vae_activations(folder: ModelFolder, job: JobShape, options: RunOptions) ->
 def _host_bytes(folder: ModelFolder, job: JobShape, sizes: dict[str, WeightSizes], options: RunOptions) -> int:
     """Every component's weights pass through host RAM while loading; plus the frames and the process."""
     frames = 3 * job.frames * job.height * job.width * 3  # driving frames, masks and output, uint8
+    if is_directanimator_config(folder.transformer.config):
+        frames += CUE_HOST_BYTES_PER_PIXEL * job.frames * job.height * job.width
     segment_video = 3 * job.segment_frames * job.height * job.width * 4  # one segment's frames as floats
     weights = sum(size.total for size in sizes.values())
     stored_fp8 = any(t.dtype.startswith("F8") for t in folder.transformer.tensors)
