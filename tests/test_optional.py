@@ -16,7 +16,7 @@ from scail2.preprocess import video_io
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # Import name -> the distribution pyproject.toml lists, where they differ.
-DISTRIBUTIONS = {"yaml": "pyyaml"}
+DISTRIBUTIONS = {"yaml": "pyyaml", "cv2": "opencv-python-headless"}
 
 
 @pytest.fixture

@@ -82,6 +82,7 @@ class AnimateRequest:
     qa_retry: int = 0  # draws of a segment the per-segment QA rejects
     alpha: bool = False  # masks, RGBA PNGs and a ProRes 4444 MOV of the output (scail2.preprocess.alpha_io)
     cues: str | Path | None = None  # DirectAnimator models: a `scail2 cues` folder of the driving video
+    face_detector: str = "mask"  # DirectAnimator models: head boxes of cues made here (`--face-detector`)
 
     def __post_init__(self) -> None:
         self.mode = parse_mode(self.mode, "--mode")  # before any file is read or model loaded
@@ -503,11 +504,19 @@ def check_host_memory(request: AnimateRequest, device: torch.device) -> None:
 
 
 def cue_arguments(request: AnimateRequest, pipeline: SCAIL2Pipeline, loaded: LoadedInputs) -> dict:
-    """`cues=` for a DirectAnimator pipeline given `--cues DIR` (the folder read, checked and sized); else none."""
-    if request.cues is None:
-        return {}
+    """`cues=` for a DirectAnimator pipeline given `--cues DIR` (the folder read, checked and sized) or a face
+    detector (the cues made here with its head boxes); else none."""
     from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline, read_cues_for
 
+    if request.face_detector != "mask":
+        flag = f"--face-detector {request.face_detector}"
+        if request.cues is not None:
+            raise Scail2Error(f"{flag}: the --cues folder has its head boxes; make it with `scail2 cues {flag}`")
+        if not isinstance(pipeline, DirectAnimatorPipeline):
+            raise Scail2Error(f"{flag}: this model takes no driving cues; use a DirectAnimator model")
+        return {"cues": pipeline.extract_driving_cues(loaded.inputs, request.face_detector)}
+    if request.cues is None:
+        return {}
     if not isinstance(pipeline, DirectAnimatorPipeline):
         raise Scail2Error(f"--cues {request.cues}: this model takes no driving cues; use a DirectAnimator model")
     return {"cues": read_cues_for(pipeline, request.cues, loaded.size, loaded.inputs.driving.shape[0])}

@@ -27,6 +27,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tensorboard": ("train", "tensorboard"),
     "gradio": ("app", "gradio"),
     "gguf": ("gguf", "gguf"),
+    "cv2": ("face", "OpenCV"),
 }
 
 

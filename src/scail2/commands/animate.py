@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from scail2.commands.arguments import MAX_SIDE, MAX_STEPS, device, finite_float, four_n_plus_one, int_range, seed
+from scail2.commands.cues import add_face_detector_argument, require_face_detector
 
 MAX_QA_RETRIES = 20  # each retry draws the segment again: more is a mistake, not a wish for quality
 
@@ -18,6 +19,7 @@ def _add_arguments(parser, mode_choice: bool) -> None:
     parser.add_argument(
         "--cues", help="DirectAnimator models: a `scail2 cues` folder of the driving video (default: made here)"
     )
+    add_face_detector_argument(parser)
     parser.add_argument("--prompt", default="", help="description of the output video (empty allowed)")
     parser.add_argument("--negative-prompt", default="", help="negative prompt for text guidance (default empty)")
     if mode_choice:
@@ -202,6 +204,7 @@ def run(args) -> int:
     from scail2.pipelines.memory import MemorySettings
 
     require("av", purpose="reading the driving video and writing the output video")
+    require_face_detector(args)
     check_options(
         world_size_from_environment(),
         cache=args.cache,
@@ -273,6 +276,7 @@ def run(args) -> int:
         qa_retry=args.qa_retry,
         alpha=args.alpha,
         cues=args.cues,
+        face_detector=args.face_detector,
     )
     if settings.overlap >= settings.segment_length:
         raise Scail2Error(

@@ -5,9 +5,29 @@ from __future__ import annotations
 import argparse
 
 from scail2.commands.arguments import finite_float, int_range
-from scail2.preprocess.cue_settings import COLORS, FILTERS, CueSettings
+from scail2.preprocess.cue_settings import COLORS, FACE_DETECTORS, FILTERS, CueSettings
 
 DEFAULTS = CueSettings()
+FACE_DETECTOR_PURPOSE = "the --face-detector opencv face detector"
+
+
+def add_face_detector_argument(parser: argparse.ArgumentParser) -> None:
+    """`--face-detector` (shared with `scail2 animate` for DirectAnimator models)."""
+    parser.add_argument(
+        "--face-detector",
+        choices=FACE_DETECTORS,
+        default="mask",
+        help="head boxes of the face cue: mask (the top of each character's mask, default) or opencv (OpenCV's "
+        "bundled face detector, pip install 'scail2[face]'; the mask's box where it finds no face)",
+    )
+
+
+def require_face_detector(args: argparse.Namespace) -> None:
+    """The one-line missing-extra error before any work, when the detector needs OpenCV."""
+    from scail2.optional import require
+
+    if args.face_detector == "opencv":
+        require("cv2", purpose=FACE_DETECTOR_PURPOSE)
 
 
 def add_cue_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +113,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--max-frames", type=int_range(1), help="use at most this many driving frames")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cue folder")
+    add_face_detector_argument(parser)
     add_cue_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -104,11 +125,13 @@ def run(args: argparse.Namespace) -> int:
     from scail2.errors import Scail2Error
     from scail2.optional import require
     from scail2.preprocess.cue_folder import write_cue_folder
-    from scail2.preprocess.cues import character_identities, extract_cues
+    from scail2.preprocess.cues import character_identities
+    from scail2.preprocess.face_detect import extract_cues_with
     from scail2.preprocess.mask_folder import open_mask_folder
     from scail2.preprocess.video_io import read_video
 
     require("av", purpose="reading the driving video")
+    require_face_detector(args)
     settings = cue_settings(args)
     cues_guard(args)
     masks = open_mask_folder(args.masks)
@@ -120,17 +143,22 @@ def run(args: argparse.Namespace) -> int:
             f"{args.masks}: masks are {ids.shape[0]} frames of {ids.shape[2]}x{ids.shape[1]}, the driving video "
             f"{frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]}; make the masks from this video"
         )
-    cues = extract_cues(frames, ids, settings)
+    cues, boxes = extract_cues_with(frames, ids, settings, args.face_detector)
     meta = {
         "fps": str(video.fps),
         "identities": character_identities(ids),
-        "head_boxes": "top of the mask",
+        "head_boxes": "top of the mask" if args.face_detector == "mask" else "face detector, else top of the mask",
+        "face_detector": boxes,
         "settings": settings.to_json(),
         "sources": {"driving": str(args.driving), "masks": str(args.masks)},
     }
     write_cue_folder(args.out, cues, meta, overwrite=args.overwrite)
+    found = ""
+    if "detected_frames" in boxes:
+        detected, total = sum(boxes["detected_frames"]), sum(boxes["detected_frames"] + boxes["mask_box_frames"])
+        found = f", face found in {detected} of {total} character-frames"
     print(
         f"wrote {args.out}: {cues.num_frames} frames {frames.shape[2]}x{frames.shape[1]}, "
-        f"{len(meta['identities'])} character(s)"
+        f"{len(meta['identities'])} character(s){found}"
     )
     return 0

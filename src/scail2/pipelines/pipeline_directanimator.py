@@ -24,7 +24,8 @@ from scail2.pipelines.pipeline_scail2 import SamplingSettings, SCAIL2Pipeline, g
 from scail2.pipelines.segments import Segment
 from scail2.preprocess.cue_folder import read_cue_folder
 from scail2.preprocess.cue_settings import CueSettings
-from scail2.preprocess.cues import DrivingCues, cues_at_size, extract_cues
+from scail2.preprocess.cues import DrivingCues, cues_at_size
+from scail2.preprocess.face_detect import extract_cues_with
 from scail2.preprocess.mask_folder import palette_to_identities
 
 PIPELINE_CLASS_NAME = "DirectAnimatorPipeline"
@@ -82,10 +83,11 @@ class DirectAnimatorPipeline(SCAIL2Pipeline):
         return CueSettings(**self.config.cue_settings)
 
     # 0. -----------------------------------------------------------------------------------------------------
-    def extract_driving_cues(self, inputs) -> DrivingCues:
-        """The cue triplet of `inputs.driving` from its palette masks, with the pipeline's cue settings."""
+    def extract_driving_cues(self, inputs, face_detector: str = "mask") -> DrivingCues:
+        """The cue triplet of `inputs.driving` from its palette masks, with the pipeline's cue settings; head
+        boxes from the top of the masks or from `face_detector` (`scail2.preprocess.face_detect`)."""
         ids = palette_to_identities(inputs.driving_masks).numpy()
-        return extract_cues(np.asarray(inputs.driving), ids, self.cue_settings)
+        return extract_cues_with(np.asarray(inputs.driving), ids, self.cue_settings, face_detector)[0]
 
     # 1. -----------------------------------------------------------------------------------------------------
     def check_inputs(self, inputs, image_embeds: torch.Tensor | None = None) -> None:

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 FILTERS = ("gaussian", "butterworth", "ideal", "none")
 COLORS = ("gray", "rgb")
+# Where the face cue's head boxes come from on real video (`scail2.preprocess.face_detect`); not a cue setting a
+# model is trained with (training uses the procedural rig's head tags), so cue folders of either match a model.
+FACE_DETECTORS = ("mask", "opencv")
 
 
 @dataclass(frozen=True)
