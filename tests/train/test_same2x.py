@@ -119,7 +119,9 @@ def test_two_stages_end_to_end_then_generation(setup, tmp_path):
     assert index["_class_name"] == "DirectAnimatorPipeline" and index["cue_settings"]["grid"] == 8
 
     stage2_args = ["directanimator.stage=2", f"directanimator.stage2.from_model={exported1}"]
-    assert train(setup, stage2, *stage2_args, "directanimator.stage2.max_steps=2") == 0
+    validation = ["train.validate_every=2", "train.validation_steps=1"]  # from the cross-ID cues it trains on
+    assert train(setup, stage2, *stage2_args, "directanimator.stage2.max_steps=2", *validation) == 0
+    assert (stage2 / "validation" / "step-00000002.mp4").is_file()
     rows = metrics(stage2)
     assert len(rows) == 2 and all(row["s2x"] > 0 for row in rows)
     assert rows[1]["loss"] == pytest.approx(rows[1]["flow_loss"] + 0.5 * rows[1]["s2x"], rel=1e-5)
@@ -129,6 +131,18 @@ def test_two_stages_end_to_end_then_generation(setup, tmp_path):
     settings = SamplingSettings(sampler="euler", steps=1, shift=3.0, guidance_scale=1.0, segment_length=5)
     frames = pipeline(pinned_inputs(5, "animate"), settings, progress=False).frames
     assert frames.shape == (5, 32, 64, 3)
+
+
+def test_a_validation_video_is_written_at_its_step_from_the_cue_model(setup, tmp_path):
+    from scail2.preprocess.video_io import probe_video
+
+    run = tmp_path / "s1"
+    every = ["train.validate_every=2", "train.validation_steps=1", "train.checkpoint_every=3"]
+    assert train(setup, run, "directanimator.stage1.max_steps=3", *every) == 0
+    # written once, at step 2 (not 1 or 3), as one finished file (no partial file left beside it)
+    assert [p.name for p in (run / "validation").iterdir()] == ["step-00000002.mp4"]
+    info = probe_video(run / "validation" / "step-00000002.mp4")
+    assert (info.width, info.height, info.declared_frames) == (2 * 64, 32, 5)  # target | generated
 
 
 def test_the_teacher_is_frozen_and_outside_the_optimiser(setup, tmp_path):

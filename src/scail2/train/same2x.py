@@ -37,12 +37,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from scail2.conditioning.cues import CueConditions
 from scail2.data.cue_cache import CUE_FIELDS, cue_field_names
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import DirectAnimatorTransformer3DModel
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
-from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME
+from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME, cue_velocity
 from scail2.train.config import TrainConfig, build_section
 from scail2.train.data import sample_generator
 from scail2.train.export import gather_weights, write_model_folder
@@ -157,10 +158,10 @@ class Same2XTrainer(Trainer):
         self.same2x = Same2XConfig.from_dict(config.directanimator)
         self.teacher: DirectAnimatorTransformer3DModel | None = None
         self._loss_parts: dict[str, torch.Tensor] = {}
-        if config.train.stage != "pretrain" or config.lora.rank or config.train.validate_every:
+        if config.train.stage != "pretrain" or config.lora.rank:
             raise Scail2Error(
-                "the directanimator recipe trains full weights with flow matching: set train.stage=pretrain, "
-                "lora.rank=0 and train.validate_every=0"
+                "the directanimator recipe trains full weights with flow matching: set train.stage=pretrain "
+                "and lora.rank=0"
             )
         super().__init__(stage_config(config, self.same2x), data_dir, out_dir, resume)
 
@@ -266,6 +267,16 @@ class Same2XTrainer(Trainer):
         alignment = s2x_loss(output.block_hidden_states, target_states.block_hidden_states)
         self._loss_parts["s2x"] = alignment.detach()
         return flow + self.s2x_weight * alignment
+
+    def validation_velocity(self, reference, tensors: dict, text: torch.Tensor, sample):
+        """The validation video's velocity (`scail2.train.validation`): the student over the cues this stage
+        trains on (same-ID in stage 1, cross-ID in stage 2), with the run's cue ablations, no frame dropout."""
+        side = "same" if self.same2x.stage == 1 else "cross"
+        cues = {name: value[None] for name, value in self.cue_inputs(sample.tensors, side, None).items()}
+        conditions = CueConditions(
+            cues["pose_cue_latents"], cues["pose_masks"], cues.get("face_cue_latents"), cues.get("face_masks")
+        )
+        return cue_velocity(self.model, self.group.device, reference, conditions, text, autocast_dtype=self.autocast)
 
     def training_step(self, step: int) -> dict[str, float]:
         metrics = super().training_step(step)

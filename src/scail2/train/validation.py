@@ -1,7 +1,13 @@
-"""Periodic validation videos: the model generates the first cached sample; target | generated, side by side."""
+"""Periodic validation videos: the model generates the first cached sample; target | generated, side by side.
+
+The model's conditions come from the trainer: a trainer with its own inputs (Same2X's cue model) defines
+`validation_velocity(reference, tensors, text, sample)`, the sampler's velocity function over the sample's
+cached tensors (batch 1); other trainers run SCAIL-2's (`segment_velocity`).
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +27,20 @@ def components_folder(config) -> Path | None:
     return None
 
 
+def segment_velocity(trainer, reference: EncodedReference, tensors: dict, text: torch.Tensor, sample):
+    """SCAIL-2's velocity over the sample's driving stream."""
+    conditions = SegmentConditions(pose_latents=tensors["pose_latents"], driving_masks=tensors["driving_masks"])
+    return transformer_velocity(
+        trainer.model,
+        trainer.group.device,
+        reference,
+        conditions,
+        text,
+        replace=sample.replace,
+        autocast_dtype=trainer.autocast,
+    )
+
+
 @torch.no_grad()
 def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
     """Every process runs the sampler (FSDP shards the weights); the main process decodes and writes the MP4."""
@@ -34,21 +54,13 @@ def write_validation_video(trainer, sample_index: int = 0) -> Path | None:
     sample = trainer.cache[sample_index]
     t = {k: v.float()[None] for k, v in sample.tensors.items()}
     reference = EncodedReference(latent=t["ref_latents"], mask=t["ref_masks"], image_embeds=t.get("image_embeds"))
-    conditions = SegmentConditions(pose_latents=t["pose_latents"], driving_masks=t["driving_masks"])
     text = t.get("text_embeds", torch.zeros(1, 1, trainer.model.config.text_dim))
     noise = torch.randn(t["target_latents"].shape, generator=torch.Generator().manual_seed(trainer.config.train.seed))
     settings = SamplingSettings(
         sampler="euler", steps=trainer.config.train.validation_steps, shift=3.0, guidance_scale=1.0
     )
-    velocity = transformer_velocity(
-        trainer.model,
-        trainer.group.device,
-        reference,
-        conditions,
-        text,
-        replace=sample.replace,
-        autocast_dtype=trainer.autocast,
-    )
+    own = getattr(trainer, "validation_velocity", None)
+    velocity = (own or partial(segment_velocity, trainer))(reference, t, text, sample)
     sampler = samplers.FlowSampler(settings.sampler, settings.steps, settings.shift)
     trainer.model.eval()
     latent = samplers.sample(velocity, noise.to(trainer.group.device), sampler)
