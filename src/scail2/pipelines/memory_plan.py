@@ -385,12 +385,12 @@ def _denoise_inputs(folder: ModelFolder, job: JobShape, batch: int) -> int:
     cfg = folder.transformer.config
     z, t = cfg.get("out_dim", 16), (job.segment_frames - 1) // TEMPORAL_STRIDE + 1
     h, w = job.height // SPATIAL_STRIDE, job.width // SPATIAL_STRIDE
-    mask = cfg.get("mask_dim", 28)
+    mask, scale = cfg.get("mask_dim", 28), cfg.get("driving_scale", 2)
     latent = z * t * h * w
     conditions = (
         (z + mask) * (1 + job.extra_refs) * h * w  # reference (and extra views) latent and mask
         + mask * t * h * w  # the zero video frames of the reference mask
-        + (z + mask) * t * (h // 2) * (w // 2)  # driving latents and masks
+        + (z + mask) * t * (h // scale) * (w // scale)  # driving latents and masks
         + 4 * t * h * w  # history mask
         + batch * cfg.get("text_len", 512) * cfg.get("text_dim", 4096)
         + (CLIP_TOKENS * cfg.get("image_dim", 1280) if cfg.get("model_type", "i2v") == "i2v" else 0)
@@ -432,9 +432,10 @@ def _vae_activations(folder: ModelFolder, job: JobShape, options: RunOptions) ->
     history) and one segment's decode, traced."""
     vae = _meta_modules(folder).get("vae", run_element_bytes(folder.vae, options))
     tiled, frames, h, w = options.vae_tiling, job.segment_frames, job.height, job.width
+    scale = folder.transformer.config.get("driving_scale", 2)
     encodes = [
         vae_encode_bytes(vae, 1, h, w, tiled, batch=max(1, job.extra_refs)),
-        vae_encode_bytes(vae, frames, h // 2, w // 2, tiled),
+        vae_encode_bytes(vae, frames, h // scale, w // scale, tiled),
     ]
     if job.segments > 1:
         encodes.append(vae_encode_bytes(vae, job.overlap, h, w, tiled))

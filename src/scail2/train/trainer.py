@@ -195,6 +195,7 @@ class Trainer:
             param.requires_grad_(".lora_" in name)
 
     def check_model_matches_cache(self) -> None:
+        self.cache.check_driving_scale(self.model.driving_scale)
         sample = self.cache[0].tensors
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
@@ -366,7 +367,8 @@ class Trainer:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
-        tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (h // 4) * (w // 4)) * self.group.world_size
+        pose_h, pose_w = batch["pose_latents"].shape[-2:]  # the driving stream's latent grid
+        tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (pose_h // 2) * (pose_w // 2)) * self.group.world_size
         return {
             "loss": float(loss_value),
             "lr": lr,
