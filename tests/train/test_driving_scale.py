@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scail2.cli import main
-from scail2.data.latent_cache import LatentCache
+from scail2.data.latent_cache import LatentCache, check_cache_driving_scale
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.data.shards import write_dataset
 from scail2.errors import Scail2Error
@@ -62,8 +62,9 @@ def test_a_cache_of_the_other_scale_is_refused_in_one_line(root, full_cache, cap
     capsys.readouterr()
     assert train(root, half, "refused", 1) != 0
     message = capsys.readouterr().err.strip()
-    assert "\n" not in message and f"{half / 'meta.json'}: " in message
+    assert "\n" not in message and "2x4 for a 4x8 video latent (driving_scale 2, meta.json" in message
     assert "--driving-scale 1" in message and "model.overrides.driving_scale=2" in message
     assert not (root / "refused" / "checkpoints").exists()
-    with pytest.raises(Scail2Error, match="driving_scale 1 but the model's driving_scale is 2"):
-        LatentCache(full_cache).check_driving_scale(2)
+    assert LatentCache(half).driving_scale == 2 and LatentCache(full_cache).driving_scale == 1
+    with pytest.raises(Scail2Error, match="driving_scale 1, meta.json .* the model's driving_scale is 2"):
+        check_cache_driving_scale(LatentCache(full_cache)[0].tensors, 2)

@@ -228,6 +228,19 @@ def model_driving_scale(model_dir: str | Path) -> int:
     )
 
 
+def check_cache_driving_scale(tensors: dict[str, torch.Tensor], model_scale: int) -> None:
+    """Refuse, in one line, a cache record whose driving latents are not at the model's `driving_scale`: the
+    record's own shapes say which scale it was encoded at, so every cache version is checked alike."""
+    (height, width), (pose_h, pose_w) = tensors["target_latents"].shape[-2:], tensors["pose_latents"].shape[-2:]
+    if (pose_h * model_scale, pose_w * model_scale) != (height, width):
+        cached = height // max(1, pose_h)
+        raise Scail2Error(
+            f"the cache's driving latents are {pose_h}x{pose_w} for a {height}x{width} video latent (driving_scale "
+            f"{cached}, meta.json encoders.driving_scale) but the model's driving_scale is {model_scale}; re-cache "
+            f"with `scail2 cache --driving-scale {model_scale}` or set model.overrides.driving_scale={cached}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------------------------
@@ -267,15 +280,6 @@ class LatentCache:
     def driving_scale(self) -> int:
         """The resolution divisor its driving latents and masks were encoded at (2: half; older caches are 2)."""
         return int(self.meta.get("encoders", {}).get("driving_scale", 2))
-
-    def check_driving_scale(self, model_scale: int) -> None:
-        """Refuse, in one line, a model whose `driving_scale` differs from the one this cache was encoded at."""
-        if self.driving_scale != model_scale:
-            raise Scail2Error(
-                f"{self.directory / 'meta.json'}: the cache's driving inputs are at driving_scale "
-                f"{self.driving_scale} but the model's driving_scale is {model_scale}; re-cache with `scail2 cache "
-                f"--driving-scale {model_scale}` or set model.overrides.driving_scale={self.driving_scale}"
-            )
 
     def _read(self, shard: str, offset: int, size: int) -> bytes:
         path = self.directory / shard

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from scail2.conditioning import history_mask
-from scail2.data.latent_cache import CachedSample, LatentCache
+from scail2.data.latent_cache import CachedSample, LatentCache, check_cache_driving_scale
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
@@ -195,8 +195,8 @@ class Trainer:
             param.requires_grad_(".lora_" in name)
 
     def check_model_matches_cache(self) -> None:
-        self.cache.check_driving_scale(self.model.driving_scale)
         sample = self.cache[0].tensors
+        check_cache_driving_scale(sample, self.model.driving_scale)
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:
