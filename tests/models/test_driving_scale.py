@@ -18,7 +18,7 @@ from scail2.models.transformer_scail2 import (
 )
 from tests.models.helpers import BATCH, FRAMES, HEIGHT, WIDTH, tiny_inputs, tiny_model
 from tests.parallel.launch import spawn
-from tests.parallel.workers import TRANSFORMER_CASES, transformer_worker
+from tests.parallel.workers import TRANSFORMER_CASES, pipeline_cases, pipeline_worker, transformer_worker
 
 HEAD_DIM, THETA, OFFSET = 16, 10000.0, 120
 GRID = (FRAMES, HEIGHT // 2, WIDTH // 2)  # the tiny inputs' video patch grid: 3 x 4 x 6
@@ -113,4 +113,13 @@ def test_scale_1_under_sequence_parallelism_equals_one_process(tmp_path):
     spawn(transformer_worker, 2, str(out), 2, False, False, 1)
     result = json.loads(out.read_text())
     for name in TRANSFORMER_CASES:
+        assert result[name] < 1e-5, (name, result[name])
+
+
+def test_scale_1_pipeline_with_guidance_split_over_two_ranks_equals_one_process(tmp_path):
+    out = tmp_path / "result.json"
+    spawn(pipeline_worker, 2, str(out), False, False, 1)
+    result = json.loads(out.read_text())
+    assert result["_grid"] == [2, 1]
+    for name in pipeline_cases():  # two segments with history, replacement, extra references
         assert result[name] < 1e-5, (name, result[name])

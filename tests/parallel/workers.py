@@ -116,7 +116,9 @@ def pipeline_cases():
     }
 
 
-def pipeline_worker(rank: int, world: int, out: str, shard_weights: bool, sequential: bool) -> None:
+def pipeline_worker(
+    rank: int, world: int, out: str, shard_weights: bool, sequential: bool, driving_scale: int = 2
+) -> None:
     """Each case's final latents one process alone (guidance batched and, with `sequential`, one pass after the
     other; computed on rank 0) and across the ranks (guidance split over two rank groups, and with four ranks
     sequence parallel as well)."""
@@ -124,7 +126,7 @@ def pipeline_worker(rank: int, world: int, out: str, shard_weights: bool, sequen
     from tests.pipelines.components import tiny_pipeline
 
     layout = ParallelLayout.from_environment("cpu")
-    pipeline = tiny_pipeline(seed=1)
+    pipeline = tiny_pipeline(seed=1, driving_scale=driving_scale)
     cases = pipeline_cases()
 
     def latents(inputs):
