@@ -623,6 +623,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     averaged. It is for small models: at 128x128 with patch 2 the half-resolution stream has 4x4 tokens per
     frame, about one per character, too coarse to carry a pose (4x the driving tokens at scale 1). The
     pipeline and `scail2 cache` read it from here, so the driving inputs always match the model.
+
     LoRA adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `set_adapters`, ...), step caches
     through its `CacheMixin` (`enable_cache(FirstBlockCacheConfig(...))`; scail2.models.step_cache).
     """
