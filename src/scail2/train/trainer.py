@@ -367,7 +367,8 @@ class Trainer:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
-        pose_h, pose_w = batch["pose_latents"].shape[-2:]  # the driving stream's latent grid
+        # the driving stream's latent grid (a subclass's batch without one keeps the half-resolution count)
+        pose_h, pose_w = batch["pose_latents"].shape[-2:] if "pose_latents" in batch else (h // 2, w // 2)
         tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (pose_h // 2) * (pose_w // 2)) * self.group.world_size
         return {
             "loss": float(loss_value),
