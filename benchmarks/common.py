@@ -48,18 +48,19 @@ def build_inputs(model, batch, frames, height, width, device, text_tokens):
     """Random forward inputs for pixel size height x width x frames; returns (inputs, tokens per sample)."""
     cfg, c = model.config, model.latent_channels
     t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    s = model.driving_scale  # the driving stream's resolution divisor (2: half)
     inputs = dict(
         hidden_states=torch.randn(batch, c, t, h, w, device=device),
         timestep=torch.full((batch,), 500.0, device=device),
         encoder_hidden_states=torch.randn(batch, text_tokens, cfg.text_dim, device=device),
         ref_latents=torch.randn(batch, c, 1, h, w, device=device),
         ref_masks=torch.rand(batch, cfg.mask_dim, 1 + t, h, w, device=device),
-        pose_latents=torch.randn(batch, c, t, h // 2, w // 2, device=device),
-        driving_masks=torch.rand(batch, cfg.mask_dim, t, h // 2, w // 2, device=device),
+        pose_latents=torch.randn(batch, c, t, h // s, w // s, device=device),
+        driving_masks=torch.rand(batch, cfg.mask_dim, t, h // s, w // s, device=device),
     )
     if cfg.model_type == "i2v":
         inputs["image_embeds"] = torch.randn(batch, 257, cfg.image_dim, device=device)
-    tokens = (1 + t) * (h // 2) * (w // 2) + t * (h // 4) * (w // 4)
+    tokens = (1 + t) * (h // 2) * (w // 2) + t * (h // s // 2) * (w // s // 2)
     return inputs, tokens
 
 

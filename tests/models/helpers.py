@@ -33,14 +33,15 @@ def tiny_inputs(
     cfg, c = model.config, model.latent_channels
     g = torch.Generator().manual_seed(seed)
     b, t, h, w = batch, FRAMES, HEIGHT, WIDTH
+    s = model.driving_scale  # the driving stream's resolution divisor (2: half)
     inputs = dict(
         hidden_states=torch.randn(b, c, t, h, w, generator=g),
         timestep=torch.tensor([937.0, 41.5, 500.0][:b]),
         encoder_hidden_states=torch.randn(b, TEXT_TOKENS, cfg.text_dim, generator=g),
         ref_latents=torch.randn(b, c, 1, h, w, generator=g),
         ref_masks=torch.rand(b, cfg.mask_dim, 1 + t, h, w, generator=g),
-        pose_latents=torch.randn(b, c, t, h // 2, w // 2, generator=g),
-        driving_masks=torch.rand(b, cfg.mask_dim, t, h // 2, w // 2, generator=g),
+        pose_latents=torch.randn(b, c, t, h // s, w // s, generator=g),
+        driving_masks=torch.rand(b, cfg.mask_dim, t, h // s, w // s, generator=g),
     )
     if cfg.model_type == "i2v":
         inputs["image_embeds"] = torch.randn(b, IMAGE_TOKENS, cfg.image_dim, generator=g)

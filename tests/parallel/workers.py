@@ -21,15 +21,15 @@ def transformer_inputs(model, frames: int, height: int, width: int, extra_refs=0
     """Random inputs of batch 2 at a latent size; `replace` may be a per-sample tensor."""
     cfg, c, b = model.config, model.latent_channels, 2
     g = torch.Generator().manual_seed(frames * 100 + height * 10 + width + extra_refs)
-    t, h, w = frames, height, width
+    t, h, w, s = frames, height, width, model.driving_scale
     inputs = dict(
         hidden_states=torch.randn(b, c, t, h, w, generator=g),
         timestep=torch.tensor([937.0, 41.5]),
         encoder_hidden_states=torch.randn(b, 5, cfg.text_dim, generator=g),
         ref_latents=torch.randn(b, c, 1, h, w, generator=g),
         ref_masks=torch.rand(b, cfg.mask_dim, 1 + t, h, w, generator=g),
-        pose_latents=torch.randn(b, c, t, h // 2, w // 2, generator=g),
-        driving_masks=torch.rand(b, cfg.mask_dim, t, h // 2, w // 2, generator=g),
+        pose_latents=torch.randn(b, c, t, h // s, w // s, generator=g),
+        driving_masks=torch.rand(b, cfg.mask_dim, t, h // s, w // s, generator=g),
         replace=replace,
     )
     if cfg.model_type == "i2v":
@@ -55,10 +55,12 @@ TRANSFORMER_CASES = {
 }
 
 
-def transformer_worker(rank: int, world: int, out: str, heads: int, shard_weights: bool, chunked: bool) -> None:
+def transformer_worker(
+    rank: int, world: int, out: str, heads: int, shard_weights: bool, chunked: bool, driving_scale: int = 2
+) -> None:
     """Every case in one process and over all ranks (sequence parallel, weights sharded when asked)."""
     layout = ParallelLayout.from_environment("cpu")
-    model = tiny_model(seed=3, num_heads=heads)
+    model = tiny_model(seed=3, num_heads=heads, driving_scale=driving_scale)
     if chunked:  # every sequence through the chunked block, in several chunks
         for block in model.blocks:
             block.chunk_min_unit_bytes = 0
@@ -114,7 +116,9 @@ def pipeline_cases():
     }
 
 
-def pipeline_worker(rank: int, world: int, out: str, shard_weights: bool, sequential: bool) -> None:
+def pipeline_worker(
+    rank: int, world: int, out: str, shard_weights: bool, sequential: bool, driving_scale: int = 2
+) -> None:
     """Each case's final latents one process alone (guidance batched and, with `sequential`, one pass after the
     other; computed on rank 0) and across the ranks (guidance split over two rank groups, and with four ranks
     sequence parallel as well)."""
@@ -122,7 +126,7 @@ def pipeline_worker(rank: int, world: int, out: str, shard_weights: bool, sequen
     from tests.pipelines.components import tiny_pipeline
 
     layout = ParallelLayout.from_environment("cpu")
-    pipeline = tiny_pipeline(seed=1)
+    pipeline = tiny_pipeline(seed=1, driving_scale=driving_scale)
     cases = pipeline_cases()
 
     def latents(inputs):

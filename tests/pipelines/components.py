@@ -84,11 +84,14 @@ def tiny_vae(z_dim: int = 16):
     return AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1, **stats).eval()
 
 
-def tiny_pipeline(seed: int = 0, text: bool = True, image: bool = True, z_dim: int = 16) -> SCAIL2Pipeline:
-    """`z_dim` other than Wan's 16: a VAE with wider latents and a transformer whose in/out channels follow."""
+def tiny_pipeline(
+    seed: int = 0, text: bool = True, image: bool = True, z_dim: int = 16, **transformer_overrides
+) -> SCAIL2Pipeline:
+    """`z_dim` other than Wan's 16: a VAE with wider latents and a transformer whose in/out channels follow;
+    `transformer_overrides` go to the tiny transformer (e.g. driving_scale=1)."""
     torch.manual_seed(seed)
     transformer = SCAIL2Transformer3DModel.from_preset(
-        "tiny", model_type="i2v" if image else "t2v", in_dim=z_dim + 4, out_dim=z_dim
+        "tiny", model_type="i2v" if image else "t2v", in_dim=z_dim + 4, out_dim=z_dim, **transformer_overrides
     ).eval()
     parts = dict(transformer=transformer, vae=tiny_vae(z_dim))
     if text:

@@ -19,6 +19,14 @@ def register(subparsers) -> None:
         help="condition on the driving frames (SCAIL-2) or on stick figures re-rendered from the "
         "procedural rig (the skeleton-driven baseline)",
     )
+    parser.add_argument(
+        "--driving-scale",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="resolution divisor of the driving latents and masks: 2 = half (SCAIL-2), 1 = the video's; it must "
+        "match the trained transformer's driving_scale (default: the --model folder's transformer's, else 2)",
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="storage dtype of the latents")
     parser.add_argument(
         "--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)"
@@ -66,7 +74,12 @@ def run(args) -> int:
     check_model_components(args.model)
     try:
         encoder = (CueCacheEncoder if args.cues else CacheEncoder).from_model_dir(
-            args.model, device=device, text_len=args.text_len, dtype=dtype, driving=args.driving
+            args.model,
+            device=device,
+            text_len=args.text_len,
+            dtype=dtype,
+            driving=args.driving,
+            driving_scale=args.driving_scale,
         )
     except Scail2Error:
         raise

@@ -7,8 +7,12 @@ generation see identical inputs.
 
 from scail2.conditioning.codec import VideoLatentCodec
 from scail2.conditioning.geometry import (
+    DRIVING_SCALES,
     SPATIAL_STRIDE,
     TEMPORAL_STRIDE,
+    check_driving_scale,
+    driving_latent_grid,
+    driving_resolution,
     frames_to_model_video,
     half_resolution,
     latent_frame_count,
@@ -35,6 +39,7 @@ from scail2.conditioning.streams import compress_driving_masks, compress_referen
 
 __all__ = [
     "DETAIL_TAGS",
+    "DRIVING_SCALES",
     "HISTORY_MASK_CHANNELS",
     "MASK_CHANNELS",
     "SPATIAL_STRIDE",
@@ -43,11 +48,14 @@ __all__ = [
     "EncodedReference",
     "SegmentConditions",
     "VideoLatentCodec",
+    "check_driving_scale",
     "compress_driving_masks",
     "compress_mask_to_latent",
     "compress_reference_mask",
     "coverage_to_latent",
     "detail_to_latent",
+    "driving_latent_grid",
+    "driving_resolution",
     "encode_driving",
     "encode_video",
     "frames_to_model_video",

@@ -2,7 +2,8 @@
 
     pixel frames T = 4n + 1          latent frames T_lat = (T - 1) / 4 + 1  (frame 0 stands alone)
     pixels H x W                     latent grid H/8 x W/8
-    driving stream at H/2 x W/2      driving latent grid H/16 x W/16
+    driving stream at H/2 x W/2      driving latent grid H/16 x W/16   (driving_scale 2, SCAIL-2)
+    driving stream at H x W          driving latent grid H/8 x W/8     (driving_scale 1)
 
 Pixel tensors the model sees are float32 in [-1, 1], channels first ([3, T, H, W]).
 """
@@ -16,6 +17,11 @@ import torch.nn.functional as F
 TEMPORAL_STRIDE = 4
 # Pixels per latent cell along each spatial side.
 SPATIAL_STRIDE = 8
+# Divisors of the driving stream's resolution: 2 is SCAIL-2's half resolution (what the official weights were
+# trained on, the default everywhere); 1 keeps the video's resolution, so small models get one driving token per
+# video token. The transformer's `driving_scale` config field picks one; everything that encodes driving inputs
+# reads it from there.
+DRIVING_SCALES = (1, 2)
 
 
 def latent_frame_count(num_frames: int) -> int:
@@ -61,6 +67,24 @@ def half_resolution(video: torch.Tensor) -> torch.Tensor:
     flat = video.reshape(1, -1, height, width)  # [1, N, H, W]
     half = F.interpolate(flat, scale_factor=0.5, mode="bilinear", align_corners=False)
     return half.reshape(*lead, height // 2, width // 2)
+
+
+def check_driving_scale(scale: int) -> int:
+    """`scale` itself when it is one of DRIVING_SCALES; anything else is a ValueError."""
+    if scale not in DRIVING_SCALES:
+        raise ValueError(f"driving_scale must be one of {DRIVING_SCALES}, got {scale!r}")
+    return scale
+
+
+def driving_resolution(video: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """A video [..., H, W] at the driving stream's resolution: `half_resolution` for scale 2, as is for 1."""
+    return half_resolution(video) if check_driving_scale(scale) == 2 else video
+
+
+def driving_latent_grid(height: int, width: int, scale: int = 2) -> tuple[int, int]:
+    """(h, w) of the driving latent grid for pixels height x width at `scale` (H/16 x W/16 for scale 2)."""
+    h, w = latent_grid(height, width)
+    return h // check_driving_scale(scale), w // scale
 
 
 def pad_frames(frames: torch.Tensor, length: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Layout of a cache folder (format `scail2-latent-cache`, version 2; version 1 is still read):
 
-    meta.json                 format, version, source dataset, encoders, text length, storage dtype
+    meta.json                 format, version, source dataset, encoders, text length, storage dtype (and
+                              `encoders.driving_scale` when the driving stream is not at half resolution)
     null_text.safetensors     the empty prompt's embedding (text dropout), when there is a text encoder
     cache-00000.tar ...       one tar per source shard: `<key>.safetensors` (tensors) + `<key>.json` (task, mode)
     cache-00000.json ...      per-shard completion records (count, bytes, sha256, member offsets)
@@ -10,7 +11,7 @@ Layout of a cache folder (format `scail2-latent-cache`, version 2; version 1 is 
 
 Tensors of one sample (z latent channels, T latent frames, h x w latent grid):
     target_latents [z, T, h, w]      ref_latents [z, 1, h, w]       ref_masks [28, 1, h, w]
-    pose_latents   [z, T, h/2, w/2]  driving_masks [28, T, h/2, w/2]
+    pose_latents   [z, T, h/2, w/2]  driving_masks [28, T, h/2, w/2]   ([*, T, h, w] at driving_scale 1)
     detail_masks   [2, T, h, w]      fraction of limb-end (0) and face/head (1) pixels per latent cell
     target_masks   [1, T, h, w]      fraction of character pixels per latent cell (foreground loss weight);
                                      always there from version 2 on, possibly missing in version 1 caches
@@ -38,6 +39,7 @@ from safetensors.torch import save as save_tensors
 
 from scail2.conditioning import (
     VideoLatentCodec,
+    check_driving_scale,
     compress_driving_masks,
     compress_reference_mask,
     detail_to_latent,
@@ -45,7 +47,14 @@ from scail2.conditioning import (
     encode_video,
     mask_to_latent,
 )
-from scail2.data.format import FormatSpec, atomic_path, atomic_write_bytes, shard_record, write_json_atomic
+from scail2.data.format import (
+    FormatSpec,
+    atomic_path,
+    atomic_write_bytes,
+    read_json,
+    shard_record,
+    write_json_atomic,
+)
 from scail2.data.pairs import DRIVING_SOURCES, driving_condition
 from scail2.errors import Scail2Error
 from scail2.modes import Mode, parse_mode
@@ -105,10 +114,11 @@ class CacheEncoder:
         text_len: int = 512,
         dtype: torch.dtype = torch.float32,
         driving: str = "frames",
+        driving_scale: int = 2,
     ):
         if driving not in DRIVING_SOURCES:
             raise Scail2Error(f"unknown driving source {driving!r}; choose from {', '.join(DRIVING_SOURCES)}")
-        self.driving = driving
+        self.driving, self.driving_scale = driving, check_driving_scale(driving_scale)
         self.codec = VideoLatentCodec(vae)
         self.text_encoder, self.tokenizer, self.image_encoder = text_encoder, tokenizer, image_encoder
         self.text_len, self.dtype = text_len, dtype
@@ -121,9 +131,10 @@ class CacheEncoder:
         text_len: int = 512,
         dtype: torch.dtype = torch.float32,
         driving: str = "frames",
+        driving_scale: int | None = None,
     ) -> CacheEncoder:
         """Components of a model folder: `vae/` is required; text_encoder/, tokenizer/, image_encoder/ are used
-        when present."""
+        when present. `driving_scale` None: the folder's transformer's (`model_driving_scale`)."""
         from diffusers import AutoencoderKLWan
 
         root = Path(model_dir)
@@ -143,7 +154,17 @@ class CacheEncoder:
             from transformers import CLIPVisionModel
 
             image_encoder = CLIPVisionModel.from_pretrained(root / "image_encoder").to(device).eval()
-        return cls(vae, text_encoder, tokenizer, image_encoder, text_len=text_len, dtype=dtype, driving=driving)
+        scale = model_driving_scale(root) if driving_scale is None else driving_scale
+        return cls(
+            vae,
+            text_encoder,
+            tokenizer,
+            image_encoder,
+            text_len=text_len,
+            dtype=dtype,
+            driving=driving,
+            driving_scale=scale,
+        )
 
     def describe(self) -> dict:
         described = {
@@ -154,6 +175,8 @@ class CacheEncoder:
         }
         if self.driving != "frames":  # caches of driving frames keep their original description
             described["driving"] = self.driving
+        if self.driving_scale != 2:  # likewise caches at SCAIL-2's half resolution
+            described["driving_scale"] = self.driving_scale
         return described
 
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -176,8 +199,8 @@ class CacheEncoder:
             "target_latents": target,
             "ref_latents": self.codec.encode(reference[None, :, None])[0],
             "ref_masks": compress_reference_mask(ref_mask)[0],
-            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.array(driving)))[0],
-            "driving_masks": compress_driving_masks(torch.from_numpy(np.array(driving_mask)))[0],
+            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.array(driving)), self.driving_scale)[0],
+            "driving_masks": compress_driving_masks(torch.from_numpy(np.array(driving_mask)), self.driving_scale)[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),
             "target_masks": mask_to_latent(sample.target_ids, tuple(target.shape[-2:])),
         }
@@ -192,6 +215,30 @@ class CacheEncoder:
             .contiguous()
             for k, v in record.items()
         }
+
+
+def model_driving_scale(model_dir: str | Path) -> int:
+    """The `driving_scale` of a model folder's transformer (2, SCAIL-2's half resolution, when the folder has no
+    transformer/ or its config predates the field)."""
+    config = Path(model_dir) / "transformer" / "config.json"
+    if not config.is_file():
+        return 2
+    return int(
+        read_json(config, missing_hint="", corrupt_hint="convert the model folder again").get("driving_scale", 2)
+    )
+
+
+def check_cache_driving_scale(tensors: dict[str, torch.Tensor], model_scale: int) -> None:
+    """Refuse, in one line, a cache record whose driving latents are not at the model's `driving_scale`: the
+    record's own shapes say which scale it was encoded at, so every cache version is checked alike."""
+    (height, width), (pose_h, pose_w) = tensors["target_latents"].shape[-2:], tensors["pose_latents"].shape[-2:]
+    if (pose_h * model_scale, pose_w * model_scale) != (height, width):
+        cached = height // max(1, pose_h)
+        raise Scail2Error(
+            f"the cache's driving latents are {pose_h}x{pose_w} for a {height}x{width} video latent (driving_scale "
+            f"{cached}, meta.json encoders.driving_scale) but the model's driving_scale is {model_scale}; re-cache "
+            f"with `scail2 cache --driving-scale {model_scale}` or set model.overrides.driving_scale={cached}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,6 +275,11 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def driving_scale(self) -> int:
+        """The resolution divisor its driving latents and masks were encoded at (2: half; older caches are 2)."""
+        return int(self.meta.get("encoders", {}).get("driving_scale", 2))
 
     def _read(self, shard: str, offset: int, size: int) -> bytes:
         path = self.directory / shard

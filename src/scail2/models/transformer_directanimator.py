@@ -172,6 +172,7 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
     _no_split_modules = ["CueFusionBlock"]
     _repeated_blocks = ["CueFusionBlock"]
     _keep_in_fp32_modules = [*SCAIL2Transformer3DModel._keep_in_fp32_modules, "cue_modulation"]
+    ignore_for_config = ["driving_scale"]  # no driving stream
 
     @register_to_config
     def __init__(
@@ -248,7 +249,8 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
         """Initialise from a SCAIL-2 (or Wan-keyed) transformer: every backbone key loads except the driving
         stream's `patch_embedding_pose`; the cue modules start at zero, so the output equals the backbone's on
         the same reference, video and history (without its driving stream)."""
-        model = cls(**{**dict(backbone.config), **overrides})
+        config = {k: v for k, v in backbone.config.items() if k not in cls.ignore_for_config}
+        model = cls(**{**config, **overrides})
         state = {k: v for k, v in backbone.state_dict().items() if k not in UNUSED_SCAIL2_KEYS}
         missing, unexpected = model.load_state_dict(state, strict=False)
         new = [k for k in missing if not (k.startswith("cue_embedding_") or ".cue_modulation." in k)]

@@ -1,7 +1,8 @@
 """SCAIL-2 video diffusion transformer (Wan2.1-I2V lineage) with in-context driving conditioning.
 
 The model denoises a video latent while attending, in one token sequence, to the reference frame(s) and to
-the driving video encoded at half resolution:
+the driving video encoded at half resolution (`driving_scale` 2, the official weights; 1 keeps it at the video's
+resolution, for small models whose half-resolution driving grid is too coarse to show a pose):
 
     tokens = [extra reference frames | reference | video | driving stream]
 
@@ -28,6 +29,7 @@ from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from scail2.conditioning.geometry import check_driving_scale
 from scail2.conditioning.masks import HISTORY_MASK_CHANNELS, MASK_CHANNELS
 from scail2.models.attention import SCAIL2AttnProcessor
 
@@ -113,14 +115,18 @@ def rope_rotations(positions: torch.Tensor, head_dim: int, theta: float) -> torc
 
 
 def driving_rope_rotations(
-    frames: int, height: int, width: int, shift: RopeShift, head_dim: int, theta: float
+    frames: int, height: int, width: int, shift: RopeShift, head_dim: int, theta: float, scale: int = 2
 ) -> torch.Tensor:
-    """Rotations [frames*(height/2)*(width/2), head_dim/2] of the half-resolution driving stream.
+    """Rotations [frames*(height/scale)*(width/scale), head_dim/2] of the driving stream.
 
-    Built on the full video grid, then 2x2-averaged over (h, w) on the real and imaginary parts separately, as
-    upstream does: the averaged rotations have magnitude below 1, and the trained model expects exactly that.
+    Built on the full video grid. For the half-resolution stream (scale 2) it is then 2x2-averaged over (h, w)
+    on the real and imaginary parts separately, as upstream does: the averaged rotations have magnitude below 1,
+    and the trained model expects exactly that. At scale 1 a driving token sits on its video token's position,
+    so it takes that rotation, shifted, unpooled.
     """
     full = rope_rotations(grid_positions(frames, height, width, shift), head_dim, theta)
+    if check_driving_scale(scale) == 1:
+        return full
     full = full.reshape(frames, height, width, -1).permute(0, 3, 1, 2)  # [T, D/2, h, w]
     real = F.avg_pool2d(full.real, kernel_size=2, stride=2)
     imag = F.avg_pool2d(full.imag, kernel_size=2, stride=2)
@@ -137,17 +143,18 @@ def scail2_rope_table(
     head_dim: int,
     theta: float,
     offset: int,
+    driving_scale: int = 2,
 ) -> torch.Tensor:
     """Complex128 rotations [S, head_dim/2] for the whole sequence [extra refs | reference | video | driving].
 
-    `height` and `width` are the video patch grid (latent H/2, W/2); the driving grid is half of it.
+    `height` and `width` are the video patch grid (latent H/2, W/2); the driving grid is 1/`driving_scale` of it.
     """
     shifts = scail2_rope_shifts(num_extra_refs, replace, offset)
     parts = [
         rope_rotations(grid_positions(num_extra_refs, height, width, shifts["extra_refs"]), head_dim, theta),
         rope_rotations(grid_positions(1, height, width, shifts["reference"]), head_dim, theta),
         rope_rotations(grid_positions(frames, height, width, shifts["video"]), head_dim, theta),
-        driving_rope_rotations(frames, height, width, shifts["driving"], head_dim, theta),
+        driving_rope_rotations(frames, height, width, shifts["driving"], head_dim, theta, driving_scale),
     ]
     return torch.cat(parts, dim=0)
 
@@ -210,6 +217,7 @@ def scail2_rope_rotations(
     num_extra_refs: int,
     replace: bool,
     offset: int,
+    driving_scale: int = 2,
 ) -> torch.Tensor:
     """fp32 rotations [S, head_dim/2, 2] (re, im) of the whole sequence, gathered on the tables' device.
 
@@ -229,12 +237,14 @@ def scail2_rope_rotations(
         for name, n in streams
     ]
     driving = shifts["driving"]
+    scale = check_driving_scale(driving_scale)
+    spatial = axis_tables.pooled[1:] if scale == 2 else axis_tables.single[1:]  # scale 1: no 2x2 mean
     parts.append(
         _grid_rotations(
-            (axis_tables.single[0], axis_tables.pooled[1], axis_tables.pooled[2]),
+            (axis_tables.single[0], *spatial),
             arange(frames) + driving.t,
-            2 * arange(height // 2) + driving.h,
-            2 * arange(width // 2) + driving.w,
+            scale * arange(height // scale) + driving.h,
+            scale * arange(width // scale) + driving.w,
         )
     )
     return torch.cat(parts, dim=0)
@@ -605,6 +615,15 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     Config fields carry upstream's constructor names (`config-14b.json`), plus `image_dim` (CLIP width),
     `rope_theta` and `rope_offset` (the +120 patch shift that separates the driving stream and, in replacement,
     the references). `model_type` "i2v" adds the CLIP image tokens; "t2v" leaves them out (small models).
+
+    `driving_scale` divides the driving stream's resolution. 2 is SCAIL-2's layout and what the official weights
+    use: driving latents and masks [B, C, T, H/2, W/2], whose RoPE rows are the video grid's, shifted by
+    `rope_offset` in width and 2x2-averaged. 1 keeps them at the video latent's size [B, C, T, H, W], so every
+    driving token lines up with one video token and takes its rotation shifted by `rope_offset` in width, not
+    averaged. It is for small models: at 128x128 with patch 2 the half-resolution stream has 4x4 tokens per
+    frame, about one per character, too coarse to carry a pose (4x the driving tokens at scale 1). The
+    pipeline and `scail2 cache` read it from here, so the driving inputs always match the model.
+
     LoRA adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `set_adapters`, ...), step caches
     through its `CacheMixin` (`enable_cache(FirstBlockCacheConfig(...))`; scail2.models.step_cache).
     """
@@ -657,10 +676,12 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         image_dim: int = 1280,
         rope_theta: float = 10000.0,
         rope_offset: int = 120,
+        driving_scale: int = 2,
     ):
         super().__init__()
         if model_type not in ("i2v", "t2v"):
             raise ValueError(f"model_type must be 'i2v' or 't2v', got {model_type!r}")
+        check_driving_scale(driving_scale)
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"dim {dim} must split into {num_heads} heads of an even size")
         patch_size = tuple(patch_size)
@@ -740,6 +761,12 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     def latent_channels(self) -> int:
         return self.config.in_dim - HISTORY_MASK_CHANNELS
 
+    @property
+    def driving_scale(self) -> int:
+        """The config's `driving_scale`; 2 for a subclass that has no driving stream and leaves the field out of
+        its config (`ignore_for_config`)."""
+        return self.config.get("driving_scale", 2)
+
     # -------------------------------------------------------------------------------------------------------
     # Input checks
     # -------------------------------------------------------------------------------------------------------
@@ -764,10 +791,11 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             raise ValueError(f"hidden_states must be [B, C, T, H, W], got shape {tuple(hidden_states.shape)}")
         b, c, t, h, w = hidden_states.shape
         _, p_h, p_w = cfg.patch_size
-        if h % (2 * p_h) or w % (2 * p_w):
+        s = self.driving_scale
+        if h % (s * p_h) or w % (s * p_w):
             raise ValueError(
-                f"hidden_states has latent size H={h}, W={w}; both must be multiples of {2 * p_h} and {2 * p_w} "
-                "(the driving stream is half the video grid and is patchified too): use pixel sizes that are "
+                f"hidden_states has latent size H={h}, W={w}; both must be multiples of {s * p_h} and {s * p_w} "
+                f"(the driving stream is 1/{s} of the video grid and is patchified too): use pixel sizes that are "
                 "multiples of 32"
             )
         c_lat, c_mask = self.latent_channels, cfg.mask_dim
@@ -776,8 +804,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             "timestep": (b,),
             "ref_latents": (b, c_lat, 1, h, w),
             "ref_masks": (b, c_mask, 1 + t, h, w),
-            "pose_latents": (b, c_lat, t, h // 2, w // 2),
-            "driving_masks": (b, c_mask, t, h // 2, w // 2),
+            "pose_latents": (b, c_lat, t, h // s, w // s),
+            "driving_masks": (b, c_mask, t, h // s, w // s),
         }
         given = {
             "hidden_states": hidden_states,
@@ -843,8 +871,9 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         video_mask = history_mask
         video = torch.cat([hidden_states, video_mask.to(hidden_states.dtype)], dim=1)  # [B, in_dim, T, H, W]
         reference = torch.cat([ref_latents, ones.to(ref_latents.dtype)], dim=1)  # [B, in_dim, 1, H, W]
-        pose_ones = ones[..., : h // 2, : w // 2].expand(-1, -1, t, -1, -1)
-        driving = torch.cat([pose_latents, pose_ones.to(pose_latents.dtype)], dim=1)  # [B, in_dim, T, H/2, W/2]
+        pose_h, pose_w = pose_latents.shape[-2:]  # H/s, W/s for driving_scale s
+        pose_ones = ones[..., :pose_h, :pose_w].expand(-1, -1, t, -1, -1)
+        driving = torch.cat([pose_latents, pose_ones.to(pose_latents.dtype)], dim=1)  # [B, in_dim, T, H/s, W/s]
 
         # Main stream: the mask embedding's bias reaches the video tokens too (their mask frames are zeros).
         main = feed(self.patch_embedding, torch.cat([reference, video], dim=2))
@@ -890,6 +919,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             num_extra_refs,
             bool(replace),
             self.config.rope_offset,
+            self.driving_scale,
         )
         self._rope_cache[key] = table
         while len(self._rope_cache) > self.rope_cache_size:
@@ -964,8 +994,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             encoder_hidden_states: text encoder output [B, L, text_dim], L <= text_len (zero-padded here).
             ref_latents: reference image latent [B, C, 1, H, W].
             ref_masks: 28-channel reference mask [B, 28, 1+T, H, W] (zeros over the video frames).
-            pose_latents: driving video latent at half resolution [B, C, T, H/2, W/2].
-            driving_masks: 28-channel driving masks [B, 28, T, H/2, W/2].
+            pose_latents: driving video latent at 1/driving_scale resolution [B, C, T, H/s, W/s] (s = 2: half).
+            driving_masks: 28-channel driving masks [B, 28, T, H/s, W/s].
             image_embeds: CLIP features [B, 257, image_dim] (i2v models only).
             replace: replacement mode (references shifted in height) instead of animation (shifted in time);
                 a bool for the batch, or a bool tensor [B] per sample.

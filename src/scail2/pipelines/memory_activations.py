@@ -54,13 +54,14 @@ CLIP_TOKENS = 257
 
 
 def transformer_tokens(config: dict, frames: int, height: int, width: int, extra_refs: int = 0) -> TokenCounts:
-    """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, half-resolution driving.
-    A DirectAnimator config has no driving stream; its pose and face cues are two video-sized token streams
-    added to the video tokens in every block (`cues`)."""
+    """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, driving (at 1/driving_scale
+    resolution: half by default). A DirectAnimator config has no driving stream; its pose and face cues are two
+    video-sized token streams added to the video tokens in every block (`cues`)."""
     _, p_h, p_w = config.get("patch_size", (1, 2, 2))
     latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
     grid = (height // SPATIAL_STRIDE // p_h) * (width // SPATIAL_STRIDE // p_w)
-    driving_grid = (height // SPATIAL_STRIDE // 2 // p_h) * (width // SPATIAL_STRIDE // 2 // p_w)
+    scale = config.get("driving_scale", 2)
+    driving_grid = (height // SPATIAL_STRIDE // scale // p_h) * (width // SPATIAL_STRIDE // scale // p_w)
     image_tokens = CLIP_TOKENS if config.get("model_type", "i2v") == "i2v" else 0
     cue_model = is_directanimator_config(config)
     return TokenCounts(

@@ -389,12 +389,12 @@ def _denoise_inputs(folder: ModelFolder, job: JobShape, batch: int) -> int:
     cfg = folder.transformer.config
     z, t = cfg.get("out_dim", 16), (job.segment_frames - 1) // TEMPORAL_STRIDE + 1
     h, w = job.height // SPATIAL_STRIDE, job.width // SPATIAL_STRIDE
-    mask = cfg.get("mask_dim", 28)
+    mask, scale = cfg.get("mask_dim", 28), cfg.get("driving_scale", 2)
     latent = z * t * h * w
     if is_directanimator_config(cfg):
         driving = len(CUES) * (z + HISTORY_MASK_CHANNELS) * t * h * w  # cue latents and packed soft masks
     else:
-        driving = (z + mask) * t * (h // 2) * (w // 2)  # driving latents and masks
+        driving = (z + mask) * t * (h // scale) * (w // scale)  # driving latents and masks
     conditions = (
         (z + mask) * (1 + job.extra_refs) * h * w  # reference (and extra views) latent and mask
         + mask * t * h * w  # the zero video frames of the reference mask
@@ -441,7 +441,9 @@ def _vae_activations(folder: ModelFolder, job: JobShape, options: RunOptions) ->
     segment's decode, traced."""
     vae = _meta_modules(folder).get("vae", run_element_bytes(folder.vae, options))
     tiled, frames, h, w = options.vae_tiling, job.segment_frames, job.height, job.width
-    driving_scale = 1 if is_directanimator_config(folder.transformer.config) else 2
+    driving_scale = (
+        1 if is_directanimator_config(folder.transformer.config) else folder.transformer.config.get("driving_scale", 2)
+    )
     encodes = [
         vae_encode_bytes(vae, 1, h, w, tiled, batch=max(1, job.extra_refs)),
         vae_encode_bytes(vae, frames, h // driving_scale, w // driving_scale, tiled),

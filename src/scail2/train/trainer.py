@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from scail2.conditioning import history_mask
-from scail2.data.latent_cache import CachedSample, LatentCache
+from scail2.data.latent_cache import CachedSample, LatentCache, check_cache_driving_scale
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
@@ -196,6 +196,7 @@ class Trainer:
 
     def check_model_matches_cache(self) -> None:
         sample = self.cache[0].tensors
+        check_cache_driving_scale(sample, self.model.driving_scale)
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:
@@ -366,7 +367,9 @@ class Trainer:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
-        tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (h // 4) * (w // 4)) * self.group.world_size
+        # the driving stream's latent grid (a subclass's batch without one keeps the half-resolution count)
+        pose_h, pose_w = batch["pose_latents"].shape[-2:] if "pose_latents" in batch else (h // 2, w // 2)
+        tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (pose_h // 2) * (pose_w // 2)) * self.group.world_size
         return {
             "loss": float(loss_value),
             "lr": lr,

@@ -1,0 +1,70 @@
+"""`scail2 cache` and `scail2 train` with a driving_scale 1 model: the cache takes the scale from the model folder
+(or --driving-scale), records it in meta.json, and training refuses a model of the other scale in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scail2.cli import main
+from scail2.data.latent_cache import LatentCache, check_cache_driving_scale
+from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
+from scail2.data.shards import write_dataset
+from scail2.errors import Scail2Error
+from tests.pipelines.components import tiny_pipeline
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+SYNTH = SynthConfig(height=32, width=64, frames=5, seed=7)  # latent 4x8: half resolution would be 2x4
+
+
+def cache(root: Path, out: str, *extra: str) -> Path:
+    args = ["cache", "--data", str(root / "data"), "--model", str(root / "model"), "--out", str(root / out)]
+    assert main([*args, "--quiet", *extra]) == 0
+    return root / out
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A 4-pair dataset and a text- and image-free model folder whose transformer has driving_scale 1."""
+    root = tmp_path_factory.mktemp("scale")
+    assert write_dataset(ProceduralPairGenerator(SYNTH), root / "data", 4, shard_size=4, progress=False).complete
+    tiny_pipeline(seed=0, text=False, image=False, driving_scale=1).save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_cache(root) -> Path:
+    return cache(root, "cache-full")  # no flag: the model folder's scale
+
+
+def train(root: Path, data: Path, out: str, scale: int, *extra: str) -> int:
+    overrides = f"model.overrides={{model_type: t2v, driving_scale: {scale}}}"
+    args = ["train", "--config", str(CONFIG), "--data", str(data), "--out", str(root / out), overrides]
+    return main([*args, "train.max_steps=2", "train.log_every=1", "train.checkpoint_every=2", *extra])
+
+
+def test_cache_takes_the_model_folders_scale_and_trains_at_it(root, full_cache):
+    full = full_cache
+    assert json.loads((full / "meta.json").read_text())["encoders"]["driving_scale"] == 1
+    record = LatentCache(full)[0].tensors
+    assert record["pose_latents"].shape == (16, 2, 4, 8) == record["target_latents"].shape
+    assert record["driving_masks"].shape == (28, 2, 4, 8)
+    assert train(root, full, "run", 1, "train.dependence_every=2", "train.dependence_samples=2") == 0
+    assert (root / "run" / "checkpoints").is_dir()
+
+
+def test_a_cache_of_the_other_scale_is_refused_in_one_line(root, full_cache, capsys):
+    half = cache(root, "cache-half", "--driving-scale", "2")
+    assert "driving_scale" not in json.loads((half / "meta.json").read_text())["encoders"]  # as before the field
+    assert LatentCache(half)[0].tensors["pose_latents"].shape == (16, 2, 2, 4)
+    capsys.readouterr()
+    assert train(root, half, "refused", 1) != 0
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "2x4 for a 4x8 video latent (driving_scale 2, meta.json" in message
+    assert "--driving-scale 1" in message and "model.overrides.driving_scale=2" in message
+    assert not (root / "refused" / "checkpoints").exists()
+    assert LatentCache(half).driving_scale == 2 and LatentCache(full_cache).driving_scale == 1
+    with pytest.raises(Scail2Error, match="driving_scale 1, meta.json .* the model's driving_scale is 2"):
+        check_cache_driving_scale(LatentCache(full_cache)[0].tensors, 2)
