@@ -215,7 +215,7 @@ class Bench:
         pairs, settings = self.pairs(), self.settings()
         done = self.results.setdefault("ablations", {})
         for name, (cache, extra, share) in ABLATIONS.items():
-            if name in done:
+            if name in done or name not in self.args.ablations.split(","):
                 continue
             model = self.directanimator(name, cache, extra, share)
             driving = "skeleton" if "skeleton" in cache else "frames"
@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=8)
     parser.add_argument("--sampling-steps", type=int, default=10)
     parser.add_argument("--sections", default="main,skeleton,ablations,robustness")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="which ablations the section runs")
     parser.add_argument(
         "--results",
         default="results.json",
