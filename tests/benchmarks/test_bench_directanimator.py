@@ -8,13 +8,16 @@ import numpy as np
 from benchmarks.bench_directanimator import (
     VIDEO_DEGRADATIONS,
     Bench,
+    DegradedDriverMethod,
     character_anchor,
     degrade,
+    degrade_pair,
     markdown,
     rescale_character,
 )
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.eval.benchmark import copy_reference
+from scail2.eval.directanimator import DirectAnimatorMethod
 
 
 def test_degradations_keep_the_shape_and_do_what_they_say():
@@ -69,3 +72,15 @@ def test_per_plan_groups_are_kept_and_tabled():
     table = markdown({"main": {"copy_reference": result}})
     assert "per body plan" in table and all(f"| {p} | copy_reference |" in table for p in plans)
     assert "per body plan" not in markdown({"main": {"copy_reference": {"all": result["all"]}}})  # older results
+
+
+def test_a_degraded_driver_method_generates_from_the_degraded_pair():
+    from scail2.pipelines.pipeline_scail2 import SamplingSettings
+    from tests.pipelines.test_pipeline_directanimator import tiny_directanimator_pipeline
+
+    pair = ProceduralPairGenerator(SynthConfig(32, 32, 5, ("animate",), seed=2000)).generate(0)
+    settings = SamplingSettings(sampler="euler", steps=2, shift=1.0, guidance_scale=1.0)
+    pipeline = tiny_directanimator_pipeline()
+    degraded = DegradedDriverMethod(pipeline, settings, "frames", 0, "small_driver")
+    expected = DirectAnimatorMethod(pipeline, settings, seed=0)(degrade_pair(pair, "small_driver"))
+    np.testing.assert_array_equal(degraded(pair), expected)
