@@ -19,12 +19,24 @@ only, scored with `scail2.eval.benchmark` (silhouette F against each method's ow
 
     main        copy-reference, SCAIL-2 and DirectAnimator (Same2X stages 1 + 2)
     ablations   DirectAnimator without the face cue, without the location cue (cue masks zeroed), without the
-                low-pass filter (a second cache, `--cue-filter none`), without Same2X (stage 2 with lambda 0)
+                low-pass filter (a second cache, `--cue-filter none`), without Same2X (stage 2 with lambda 0),
+                skeleton instead of pose cue (a cache made with `--cues --driving skeleton`: the pose cue made by
+                the same recipe from stick figures re-rendered from the rig, face and location cues unchanged;
+                scored with skeleton pose cues too)
     skeleton    the skeleton-driven baseline (SCAIL-2 on stick figures re-rendered from the rig, its own cache
                 of the same pairs), same steps as SCAIL-2
     robustness  the main DirectAnimator on degraded driving frames: blurred (Gaussian, sigma 2 px), low
                 resolution (a quarter of the side, bilinear back up), darkened (x 0.35); the driving masks stay
-                the clean ones (as a segmenter run on the clean video would give)
+                the clean ones (as a segmenter run on the clean video would give); each degraded run is
+                scored against the clean pair (`DegradedDriverMethod`). Then a scale mismatch
+                between reference and driver: small_driver / large_driver rescale the driving character by
+                0.6 / 1/0.6 (`rescale_character`), so the reference is 1/0.6x larger / 0.6x smaller than the
+                driver. Only the driver is rescaled: the target is the reference's character at the reference's
+                own scale, so it stays the right answer (rescaling the reference instead would make the target
+                wrong). The character layer (pixels, identity and detail maps, so the masks follow) is scaled
+                about the bottom centre of its box over the whole clip (its feet stay on the ground where they
+                were; its motion is scaled with it, as by a camera zoom there), nearest neighbour, and pasted on
+                the empty driving scene re-rendered from the pair's metadata (`driving_plate`).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from scail2.bundled import BUNDLED_SAMPLING, bundled_model_dir
 from scail2.cli import main as cli
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.data.shards import write_dataset
+from scail2.eval.directanimator import DirectAnimatorMethod
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = (
@@ -51,13 +64,22 @@ MODEL = (
 )
 SCAIL2_MODEL = MODEL.replace(", cue_modulation_dim: 32", "")
 TEST_SEED = 2000  # the benchmark's test split
-DEGRADATIONS = ("blurred", "low_resolution", "darkened")
+VIDEO_DEGRADATIONS = ("blurred", "low_resolution", "darkened")  # the driving frames alone (`degrade`)
+RESCALES = {"small_driver": 0.6, "large_driver": 1 / 0.6}  # the driving character's scale (`rescale_character`)
+DEGRADATIONS = (*VIDEO_DEGRADATIONS, *RESCALES)
 # name -> (cache, extra stage options, stage-1 run shared with the main model)
 ABLATIONS = {
     "no_face_cue": ("cache", ["directanimator.face_cue=false"], False),
     "no_location_cue": ("cache", ["directanimator.location_cue=false"], False),
     "no_low_pass": ("cache_no_filter", [], False),
     "no_same2x": ("cache", ["directanimator.stage2.s2x_weight=0.0"], True),
+    "skeleton_pose_cue": ("cache_skeleton_cues", [], False),
+}
+CACHE_OPTIONS = {
+    "cache": ["--cues"],
+    "cache_no_filter": ["--cues", "--cue-filter", "none"],
+    "cache_skeleton": ["--driving", "skeleton"],
+    "cache_skeleton_cues": ["--cues", "--driving", "skeleton"],
 }
 
 
@@ -71,7 +93,7 @@ class Bench:
     def __init__(self, args):
         self.args, self.work = args, args.work
         self.components = bundled_model_dir()
-        self.results_path = self.work / "results.json"
+        self.results_path = self.work / args.results
         self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
         self.results["budget"] = self.budget()
 
@@ -105,8 +127,7 @@ class Bench:
     def cache(self, name: str) -> Path:
         folder = self.work / name
         if not (folder / "meta.json").exists():
-            extra = {"cache_no_filter": ["--cues", "--cue-filter", "none"], "cache_skeleton": ["--driving", "skeleton"]}
-            options = extra.get(name, ["--cues"])
+            options = CACHE_OPTIONS[name]
             run(["cache", *options, "--data", self.work / "data", "--model", self.components, "--out", folder])
         return folder
 
@@ -160,7 +181,7 @@ class Bench:
 
         rows = benchmark.evaluate(methods, pairs, progress=False)
         summary = benchmark.summarise(rows)
-        result = {name: {"all": summary[name]["all"]} for name in summary}
+        result = {name: dict(summary[name]) for name in summary}  # all, task:animate and each plan:<body plan>
         if dependence:
             for name, values in benchmark.driver_dependence(methods, pairs, progress=False).items():
                 result[name]["dependence"] = values
@@ -196,38 +217,56 @@ class Bench:
         pairs, settings = self.pairs(), self.settings()
         done = self.results.setdefault("ablations", {})
         for name, (cache, extra, share) in ABLATIONS.items():
-            if name in done:
+            if name in done or name not in self.args.ablations.split(","):
                 continue
             model = self.directanimator(name, cache, extra, share)
-            done[name] = self.score({name: directanimator_method(model, settings)}, pairs)[name]
+            driving = "skeleton" if "skeleton" in cache else "frames"
+            done[name] = self.score({name: directanimator_method(model, settings, driving=driving)}, pairs)[name]
             self.save()
 
     def robustness_section(self) -> None:
         from scail2.eval.directanimator import directanimator_method
 
         pairs, settings = self.pairs(), self.settings()
-        method = directanimator_method(self.directanimator(), settings)
+        clean = directanimator_method(self.directanimator(), settings)
         done = self.results.setdefault("robustness", {})
         for name in DEGRADATIONS:
             if name not in done:
-                degraded = [dataclasses.replace(p, driving=degrade(p.driving, name)) for p in pairs]
-                done[name] = self.score({name: method}, degraded)[name]
+                method = DegradedDriverMethod(clean.pipeline, clean.settings, clean.driving, clean.seed, name)
+                done[name] = self.score({name: method}, pairs)[name]
                 self.save()
+
+
+@dataclasses.dataclass
+class DegradedDriverMethod(DirectAnimatorMethod):
+    """DirectAnimator given the pair with its driving video degraded (`degrade_pair`), in generation and in the
+    dependence check, but scored against the clean pair: the motion tracks are the original driver's (a
+    rescaled driver's vertical motion can fall under the metrics' movement floor)."""
+
+    degradation: str = "blurred"
+
+    def __call__(self, sample) -> np.ndarray:
+        return super().__call__(degrade_pair(sample, self.degradation))
+
+    def driver_dependence(self, samples: list, progress: bool = True) -> dict[str, float]:
+        return super().driver_dependence([degrade_pair(s, self.degradation) for s in samples], progress)
 
 
 COLUMNS = ("psnr", "ssim", "silhouette", "path_x", "path_y", "extent_h", "extent_w", "colour_error", "flicker")
 
 
 def markdown(results: dict) -> str:
-    """The results as Markdown tables: one per section present, the driver-dependence rises beside the scores."""
+    """The results as Markdown tables: one per section present, the driver-dependence rises beside the scores,
+    then the main comparison per body plan."""
     from scail2.eval.report import METRIC_HEADERS
 
     header = "| model | pairs | " + " | ".join(METRIC_HEADERS[m] for m in COLUMNS)
     header += " | rise, zero driving latents | rise, zero driving masks |\n|---|" + "---:|" * (len(COLUMNS) + 3)
-    main = results.get("main", {})
+    main, ablations = results.get("main", {}), results.get("ablations", {})
+    ablations = {**{name: ablations[name] for name in ABLATIONS if name in ablations}, **ablations}  # script order
     sections = {
         "main": {**main, **({"skeleton": results["skeleton"]} if "skeleton" in results else {})},
-        "ablations": {"directanimator": main.get("directanimator"), **results.get("ablations", {})},
+        "ablations": {"directanimator": main.get("directanimator"), **ablations},
         "robustness": {"clean": main.get("directanimator"), **results.get("robustness", {})},
     }
     out = []
@@ -242,7 +281,28 @@ def markdown(results: dict) -> str:
             rises = ["-" if r is None else f"{r:+.1%}" for r in rises]
             out.append(f"| {name} | {row['all']['pairs']} | " + " | ".join(cells + rises) + " |")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + plan_table(sections["main"]))
+
+
+def plan_table(rows: dict) -> list[str]:
+    """Markdown lines: every model's scores per body plan of the animated (reference) character, plan by plan;
+    empty when the results hold the "all" group only (results written before the groups were kept)."""
+    from scail2.eval.report import METRIC_HEADERS
+
+    plans = list(dict.fromkeys(g for row in rows.values() if row for g in row if g.startswith("plan:")))
+    if not plans:
+        return []
+    out = ["**main, per body plan** (of the animated character)", ""]
+    out += ["| body plan | model | pairs | " + " | ".join(METRIC_HEADERS[m] for m in COLUMNS) + " |"]
+    out += ["|---|---|" + "---:|" * (len(COLUMNS) + 1)]
+    for plan in plans:
+        for name, row in rows.items():
+            if row and plan in row:
+                cells = [_cell(row[plan].get(m), m) for m in COLUMNS]
+                out.append(
+                    f"| {plan.removeprefix('plan:')} | {name} | {row[plan]['pairs']} | " + " | ".join(cells) + " |"
+                )
+    return out + [""]
 
 
 def _cell(value, metric: str) -> str:
@@ -251,10 +311,49 @@ def _cell(value, metric: str) -> str:
     return "n/a" if value is None else format_score(float(value), metric)
 
 
+def degrade_pair(sample, name: str):
+    """A pair with its driving video degraded by `name` (one of DEGRADATIONS); the rest unchanged."""
+    from scail2.data.pairs import driving_plate
+
+    if name not in RESCALES:
+        return dataclasses.replace(sample, driving=degrade(sample.driving, name))
+    frames, ids, detail = rescale_character(
+        sample.driving, sample.driving_ids, sample.driving_detail, driving_plate(sample.metadata), RESCALES[name]
+    )
+    return dataclasses.replace(sample, driving=frames, driving_ids=ids, driving_detail=detail)
+
+
+def character_anchor(ids: np.ndarray) -> tuple[float, float]:
+    """(x, y) in pixels: the bottom centre of the box around every character pixel (ids > 0) of a clip."""
+    ys, xs = np.nonzero((ids > 0).any(axis=0))
+    if not len(xs):
+        return ids.shape[2] / 2, ids.shape[1] / 2
+    return (xs.min() + xs.max() + 1) / 2, float(ys.max() + 1)
+
+
+def rescale_character(frames, ids, detail, plate, factor: float, anchor=None):
+    """The characters of a clip (frames [F, H, W, 3], identity and detail maps [F, H, W]) scaled by `factor`
+    about `anchor` (x, y pixels; default `character_anchor`), nearest neighbour, over `plate` [F, H, W, 3];
+    returns (frames, ids, detail). Parts scaled past the frame are cut."""
+    height, width = ids.shape[1:]
+    anchor_x, anchor_y = character_anchor(ids) if anchor is None else anchor
+    # each output pixel centre reads the source pixel whose centre maps onto it
+    source_x = np.floor(anchor_x + (np.arange(width) + 0.5 - anchor_x) / factor).astype(int)
+    source_y = np.floor(anchor_y + (np.arange(height) + 0.5 - anchor_y) / factor).astype(int)
+    inside = ((source_y >= 0) & (source_y < height))[:, None] & ((source_x >= 0) & (source_x < width))[None, :]
+    rows, cols = np.ix_(source_y.clip(0, height - 1), source_x.clip(0, width - 1))
+    moved_ids = np.where(inside, ids[:, rows, cols], 0).astype(ids.dtype)
+    character = moved_ids > 0
+    moved = np.where(character[..., None], frames[:, rows, cols], plate).astype(frames.dtype)
+    return moved, moved_ids, np.where(character, detail[:, rows, cols], 0).astype(detail.dtype)
+
+
 def degrade(video: np.ndarray, name: str) -> np.ndarray:
     """A uint8 driving video [F, H, W, 3] blurred, at low resolution or darkened."""
     from PIL import Image, ImageFilter
 
+    if name not in VIDEO_DEGRADATIONS:
+        raise ValueError(f"unknown video degradation {name!r}; choose from {', '.join(VIDEO_DEGRADATIONS)}")
     if name == "darkened":
         return (video.astype(np.float32) * 0.35).round().astype(np.uint8)
     frames = []
@@ -281,10 +380,17 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=8)
     parser.add_argument("--sampling-steps", type=int, default=10)
     parser.add_argument("--sections", default="main,skeleton,ablations,robustness")
-    parser.add_argument("--table", action="store_true", help="only print the Markdown tables of results.json")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="which ablations the section runs")
+    parser.add_argument(
+        "--results",
+        default="results.json",
+        help="results file in the work folder (another name lets two processes "
+        "run different sections side by side; merge the files' sections afterwards)",
+    )
+    parser.add_argument("--table", action="store_true", help="only print the Markdown tables of the results file")
     args = parser.parse_args()
     if args.table:
-        print(markdown(json.loads((args.work / "results.json").read_text())))
+        print(markdown(json.loads((args.work / args.results).read_text())))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     bench = Bench(args)

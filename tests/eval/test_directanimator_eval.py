@@ -54,3 +54,13 @@ def test_the_flag_wants_a_directanimator_folder(tmp_path):
         steps=None, shift=None, json=None, report_dir=None, readme=None, seed=0, no_dependence=True,
     )  # fmt: skip
     assert "--directanimator-model runs/da/export/model" in report.command_line(args)
+
+
+def test_skeleton_driving_generates_from_skeleton_pose_cues(pairs):
+    pipeline = tiny_directanimator_pipeline()
+    from_frames = DirectAnimatorMethod(pipeline, SETTINGS, seed=0)(pairs[0])
+    from_skeleton = DirectAnimatorMethod(pipeline, SETTINGS, driving="skeleton", seed=0)(pairs[0])
+    assert from_skeleton.shape == from_frames.shape and not np.array_equal(from_skeleton, from_frames)
+    np.testing.assert_array_equal(
+        DirectAnimatorMethod(pipeline, SETTINGS, driving="skeleton", seed=0)(pairs[0]), from_skeleton
+    )

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         choices=["frames", "skeleton"],
         default="frames",
         help="condition on the driving frames (SCAIL-2) or on stick figures re-rendered from the "
-        "procedural rig (the skeleton-driven baseline)",
+        "procedural rig (the skeleton-driven baseline; with --cues, DirectAnimator's pose cues are made from "
+        "the stick figures, the face and location cues from the frames)",
     )
     parser.add_argument(
         "--driving-scale",

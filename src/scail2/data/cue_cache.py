@@ -11,21 +11,30 @@ Tensors added to a record (z latent channels, T latent frames, h x w latent grid
 
 Head boxes come from the procedural rig's face/head tags. `scail2 cache --cues` writes such a cache; its
 meta.json holds the cue settings, which the exported DirectAnimator model folder keeps.
+
+`scail2 cache --cues --driving skeleton` (the "skeleton instead of pose cue" ablation): each side's pose cue is
+made by the same recipe (foreground on mid-grey, grey, low-pass) from the stick figures re-rendered from the
+rig (`driving_skeleton` for the cross side, `target_skeleton` for the same side) instead of from the frames; the
+face and location cues stay those of the frames, so only the pose cue changes.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from scail2.conditioning.cues import encode_cues
 from scail2.data.latent_cache import CacheEncoder
+from scail2.data.pairs import driving_skeleton, target_skeleton
 from scail2.errors import Scail2Error
 from scail2.preprocess.cue_settings import CueSettings
-from scail2.preprocess.cues import extract_cues
+from scail2.preprocess.cues import DrivingCues, extract_cues, pose_cue
 
 CUE_SIDES = ("same", "cross")
 CUE_FIELDS = ("pose_latents", "pose_masks", "face_latents", "face_masks")
+SKELETON_RENDERS = {"same": target_skeleton, "cross": driving_skeleton}
 
 
 def cue_field_names(side: str) -> list[str]:
@@ -56,9 +65,18 @@ class CueCacheEncoder(CacheEncoder):
         }
         for side, (frames, ids, detail) in sources.items():
             cues = extract_cues(np.asarray(frames), np.asarray(ids), self.cue_settings, detail=np.asarray(detail))
+            if self.driving == "skeleton":
+                cues = skeleton_pose_cue(cues, sample.metadata, side, self.cue_settings)
             encoded = encode_cues(self.codec, cues)
             values = (encoded.pose_latents, encoded.pose_masks, encoded.face_latents, encoded.face_masks)
             for name, value in zip(cue_field_names(side), values):
                 dtype = self.dtype if name.endswith("latents") else torch.float32
                 record[name] = value[0].detach().to("cpu", dtype).contiguous()
         return record
+
+
+def skeleton_pose_cue(cues: DrivingCues, metadata: dict, side: str, settings: CueSettings) -> DrivingCues:
+    """`cues` with the pose cue made from the stick-figure re-render of `side`'s video (a procedural pair's
+    `metadata`): the skeleton's drawn bones are the foreground, filtered by the same recipe as the frames'."""
+    skeleton = SKELETON_RENDERS[side](metadata)
+    return dataclasses.replace(cues, pose=pose_cue(skeleton.frames, skeleton.ids > 0, settings))

@@ -342,14 +342,14 @@ class ProceduralPairGenerator:
         }
 
 
-def _world_of(metadata: dict, scene_key: str, with_actors: bool = True) -> tuple:
+def _world_of(metadata: dict, scene_key: str, with_actors: bool = True, role: str = "driving") -> tuple:
     try:
         scene, camera = Scene.from_json(metadata[scene_key]), Camera.from_json(metadata["camera"])
         size = (metadata["height"], metadata["width"], metadata["frames"], metadata["fps"])
         actors = (
             [
                 Actor(
-                    Character.from_json(c["driving"]),
+                    Character.from_json(c[role]),
                     Motion.from_json(c["motion"]),
                     Placement.from_json(c["placement"]),
                     int(c["identity"]),
@@ -377,6 +377,20 @@ def driving_skeleton(metadata: dict) -> Rendered:
     (perfect pose extraction): what a skeleton-driven system is conditioned on."""
     scene, camera, actors, size = _world_of(metadata, "driving_scene")
     return render_video(scene, camera, actors, *size, skeleton=True)
+
+
+def target_skeleton(metadata: dict) -> Rendered:
+    """The target video of a procedural animation pair re-rendered with its characters (the reference's, doing
+    the driving motion in the reference's scene) as stick figures: the same-identity twin of `driving_skeleton`."""
+    key = "reference_scene" if metadata.get("mode") == "animate" else "driving_scene"
+    scene, camera, actors, size = _world_of(metadata, key, role="reference")
+    return render_video(scene, camera, actors, *size, skeleton=True)
+
+
+def driving_plate(metadata: dict) -> np.ndarray:
+    """[F, H, W, 3] the driving video's scene with no character in it."""
+    scene, camera, _, size = _world_of(metadata, "driving_scene", with_actors=False)
+    return render_video(scene, camera, [], *size).frames
 
 
 DRIVING_SOURCES = ("frames", "skeleton")  # skeleton: the stick-figure baseline of the demo benchmark

@@ -9,6 +9,10 @@ per sample and level, the loss on the target's character cells; the pairs are en
 encodes them and the model gets the cross-identity cues (those of the driving video, as in generation). The
 "driving latents" variant zeroes the pose-cue latents, the "driving masks" variant the pose-cue masks (the
 location cue of the body); the face cue is left in place in both, so the rise measures the body's driver.
+
+`driving="skeleton"` scores a model trained on a `scail2 cache --cues --driving skeleton` cache (the "skeleton
+instead of pose cue" ablation): its pose cue is made from the stick-figure re-render of the driving video, its
+face and location cues from the frames, in generation and in the dependence check alike.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
+from scail2.conditioning import AnimationInputs
 from scail2.data.latent_cache import CachedSample
+from scail2.data.pairs import driving_condition
 from scail2.errors import Scail2Error
 from scail2.eval.benchmark import ModelMethod
 from scail2.pipelines.pipeline_directanimator import DirectAnimatorPipeline
@@ -39,12 +46,23 @@ class DirectAnimatorMethod(ModelMethod):
     tasks: ClassVar[tuple[str, ...]] = ("animate",)
     cue_side: ClassVar[str] = "cross"
 
+    def __call__(self, sample) -> np.ndarray:
+        if self.driving == "frames":
+            return super().__call__(sample)
+        from scail2.data.cue_cache import skeleton_pose_cue
+
+        inputs = AnimationInputs.from_pair(sample, *driving_condition(sample, "frames"))
+        cues = self.pipeline.extract_driving_cues(inputs)
+        cues = skeleton_pose_cue(cues, sample.metadata, self.cue_side, self.pipeline.cue_settings)
+        result = self.pipeline(inputs, self.settings, seed=self.seed, progress=False, cues=cues)
+        return result.frames.cpu().numpy()
+
     def driver_dependence(self, samples: list, progress: bool = True) -> dict[str, float]:
         from tqdm import tqdm
 
         from scail2.data.cue_cache import CueCacheEncoder
 
-        encoder = CueCacheEncoder(self.pipeline.vae, cue_settings=self.pipeline.cue_settings)
+        encoder = CueCacheEncoder(self.pipeline.vae, cue_settings=self.pipeline.cue_settings, driving=self.driving)
         animated = [s for s in samples if s.task in self.tasks]
         cached = [
             CachedSample(s.key, s.task, s.mode, encoder.encode(s))
@@ -53,8 +71,11 @@ class DirectAnimatorMethod(ModelMethod):
         return cue_driver_dependence(self.pipeline.transformer, cached, seed=self.seed, side=self.cue_side)
 
 
-def directanimator_method(folder: str | Path, settings: SamplingSettings, seed: int = 0) -> DirectAnimatorMethod:
-    """The benchmark method of a DirectAnimator model folder (`--directanimator-model`)."""
+def directanimator_method(
+    folder: str | Path, settings: SamplingSettings, seed: int = 0, driving: str = "frames"
+) -> DirectAnimatorMethod:
+    """The benchmark method of a DirectAnimator model folder (`--directanimator-model`); `driving="skeleton"`
+    for a model trained on skeleton pose cues."""
     from scail2.animate import load_pipeline
 
     folder = Path(folder)
@@ -69,7 +90,7 @@ def directanimator_method(folder: str | Path, settings: SamplingSettings, seed: 
             f"--directanimator-model {folder} is a {type(pipeline).__name__} folder, not a DirectAnimator one; "
             "pass SCAIL-2 models with --model"
         )
-    return DirectAnimatorMethod(pipeline, settings, driving="frames", seed=seed)
+    return DirectAnimatorMethod(pipeline, settings, driving=driving, seed=seed)
 
 
 def cue_case(sample: CachedSample, sigma: float, generator: torch.Generator, text_dim: int, side: str) -> dict:
