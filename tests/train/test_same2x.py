@@ -219,3 +219,16 @@ def test_two_process_fsdp2_stage_two_follows_the_single_process_run(setup, tmp_p
     for one, two in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
         for key in ("loss", "flow_loss", "s2x"):
             assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), (key, one, two)
+
+
+def test_a_run_without_the_face_cue_resumes_and_leaves_the_face_embedding_alone(setup, tmp_path):
+    run, ablation = tmp_path / "s1", ["directanimator.face_cue=false", "train.checkpoint_every=1"]
+    assert train(setup, run, "directanimator.stage1.max_steps=1", *ablation) == 0
+    assert train(setup, run, "directanimator.stage1.max_steps=2", *ablation, "--resume") == 0
+    assert [row["step"] for row in metrics(run)] == [1, 2]
+    trainer = Same2XTrainer(
+        load_config(CONFIG, [*FAST, f"model.components={setup / 'model'}", *ablation]),
+        setup / "cache",
+        tmp_path / "fresh",
+    )
+    assert not any(p.requires_grad for p in trainer.model.cue_embedding_face.parameters())

@@ -185,6 +185,9 @@ class Same2XTrainer(Trainer):
             model = DirectAnimatorTransformer3DModel.from_preset(cfg.preset, **cfg.overrides)
             model.init_weights()
         model.train()
+        if not self.same2x.face_cue:
+            # never used, so never given a gradient or optimiser state: trainable, it would break --resume
+            model.cue_embedding_face.requires_grad_(False)
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         if self.same2x.stage == 2 and self.same2x.stage2.s2x_weight > 0:
