@@ -171,8 +171,9 @@ def test_text_is_zero_padded_to_text_len():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_batch_of_one_equals_batch_of_two():
-    model = tiny_model()
+@pytest.mark.parametrize("driving_scale", [2, 1])
+def test_batch_of_one_equals_batch_of_two(driving_scale):
+    model = tiny_model(driving_scale=driving_scale)
     inputs = tiny_inputs(model, history=True, extra_refs=1)
     with torch.no_grad():
         both = model(**inputs, replace=True).sample
