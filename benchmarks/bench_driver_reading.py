@@ -15,7 +15,9 @@ and a small backbone, `--backbone`:
 A variant is a list of config overrides on top of that (VARIANTS below; `--extra` adds one, overrides split by
 `;`). The trainer logs the driver-dependence check (scail2.train.dependence: the rise of the character-cell flow
 loss when the driving latents, or the driving masks, are zeroed, on the cache's first 8 samples) every
-`--dependence-every` steps; the table shows the rises at several steps and the final character-cell loss.
+`--dependence-every` steps; the table shows the rises at several steps and the final character-cell loss. A
+second table breaks the final (exported) model's rises down by noise level, up to sigma 0.98 where the noisy
+video no longer shows where the character is and the driver is the only source of its motion.
 
 Resumable: results go to WORK/results.json after each variant (a rerun skips the variants there) and each
 training resumes from its newest checkpoint. A second seed is `--seed 1` (its runs are named NAME-seed1). The
@@ -50,6 +52,9 @@ VARIANTS = {
 }
 DEPENDENCE_SAMPLES = 8
 TABLE_STEPS = 5
+# The final model's rises per noise level: the trainer's check averages 0.3-0.9, where the noisy video itself
+# already shows where the character is; near 1 the driver is the only source of the motion.
+PROFILE_SIGMAS = (0.3, 0.5, 0.7, 0.9, 0.98)
 
 
 def parse_extra(text: str) -> tuple[str, list[str]]:
@@ -129,6 +134,34 @@ def _rises(row: dict | None) -> str:
     return f"{row['rise_driving_latents']:+.1%} / {row['rise_driving_masks']:+.1%}"
 
 
+def sigma_profile(model_dir: Path, cache: Path, sigmas=PROFILE_SIGMAS) -> dict[str, dict]:
+    """str(sigma) -> the driver-dependence scores of the exported transformer at that noise level alone, on the
+    cache's first DEPENDENCE_SAMPLES samples with the same noise for every variant (the trainer's check, one level
+    at a time)."""
+    import torch
+
+    from scail2.data.latent_cache import LatentCache
+    from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
+    from scail2.train.dependence import driver_dependence
+
+    model = SCAIL2Transformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32).eval()
+    data = LatentCache(cache)
+    samples = [data[i] for i in range(min(DEPENDENCE_SAMPLES, len(data)))]
+    return {str(sigma): driver_dependence(model, samples, sigmas=(sigma,)) for sigma in sigmas}
+
+
+def profile_markdown(results: dict) -> str:
+    """The final models' rises per noise level (zero driving latents / zero driving masks)."""
+    rows = {name: row["by_sigma"] for name, row in results.get("variants", {}).items() if row.get("by_sigma")}
+    if not rows:
+        return ""
+    sigmas = list(next(iter(rows.values())))
+    lines = ["| variant | " + " | ".join(f"sigma {s}" for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
+    for name, profile in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_rises(profile.get(s)) for s in sigmas) + " |")
+    return "\n".join(lines)
+
+
 class Sweep:
     def __init__(self, args):
         self.args, self.work = args, args.work
@@ -196,6 +229,7 @@ class Sweep:
         return {
             "overrides": overrides,
             "dependence": {str(step): row for step, row in dependence_rows(out / "metrics.jsonl").items()},
+            "by_sigma": sigma_profile(out / "export" / "model", a.cache),
             # includes the dependence checks and checkpoints: the cost of this sweep, not of the layout alone
             "seconds_per_step": seconds / steps if done_before < a.steps else None,
         }
@@ -216,7 +250,14 @@ class Sweep:
             print(f"{key}: {' '.join(overrides) or '(no overrides)'}", flush=True)
             done[key] = self.train(name, overrides)
             self.save()
-            print(markdown(self.results), flush=True)
+            print(markdown(self.results) + "\n\n" + profile_markdown(self.results), flush=True)
+
+    def profile_missing(self) -> None:
+        """Add the per-noise-level rises to variants that finished before the profile existed."""
+        for key, row in self.results["variants"].items():
+            if "by_sigma" not in row:
+                row["by_sigma"] = sigma_profile(self.work / key / "export" / "model", self.args.cache)
+                self.save()
 
 
 def main() -> None:
@@ -233,7 +274,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/results.json")
     args = parser.parse_args()
     if args.table:
-        print(markdown(json.loads((args.work / "results.json").read_text())))
+        results = json.loads((args.work / "results.json").read_text())
+        print(markdown(results) + "\n\n" + profile_markdown(results))
         return
     if args.cache is None or not (args.cache / "meta.json").exists():
         raise SystemExit(f"--cache {args.cache}: not a latent cache (no meta.json); build one with `scail2 cache`")
@@ -241,8 +283,9 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sweep = Sweep(args)
+    sweep.profile_missing()
     sweep.run(select_variants(args.variants, args.extra))
-    print(markdown(sweep.results))
+    print(markdown(sweep.results) + "\n\n" + profile_markdown(sweep.results))
 
 
 if __name__ == "__main__":

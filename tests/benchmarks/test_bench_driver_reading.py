@@ -12,6 +12,7 @@ from benchmarks.bench_driver_reading import (
     dependence_rows,
     markdown,
     parse_extra,
+    profile_markdown,
     select_variants,
     table_steps,
 )
@@ -73,3 +74,14 @@ def test_markdown_shows_rises_per_step_and_the_final_loss():
     assert table[2] == "| baseline | (none) | +1.0% / +0.2% | +2.0% / +0.0% | 0.4000 | 0.50 |"
     assert table[3] == "| short | `flow.shift=5.0` | +12.5% / -1.0% | - | 0.4500 | - |"
     assert markdown({}) == "(no variant finished yet)"
+
+
+def test_profile_table_lists_each_noise_level_of_the_variants_that_have_one():
+    rise = {"rise_driving_latents": 0.2, "rise_driving_masks": 0.01, "character_loss": 0.3}
+    results = {"variants": {"a": {"by_sigma": {"0.5": rise, "0.98": rise}}, "b": {"dependence": {}}}}
+    assert profile_markdown(results).splitlines() == [
+        "| variant | sigma 0.5 | sigma 0.98 |",
+        "|---|---:|---:|",
+        "| a | +20.0% / +1.0% | +20.0% / +1.0% |",
+    ]
+    assert profile_markdown({"variants": {}}) == ""
