@@ -17,7 +17,8 @@ A variant is a list of config overrides on top of that (VARIANTS below; `--extra
 loss when the driving latents, or the driving masks, are zeroed, on the cache's first 8 samples) every
 `--dependence-every` steps; the table shows the rises at several steps and the final character-cell loss. A
 second table breaks the final (exported) model's rises down by noise level, up to sigma 0.98 where the noisy
-video no longer shows where the character is and the driver is the only source of its motion.
+video no longer shows where the character is and the driver is the only source of its motion, beside the rise
+with the reference latents zeroed (a stream on the video grid, for comparison).
 
 Resumable: results go to WORK/results.json after each variant (a rerun skips the variants there) and each
 training resumes from its newest checkpoint. A second seed is `--seed 1` (its runs are named NAME-seed1). The
@@ -55,6 +56,7 @@ TABLE_STEPS = 5
 # The final model's rises per noise level: the trainer's check averages 0.3-0.9, where the noisy video itself
 # already shows where the character is; near 1 the driver is the only source of the motion.
 PROFILE_SIGMAS = (0.3, 0.5, 0.7, 0.9, 0.98)
+REFERENCE_ZEROED = {"driving_latents": "ref_latents", "driving_masks": "driving_masks"}
 
 
 def parse_extra(text: str) -> tuple[str, list[str]]:
@@ -131,7 +133,8 @@ def markdown(results: dict) -> str:
 def _rises(row: dict | None) -> str:
     if row is None:
         return "-"
-    return f"{row['rise_driving_latents']:+.1%} / {row['rise_driving_masks']:+.1%}"
+    keys = ("rise_driving_latents", "rise_driving_masks", "rise_reference")
+    return " / ".join(f"{row[key]:+.1%}" for key in keys if key in row)
 
 
 def sigma_profile(model_dir: Path, cache: Path, sigmas=PROFILE_SIGMAS) -> dict[str, dict]:
@@ -147,11 +150,18 @@ def sigma_profile(model_dir: Path, cache: Path, sigmas=PROFILE_SIGMAS) -> dict[s
     model = SCAIL2Transformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32).eval()
     data = LatentCache(cache)
     samples = [data[i] for i in range(min(DEPENDENCE_SAMPLES, len(data)))]
-    return {str(sigma): driver_dependence(model, samples, sigmas=(sigma,)) for sigma in sigmas}
+    profile = {}
+    for sigma in sigmas:
+        scores = driver_dependence(model, samples, sigmas=(sigma,))
+        # the same check with the reference latents zeroed instead (in its first slot): how much the model reads
+        # the stream that sits on the video grid, for comparison
+        reference = driver_dependence(model, samples, sigmas=(sigma,), zeroed_inputs=REFERENCE_ZEROED)
+        profile[str(sigma)] = {**scores, "rise_reference": reference["rise_driving_latents"]}
+    return profile
 
 
 def profile_markdown(results: dict) -> str:
-    """The final models' rises per noise level (zero driving latents / zero driving masks)."""
+    """The final models' rises per noise level (zero driving latents / zero driving masks / zero reference)."""
     rows = {name: row["by_sigma"] for name, row in results.get("variants", {}).items() if row.get("by_sigma")}
     if not rows:
         return ""
@@ -159,6 +169,7 @@ def profile_markdown(results: dict) -> str:
     lines = ["| variant | " + " | ".join(f"sigma {s}" for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
     for name, profile in rows.items():
         lines.append(f"| {name} | " + " | ".join(_rises(profile.get(s)) for s in sigmas) + " |")
+    lines += ["", "Each cell: rise with the driving latents / the driving masks / the reference latents zeroed."]
     return "\n".join(lines)
 
 

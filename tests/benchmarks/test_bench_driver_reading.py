@@ -77,11 +77,13 @@ def test_markdown_shows_rises_per_step_and_the_final_loss():
 
 
 def test_profile_table_lists_each_noise_level_of_the_variants_that_have_one():
-    rise = {"rise_driving_latents": 0.2, "rise_driving_masks": 0.01, "character_loss": 0.3}
+    rise = {"rise_driving_latents": 0.2, "rise_driving_masks": 0.01, "rise_reference": 0.5, "character_loss": 0.3}
     results = {"variants": {"a": {"by_sigma": {"0.5": rise, "0.98": rise}}, "b": {"dependence": {}}}}
     assert profile_markdown(results).splitlines() == [
         "| variant | sigma 0.5 | sigma 0.98 |",
         "|---|---:|---:|",
-        "| a | +20.0% / +1.0% | +20.0% / +1.0% |",
+        "| a | +20.0% / +1.0% / +50.0% | +20.0% / +1.0% / +50.0% |",
+        "",
+        "Each cell: rise with the driving latents / the driving masks / the reference latents zeroed.",
     ]
     assert profile_markdown({"variants": {}}) == ""
