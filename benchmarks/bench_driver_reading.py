@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_driver_reading --cache CACHE --work runs/driver_reading
         [--variants baseline,rope_offset_0,foreground_weight,...] [--extra 'NAME=key=value;key=value']
-        [--steps 600] [--dependence-every 100] [--backbone small|medium] [--lr 1e-3] [--seed 0] [--table]
+        [--steps 800] [--dependence-every 100] [--backbone small|medium] [--lr 1e-3] [--seed 0] [--table]
 
 Every variant trains `scail2 train --config configs/demo.yaml` (the demo recipe: batch 4, its flow settings and
 augmentation) on the same latent cache (`--cache`, e.g. the close-up world's 192 pairs at 128x128; it needs
@@ -277,9 +277,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the runs and results.json (resumes)")
     parser.add_argument("--variants", default="baseline,rope_offset_0,foreground_weight,shift_5")
     parser.add_argument("--extra", action="append", default=[], help="NAME=key=value;key=value (repeatable)")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--dependence-every", type=int, default=100)
-    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="small")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="medium")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/results.json")
