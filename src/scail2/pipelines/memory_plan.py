@@ -345,7 +345,8 @@ class _MetaModules:
         if key not in self.modules:
             module = meta_module(name, self.configs[name]).eval()
             if element_bytes != 4:
-                module = module.to(torch.bfloat16)  # (a VAE has no fp32 modules to keep)
+                # nn.Module's own cast: a VAE has no fp32 modules to keep, so diffusers' warning about them is noise
+                module = torch.nn.Module.to(module, torch.bfloat16)
             self.modules[key] = module
         return self.modules[key]
 
