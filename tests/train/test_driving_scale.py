@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from scail2.errors import Scail2Error
 from tests.pipelines.components import tiny_pipeline
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+DIRECTANIMATOR_CONFIG = CONFIG.with_name("directanimator_tiny.yaml")
 SYNTH = SynthConfig(height=32, width=64, frames=5, seed=7)  # latent 4x8: half resolution would be 2x4
 
 
@@ -68,3 +70,24 @@ def test_a_cache_of_the_other_scale_is_refused_in_one_line(root, full_cache, cap
     assert LatentCache(half).driving_scale == 2 and LatentCache(full_cache).driving_scale == 1
     with pytest.raises(Scail2Error, match="driving_scale 1, meta.json .* the model's driving_scale is 2"):
         check_cache_driving_scale(LatentCache(full_cache)[0].tensors, 2)
+
+
+def test_a_bad_driving_scale_override_is_one_line(root, full_cache, capsys):
+    capsys.readouterr()
+    assert train(root, full_cache, "bad", 3) == 2
+    message = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in message and "model.overrides" in message and "driving_scale must be one of (1, 2), got 3" in message
+    )
+
+
+def test_directanimator_trains_on_a_cue_cache_made_with_a_scale_1_folder(root):
+    # its student never reads the driving stream, so the stream's scale is not checked against it
+    animation = dataclasses.replace(SYNTH, tasks=("animate",))
+    write_dataset(ProceduralPairGenerator(animation), root / "animation", 2, shard_size=2, progress=False)
+    args = ["cache", "--cues", "--cue-grid", "8", "--data", str(root / "animation"), "--model", str(root / "model")]
+    assert main([*args, "--out", str(root / "cues"), "--quiet"]) == 0
+    assert LatentCache(root / "cues")[0].tensors["pose_latents"].shape == (16, 2, 4, 8)
+    args = ["train", "--config", str(DIRECTANIMATOR_CONFIG), "--data", str(root / "cues"), "--out", str(root / "da")]
+    fast = ["directanimator.stage1.max_steps=1", "train.batch_size=2", "model.overrides={model_type: t2v}"]
+    assert main([*args, *fast, f"model.components={root / 'model'}"]) == 0

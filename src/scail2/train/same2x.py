@@ -47,7 +47,7 @@ from scail2.pipelines.pipeline_directanimator import PIPELINE_CLASS_NAME, cue_ve
 from scail2.train.config import TrainConfig, build_section
 from scail2.train.data import sample_generator
 from scail2.train.export import gather_weights, write_model_folder
-from scail2.train.trainer import Trainer, transformer_folder
+from scail2.train.trainer import Trainer, model_from_preset, transformer_folder
 
 # The paper's alignment depth (block 10 of CogVideoX's 42) and weight.
 PAPER_S2X_BLOCK, PAPER_NUM_LAYERS, PAPER_S2X_WEIGHT = 10, 42, 0.5
@@ -182,7 +182,7 @@ class Same2XTrainer(Trainer):
             model = load_directanimator(cfg.pretrained)
         else:
             torch.manual_seed(self.config.train.seed)
-            model = DirectAnimatorTransformer3DModel.from_preset(cfg.preset, **cfg.overrides)
+            model = model_from_preset(DirectAnimatorTransformer3DModel, cfg)
             model.init_weights()
         model.train()
         if not self.same2x.face_cue:

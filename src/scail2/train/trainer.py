@@ -22,6 +22,7 @@ from scail2.conditioning import history_mask
 from scail2.data.latent_cache import CachedSample, LatentCache, check_cache_driving_scale
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
+from scail2.models.transformer_directanimator import is_directanimator_config
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.optional import require
 from scail2.train import checkpoint_io
@@ -64,6 +65,16 @@ AUGMENTATIONS = {"latent_noise": _latent_noise, "drop_driving": _drop_driving, "
 def register_augmentation(name: str, fn) -> None:
     """Add a driving-signal augmentation usable from `flow.augmentations` in a config."""
     AUGMENTATIONS[name] = fn
+
+
+def model_from_preset(model_class, cfg):
+    """`model_class.from_preset(cfg.preset, **cfg.overrides)`, a bad override answered in one line."""
+    try:
+        return model_class.from_preset(cfg.preset, **cfg.overrides)
+    except Scail2Error:
+        raise
+    except (TypeError, ValueError) as error:
+        raise Scail2Error(f"model.overrides {dict(cfg.overrides)}: {error}; correct or remove the override") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -167,7 +178,7 @@ class Trainer:
             )
         else:
             torch.manual_seed(self.config.train.seed)
-            model = SCAIL2Transformer3DModel.from_preset(cfg.preset, **cfg.overrides)
+            model = model_from_preset(SCAIL2Transformer3DModel, cfg)
             model.init_weights()
         model.train()
         if self.config.lora.rank > 0:
@@ -196,7 +207,8 @@ class Trainer:
 
     def check_model_matches_cache(self) -> None:
         sample = self.cache[0].tensors
-        check_cache_driving_scale(sample, self.model.driving_scale)
+        if not is_directanimator_config(self.model.config):  # a cue model never reads the driving stream
+            check_cache_driving_scale(sample, self.model.driving_scale)
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:
