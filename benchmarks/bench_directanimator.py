@@ -389,6 +389,9 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true", help="only print the Markdown tables of the results file")
     args = parser.parse_args()
+    unknown = sorted(set(args.ablations.split(",")) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"--ablations: unknown {', '.join(unknown)}; choose from {','.join(ABLATIONS)}")
     if args.table:
         print(markdown(json.loads((args.work / args.results).read_text())))
         return

@@ -285,6 +285,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/results.json")
     args = parser.parse_args()
     if args.table:
+        if not (args.work / "results.json").is_file():
+            parser.error(f"--table: {args.work / 'results.json'} does not exist yet; run the sweep first")
         results = json.loads((args.work / "results.json").read_text())
         print(markdown(results) + "\n\n" + profile_markdown(results))
         return
@@ -292,10 +294,14 @@ def main() -> None:
         raise SystemExit(f"--cache {args.cache}: not a latent cache (no meta.json); build one with `scail2 cache`")
     import torch
 
+    try:
+        variants = select_variants(args.variants, args.extra)
+    except Scail2Error as error:
+        parser.error(str(error))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sweep = Sweep(args)
     sweep.profile_missing()
-    sweep.run(select_variants(args.variants, args.extra))
+    sweep.run(variants)
     print(markdown(sweep.results) + "\n\n" + profile_markdown(sweep.results))
 
 

@@ -45,14 +45,16 @@ def compare(frames: np.ndarray, ids: np.ndarray, settings: CueSettings) -> tuple
     start = time.perf_counter()
     for frame, frame_ids in zip(frames, ids, strict=True):
         faces = detect_faces(cascade, frame)
+        owners = [owner(frame_ids, box, identities) for box in faces]
+        unowned = sum(o is None for o in owners)  # detections on no character (a hand, a shirt, the background)
         for k, identity in enumerate(identities):
             mask_box = head_box_from_mask(frame_ids == identity, settings.head_fraction)
             if np.isnan(mask_box[0]):
                 continue
             entry = stats[identity]
             entry["present"] += 1
-            mine = [box for box in faces if owner(frame_ids, box, identities) == k]
-            entry["extra"] += len(faces) - min(1, len(mine))
+            mine = [box for box, o in zip(faces, owners, strict=True) if o == k]
+            entry["extra"] += max(0, len(mine) - 1) + unowned  # other characters' faces are theirs, not extras
             if not mine:
                 continue
             box = nearest(mine, mask_box)

@@ -51,8 +51,9 @@ def opencv_cascade():
     from scail2.optional import require
 
     cv2 = require("cv2", purpose="the --face-detector opencv face detector")
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
-    if cascade.empty():
+    data = getattr(cv2, "data", None)  # the pip wheels ship the cascades there; other builds may not
+    cascade = cv2.CascadeClassifier(data.haarcascades + CASCADE_FILE) if data is not None else None
+    if cascade is None or cascade.empty():
         raise Scail2Error(
             f"OpenCV {cv2.__version__} has no {CASCADE_FILE}; pip install 'opencv-python-headless>=4.8,<5'"
         )
