@@ -56,7 +56,6 @@ TABLE_STEPS = 5
 # The final model's rises per noise level: the trainer's check averages 0.3-0.9, where the noisy video itself
 # already shows where the character is; near 1 the driver is the only source of the motion.
 PROFILE_SIGMAS = (0.3, 0.5, 0.7, 0.9, 0.98)
-REFERENCE_ZEROED = {"driving_latents": "ref_latents", "driving_masks": "driving_masks"}
 
 
 def parse_extra(text: str) -> tuple[str, list[str]]:
@@ -145,18 +144,18 @@ def sigma_profile(model_dir: Path, cache: Path, sigmas=PROFILE_SIGMAS) -> dict[s
 
     from scail2.data.latent_cache import LatentCache
     from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
-    from scail2.train.dependence import driver_dependence
+    from scail2.train.dependence import ZEROED_INPUTS, driver_dependence
+
+    # the trainer's two variants plus the reference latents zeroed: how much the model reads the stream that sits
+    # on the video grid, for comparison
+    zeroed = {**ZEROED_INPUTS, "reference": "ref_latents"}
 
     model = SCAIL2Transformer3DModel.from_pretrained(model_dir / "transformer", torch_dtype=torch.float32).eval()
     data = LatentCache(cache)
     samples = [data[i] for i in range(min(DEPENDENCE_SAMPLES, len(data)))]
     profile = {}
     for sigma in sigmas:
-        scores = driver_dependence(model, samples, sigmas=(sigma,))
-        # the same check with the reference latents zeroed instead (in its first slot): how much the model reads
-        # the stream that sits on the video grid, for comparison
-        reference = driver_dependence(model, samples, sigmas=(sigma,), zeroed_inputs=REFERENCE_ZEROED)
-        profile[str(sigma)] = {**scores, "rise_reference": reference["rise_driving_latents"]}
+        profile[str(sigma)] = driver_dependence(model, samples, sigmas=(sigma,), zeroed_inputs=zeroed)
     return profile
 
 

@@ -69,7 +69,8 @@ def driver_dependence(
     zeroed_inputs: dict[str, str] = ZEROED_INPUTS,
 ) -> dict[str, float]:
     """{"character_loss": intact, "character_loss_zero_<variant>": ..., "rise_<variant>": relative rise} for
-    each of VARIANTS, over `samples` at `sigmas` (one forward per sample and level, the variants batched).
+    each variant of `zeroed_inputs` (VARIANTS by default), over `samples` at `sigmas` (one forward per sample
+    and level, the variants batched).
 
     `make_case(sample, sigma, generator, text_dim)` builds the inputs, target and mask (models with other
     inputs pass their own), and `zeroed_inputs` names the input each variant zeroes."""
@@ -77,15 +78,13 @@ def driver_dependence(
         raise Scail2Error("the driver-dependence check needs at least one sample")
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    totals = dict.fromkeys((None, *VARIANTS), 0.0)
+    totals = dict.fromkeys((None, *zeroed_inputs), 0.0)
     for index, sample in enumerate(samples):
         for level, sigma in enumerate(sigmas):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + index * 101 + level)
             case = make_case(sample, sigma, generator, model.config.text_dim)
             clean = case["inputs"]
-            variants = [clean] + [
-                {**clean, zeroed_inputs[v]: torch.zeros_like(clean[zeroed_inputs[v]])} for v in VARIANTS
-            ]
+            variants = [clean] + [{**clean, name: torch.zeros_like(clean[name])} for name in zeroed_inputs.values()]
             inputs = {k: torch.stack([v[k] for v in variants]).to(device) for k in case["inputs"]}
             with autocast:
                 prediction = model(**inputs).sample  # [V, C, T, h, w]: intact first, then each variant
@@ -96,7 +95,7 @@ def driver_dependence(
                 totals[variant] += value
     intact = totals[None]
     result = {"character_loss": intact / (len(samples) * len(sigmas))}
-    for variant in VARIANTS:
+    for variant in zeroed_inputs:
         result[f"character_loss_zero_{variant}"] = totals[variant] / (len(samples) * len(sigmas))
         result[f"rise_{variant}"] = (totals[variant] - intact) / intact if intact > 0 else float("nan")
     return result
