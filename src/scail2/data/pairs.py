@@ -382,8 +382,7 @@ def driving_skeleton(metadata: dict) -> Rendered:
 def target_skeleton(metadata: dict) -> Rendered:
     """The target video of a procedural animation pair re-rendered with its characters (the reference's, doing
     the driving motion in the reference's scene) as stick figures: the same-identity twin of `driving_skeleton`."""
-    key = "reference_scene" if metadata.get("mode") == "animate" else "driving_scene"
-    scene, camera, actors, size = _world_of(metadata, key, role="reference")
+    scene, camera, actors, size = _world_of(metadata, _target_scene_key(metadata), role="reference")
     return render_video(scene, camera, actors, *size, skeleton=True)
 
 
@@ -408,8 +407,8 @@ def driving_condition(sample: PairSample, source: str = "frames") -> tuple[np.nd
     raise Scail2Error(f"unknown driving source {source!r}; choose from {', '.join(DRIVING_SOURCES)}")
 
 
-def target_plate(metadata: dict) -> np.ndarray:
-    """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
+def _target_scene_key(metadata: dict) -> str:
+    """The scene the target is rendered in: the reference's in animation, the driver's in replacement."""
     try:
         mode = parse_mode(str(metadata.get("mode")))
     except Scail2Error:
@@ -417,8 +416,12 @@ def target_plate(metadata: dict) -> np.ndarray:
             f"sample {metadata.get('index')}: metadata has no valid mode; only procedural pairs "
             "(scail2 synth) can be re-rendered"
         ) from None
-    key = "reference_scene" if mode == "animate" else "driving_scene"
-    scene, camera, _, size = _world_of(metadata, key, with_actors=False)
+    return "reference_scene" if mode == "animate" else "driving_scene"
+
+
+def target_plate(metadata: dict) -> np.ndarray:
+    """[F, H, W, 3] the target video's scene with no character in it (the background a model should keep)."""
+    scene, camera, _, size = _world_of(metadata, _target_scene_key(metadata), with_actors=False)
     return render_video(scene, camera, [], *size).frames
 
 
