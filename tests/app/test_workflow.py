@@ -50,13 +50,18 @@ def test_masks_preview_and_identity_sheet(app_inputs, accepted, tmp_path):
     assert (redo.folder / "frames" / "000000.png").is_file()
 
 
-def test_plan_then_run_on_the_bundled_model(app_inputs, accepted):
-    workdir, masks = accepted
-    out = workdir / "run" / "output.mp4"
+def bundled_run(app_inputs, masks, out):
+    """The request and plan of a 17-frame run of the bundled model with default choices."""
     request = workflow.model_request(
         None, app_inputs["ref"], app_inputs["video"], masks.folder, out, workflow.RunChoices()
     )
-    plan = workflow.plan_run(request, 17)
+    return request, workflow.plan_run(request, 17)
+
+
+def test_plan_then_run_on_the_bundled_model(app_inputs, accepted):
+    workdir, masks = accepted
+    out = workdir / "run" / "output.mp4"
+    request, plan = bundled_run(app_inputs, masks, out)
     assert (plan.segments, plan.steps) == (1, 10)
     assert "GPU peak" in plan.describe()
     torch.manual_seed(0)
@@ -75,10 +80,7 @@ def test_plan_then_run_on_the_bundled_model(app_inputs, accepted):
 def test_cancel_stops_within_one_step_and_writes_nothing(app_inputs, accepted):
     workdir, masks = accepted
     out = workdir / "cancelled" / "output.mp4"
-    request = workflow.model_request(
-        None, app_inputs["ref"], app_inputs["video"], masks.folder, out, workflow.RunChoices()
-    )
-    plan = workflow.plan_run(request, 17)
+    request, plan = bundled_run(app_inputs, masks, out)
     job = workflow.RunJob(request, plan)
     job.cancel()  # pressed before the first step ends: the first step's callback stops the run
     job.start().wait(120)
