@@ -56,11 +56,18 @@ TRANSFORMER_CASES = {
 
 
 def transformer_worker(
-    rank: int, world: int, out: str, heads: int, shard_weights: bool, chunked: bool, driving_scale: int = 2
+    rank: int,
+    world: int,
+    out: str,
+    heads: int,
+    shard_weights: bool,
+    chunked: bool,
+    driving_scale: int = 2,
+    driving_injection: str = "append",
 ) -> None:
     """Every case in one process and over all ranks (sequence parallel, weights sharded when asked)."""
     layout = ParallelLayout.from_environment("cpu")
-    model = tiny_model(seed=3, num_heads=heads, driving_scale=driving_scale)
+    model = tiny_model(seed=3, num_heads=heads, driving_scale=driving_scale, driving_injection=driving_injection)
     if chunked:  # every sequence through the chunked block, in several chunks
         for block in model.blocks:
             block.chunk_min_unit_bytes = 0
@@ -117,7 +124,13 @@ def pipeline_cases():
 
 
 def pipeline_worker(
-    rank: int, world: int, out: str, shard_weights: bool, sequential: bool, driving_scale: int = 2
+    rank: int,
+    world: int,
+    out: str,
+    shard_weights: bool,
+    sequential: bool,
+    driving_scale: int = 2,
+    driving_injection: str = "append",
 ) -> None:
     """Each case's final latents one process alone (guidance batched and, with `sequential`, one pass after the
     other; computed on rank 0) and across the ranks (guidance split over two rank groups, and with four ranks
@@ -126,7 +139,7 @@ def pipeline_worker(
     from tests.pipelines.components import tiny_pipeline
 
     layout = ParallelLayout.from_environment("cpu")
-    pipeline = tiny_pipeline(seed=1, driving_scale=driving_scale)
+    pipeline = tiny_pipeline(seed=1, driving_scale=driving_scale, driving_injection=driving_injection)
     cases = pipeline_cases()
 
     def latents(inputs):

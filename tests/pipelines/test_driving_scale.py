@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scail2.conditioning import AnimationInputs, compress_driving_masks
+from scail2.conditioning import AnimationInputs, compress_driving_masks, driving_signal_frames, encode_driving
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 from scail2.pipelines.segments import plan_segments
 from tests.pipelines.components import tiny_pipeline
@@ -66,3 +66,18 @@ def test_two_segments_generate_and_follow_the_driving_video(pipeline, mode):
     )
     changed = pipeline(other, SETTINGS, seed=3, progress=False)  # only the driving frames differ
     assert not torch.equal(result.frames, changed.frames)
+
+
+def test_a_pose_cue_model_gets_the_pose_cue_of_each_segment():
+    pipe = tiny_pipeline(seed=2, driving_scale=1, driving_injection="add", driving_signal="pose_cue")
+    inputs = two_character_inputs("animate")
+    segment = plan_segments(FRAMES, 5, 1)[1]
+    conditions = pipe.prepare_segment(inputs, segment)
+    window = slice(segment.start, segment.start + segment.real_frames)
+    cue = driving_signal_frames(inputs.driving[window], inputs.driving_masks[window], "pose_cue")
+    torch.testing.assert_close(conditions.pose_latents, encode_driving(pipe.codec, cue, 1), rtol=0, atol=0)
+    assert not torch.equal(conditions.pose_latents, pipeline_frames_latents(pipe, inputs, window))
+
+
+def pipeline_frames_latents(pipe, inputs: AnimationInputs, window: slice) -> torch.Tensor:
+    return encode_driving(pipe.codec, inputs.driving[window], 1)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from scail2.cli import main
 from scail2.data.latent_cache import LatentCache, check_cache_driving_scale
@@ -91,3 +92,33 @@ def test_directanimator_trains_on_a_cue_cache_made_with_a_scale_1_folder(root):
     args = ["train", "--config", str(DIRECTANIMATOR_CONFIG), "--data", str(root / "cues"), "--out", str(root / "da")]
     fast = ["directanimator.stage1.max_steps=1", "train.batch_size=2", "model.overrides={model_type: t2v}"]
     assert main([*args, *fast, f"model.components={root / 'model'}"]) == 0
+
+
+def test_a_pose_cue_cache_trains_an_added_pose_cue_model_and_refuses_a_frames_one(root, full_cache, capsys):
+    cues = cache(root, "cache-cue", "--driving-signal", "pose_cue")
+    encoders = json.loads((cues / "meta.json").read_text())["encoders"]
+    assert (encoders["driving_scale"], encoders["driving_signal"]) == (1, "pose_cue")
+    assert "driving_signal" not in json.loads((full_cache / "meta.json").read_text())["encoders"]  # as before
+    assert LatentCache(cues).driving_signal == "pose_cue" and LatentCache(full_cache).driving_signal == "frames"
+    record, frames_record = LatentCache(cues)[0].tensors, LatentCache(full_cache)[0].tensors
+    assert record["pose_latents"].shape == frames_record["pose_latents"].shape
+    assert not torch.equal(record["pose_latents"], frames_record["pose_latents"])
+    assert torch.equal(record["driving_masks"], frames_record["driving_masks"])
+    added = "model.overrides={model_type: t2v, driving_scale: 1, driving_injection: add, driving_signal: pose_cue}"
+    args = ["train", "--config", str(CONFIG), "--data", str(cues), "--out", str(root / "added")]
+    assert main([*args, added, "train.max_steps=1", "train.log_every=1", "train.checkpoint_every=1"]) == 0
+    saved = json.loads((root / "added" / "export" / "model" / "transformer" / "config.json").read_text())
+    assert (saved["driving_injection"], saved["driving_signal"]) == ("add", "pose_cue")
+    capsys.readouterr()
+    assert train(root, cues, "refused-signal", 1) != 0
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "'pose_cue' signal (meta.json encoders.driving_signal)" in message
+    assert "--driving-signal frames" in message and "model.overrides.driving_signal=pose_cue" in message
+
+
+def test_the_cache_takes_the_model_folders_signal(tmp_path, root):
+    folder = tmp_path / "model"
+    tiny_pipeline(seed=0, text=False, image=False, driving_scale=1, driving_signal="pose_cue").save_pretrained(folder)
+    args = ["cache", "--data", str(root / "data"), "--model", str(folder), "--out", str(tmp_path / "cache")]
+    assert main([*args, "--quiet"]) == 0
+    assert LatentCache(tmp_path / "cache").driving_signal == "pose_cue"

@@ -28,6 +28,14 @@ def register(subparsers) -> None:
         help="resolution divisor of the driving latents and masks: 2 = half (SCAIL-2), 1 = the video's; it must "
         "match the trained transformer's driving_scale (default: the --model folder's transformer's, else 2)",
     )
+    parser.add_argument(
+        "--driving-signal",
+        choices=["frames", "pose_cue"],
+        default=None,
+        help="what the driving latents encode: the frames (SCAIL-2) or their pose cue (grey, low-pass, on a plain "
+        "background); it must match the trained transformer's driving_signal (default: the --model folder's "
+        "transformer's, else frames)",
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="storage dtype of the latents")
     parser.add_argument(
         "--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)"
@@ -81,6 +89,7 @@ def run(args) -> int:
             dtype=dtype,
             driving=args.driving,
             driving_scale=args.driving_scale,
+            driving_signal=args.driving_signal,
         )
     except Scail2Error:
         raise

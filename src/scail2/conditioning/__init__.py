@@ -7,9 +7,11 @@ generation see identical inputs.
 
 from scail2.conditioning.codec import VideoLatentCodec
 from scail2.conditioning.geometry import (
+    DRIVING_INJECTIONS,
     DRIVING_SCALES,
     SPATIAL_STRIDE,
     TEMPORAL_STRIDE,
+    check_driving_injection,
     check_driving_scale,
     driving_latent_grid,
     driving_resolution,
@@ -35,11 +37,21 @@ from scail2.conditioning.masks import (
     mask_to_latent,
     reference_mask_tensor,
 )
-from scail2.conditioning.streams import compress_driving_masks, compress_reference_mask, encode_driving, encode_video
+from scail2.conditioning.streams import (
+    DRIVING_SIGNALS,
+    check_driving_signal,
+    compress_driving_masks,
+    compress_reference_mask,
+    driving_signal_frames,
+    encode_driving,
+    encode_video,
+)
 
 __all__ = [
     "DETAIL_TAGS",
+    "DRIVING_INJECTIONS",
     "DRIVING_SCALES",
+    "DRIVING_SIGNALS",
     "HISTORY_MASK_CHANNELS",
     "MASK_CHANNELS",
     "SPATIAL_STRIDE",
@@ -48,7 +60,9 @@ __all__ = [
     "EncodedReference",
     "SegmentConditions",
     "VideoLatentCodec",
+    "check_driving_injection",
     "check_driving_scale",
+    "check_driving_signal",
     "compress_driving_masks",
     "compress_mask_to_latent",
     "compress_reference_mask",
@@ -56,6 +70,7 @@ __all__ = [
     "detail_to_latent",
     "driving_latent_grid",
     "driving_resolution",
+    "driving_signal_frames",
     "encode_driving",
     "encode_video",
     "frames_to_model_video",

@@ -5,6 +5,9 @@
     driving stream at H/2 x W/2      driving latent grid H/16 x W/16   (driving_scale 2, SCAIL-2)
     driving stream at H x W          driving latent grid H/8 x W/8     (driving_scale 1)
 
+The driving tokens are appended after the video's (`driving_injection` "append", SCAIL-2) or, at driving_scale 1,
+added to the video token at their own position ("add"), so a small model reads the driver where it draws.
+
 Pixel tensors the model sees are float32 in [-1, 1], channels first ([3, T, H, W]).
 """
 
@@ -22,6 +25,10 @@ SPATIAL_STRIDE = 8
 # video token. The transformer's `driving_scale` config field picks one; everything that encodes driving inputs
 # reads it from there.
 DRIVING_SCALES = (1, 2)
+# Where the driving tokens enter the sequence: "append" gives them their own positions after the video's
+# (SCAIL-2); "add" sums each with the video token on the same grid cell, which needs driving_scale 1 and leaves
+# the sequence the length of the reference and video alone.
+DRIVING_INJECTIONS = ("append", "add")
 
 
 def latent_frame_count(num_frames: int) -> int:
@@ -74,6 +81,17 @@ def check_driving_scale(scale: int) -> int:
     if scale not in DRIVING_SCALES:
         raise ValueError(f"driving_scale must be one of {DRIVING_SCALES}, got {scale!r}")
     return scale
+
+
+def check_driving_injection(injection: str, scale: int) -> str:
+    """`injection` itself when it is one of DRIVING_INJECTIONS and fits `scale`; anything else is a ValueError."""
+    if injection not in DRIVING_INJECTIONS:
+        raise ValueError(f"driving_injection must be one of {DRIVING_INJECTIONS}, got {injection!r}")
+    if check_driving_scale(scale) != 1 and injection == "add":
+        raise ValueError(
+            f"driving_injection 'add' needs driving_scale 1 (one driving token per video token), got {scale}"
+        )
+    return injection
 
 
 def driving_resolution(video: torch.Tensor, scale: int = 2) -> torch.Tensor:

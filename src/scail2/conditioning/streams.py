@@ -3,6 +3,7 @@
 driving frames uint8 [T, H, W, 3]  -> half resolution -> VAE -> pose latents  [1, z, T_lat, H/16, W/16]
 driving masks  uint8 [T, H, W, 3]  -> half resolution -> 28-channel masks     [1, 28, T_lat, H/16, W/16]
     (with driving_scale 1 the driving streams skip the downscale: [*, T_lat, H/8, W/8])
+    (with driving_signal "pose_cue" the frames become DirectAnimator's pose cue of their characters first)
 reference mask float [3, H, W]     -> 28-channel mask of the reference frame  [1, 28, 1, H/8, W/8]
 any video      uint8 [T, H, W, 3]  -> VAE -> latents                          [1, z, T_lat, H/8, W/8]
 """
@@ -14,12 +15,49 @@ import torch
 from scail2.conditioning.codec import VideoLatentCodec
 from scail2.conditioning.geometry import driving_resolution, frames_to_model_video, uint8_to_signed_unit
 from scail2.conditioning.masks import compress_mask_to_latent
+from scail2.errors import Scail2Error
+
+# What the driving latents encode (the transformer's `driving_signal`): "frames" is the driving video as it is
+# (SCAIL-2); "pose_cue" is DirectAnimator's pose cue of it (scail2.preprocess.cues.pose_cue with the default
+# CueSettings: the characters, grey and low-pass filtered on a mid-grey background), which keeps silhouette and
+# limb layout and drops the driver's colours, texture and scene.
+DRIVING_SIGNALS = ("frames", "pose_cue")
 
 
-def encode_driving(codec: VideoLatentCodec, frames: torch.Tensor, scale: int = 2) -> torch.Tensor:
+def check_driving_signal(signal: str) -> str:
+    """`signal` itself when it is one of DRIVING_SIGNALS; anything else is a ValueError."""
+    if signal not in DRIVING_SIGNALS:
+        raise ValueError(f"driving_signal must be one of {DRIVING_SIGNALS}, got {signal!r}")
+    return signal
+
+
+def driving_signal_frames(frames: torch.Tensor, masks: torch.Tensor | None, signal: str = "frames") -> torch.Tensor:
+    """uint8 driving frames [T, H, W, 3] -> the uint8 frames the VAE encodes for `signal`; "pose_cue" needs the
+    palette masks [T, H, W, 3] (their characters are the cue's foreground)."""
+    if check_driving_signal(signal) == "frames":
+        return frames
+    if masks is None:
+        raise Scail2Error("a model with driving_signal 'pose_cue' needs the driving masks to make its pose cue")
+    from scail2.preprocess.cue_settings import CueSettings
+    from scail2.preprocess.cues import pose_cue
+    from scail2.preprocess.mask_folder import palette_to_identities
+
+    foreground = (palette_to_identities(masks) > 0).numpy()
+    return torch.from_numpy(pose_cue(frames.numpy(), foreground, CueSettings()))
+
+
+def encode_driving(
+    codec: VideoLatentCodec,
+    frames: torch.Tensor,
+    scale: int = 2,
+    signal: str = "frames",
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Driving frames (4n+1 of them) at the target size -> normalised latents at 1/`scale` resolution (the
-    transformer's `driving_scale`; 2 is SCAIL-2's half resolution)."""
-    return codec.encode(driving_resolution(frames_to_model_video(frames), scale)[None])
+    transformer's `driving_scale`; 2 is SCAIL-2's half resolution) of the transformer's `driving_signal`
+    (`masks`: the palette masks, which "pose_cue" needs)."""
+    video = frames_to_model_video(driving_signal_frames(frames, masks, signal))
+    return codec.encode(driving_resolution(video, scale)[None])
 
 
 def compress_driving_masks(masks: torch.Tensor, scale: int = 2) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Layout of a cache folder (format `scail2-latent-cache`, version 2; version 1 is still read):
 
     meta.json                 format, version, source dataset, encoders, text length, storage dtype (and
-                              `encoders.driving_scale` when the driving stream is not at half resolution)
+                              `encoders.driving_scale` when the driving stream is not at half resolution,
+                              `encoders.driving_signal` when its latents are not of the frames themselves)
     null_text.safetensors     the empty prompt's embedding (text dropout), when there is a text encoder
     cache-00000.tar ...       one tar per source shard: `<key>.safetensors` (tensors) + `<key>.json` (task, mode)
     cache-00000.json ...      per-shard completion records (count, bytes, sha256, member offsets)
@@ -40,6 +41,7 @@ from safetensors.torch import save as save_tensors
 from scail2.conditioning import (
     VideoLatentCodec,
     check_driving_scale,
+    check_driving_signal,
     compress_driving_masks,
     compress_reference_mask,
     detail_to_latent,
@@ -115,10 +117,12 @@ class CacheEncoder:
         dtype: torch.dtype = torch.float32,
         driving: str = "frames",
         driving_scale: int = 2,
+        driving_signal: str = "frames",
     ):
         if driving not in DRIVING_SOURCES:
             raise Scail2Error(f"unknown driving source {driving!r}; choose from {', '.join(DRIVING_SOURCES)}")
         self.driving, self.driving_scale = driving, check_driving_scale(driving_scale)
+        self.driving_signal = check_driving_signal(driving_signal)
         self.codec = VideoLatentCodec(vae)
         self.text_encoder, self.tokenizer, self.image_encoder = text_encoder, tokenizer, image_encoder
         self.text_len, self.dtype = text_len, dtype
@@ -132,9 +136,10 @@ class CacheEncoder:
         dtype: torch.dtype = torch.float32,
         driving: str = "frames",
         driving_scale: int | None = None,
+        driving_signal: str | None = None,
     ) -> CacheEncoder:
         """Components of a model folder: `vae/` is required; text_encoder/, tokenizer/, image_encoder/ are used
-        when present. `driving_scale` None: the folder's transformer's (`model_driving_scale`)."""
+        when present. `driving_scale` / `driving_signal` None: the folder's transformer's (`model_driving`)."""
         from diffusers import AutoencoderKLWan
 
         root = Path(model_dir)
@@ -154,7 +159,7 @@ class CacheEncoder:
             from transformers import CLIPVisionModel
 
             image_encoder = CLIPVisionModel.from_pretrained(root / "image_encoder").to(device).eval()
-        scale = model_driving_scale(root) if driving_scale is None else driving_scale
+        folder_scale, folder_signal = model_driving(root)
         return cls(
             vae,
             text_encoder,
@@ -163,7 +168,8 @@ class CacheEncoder:
             text_len=text_len,
             dtype=dtype,
             driving=driving,
-            driving_scale=scale,
+            driving_scale=folder_scale if driving_scale is None else driving_scale,
+            driving_signal=folder_signal if driving_signal is None else driving_signal,
         )
 
     def describe(self) -> dict:
@@ -177,6 +183,8 @@ class CacheEncoder:
             described["driving"] = self.driving
         if self.driving_scale != 2:  # likewise caches at SCAIL-2's half resolution
             described["driving_scale"] = self.driving_scale
+        if self.driving_signal != "frames":
+            described["driving_signal"] = self.driving_signal
         return described
 
     def encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -195,12 +203,15 @@ class CacheEncoder:
         ref_mask = image_to_model(sample.reference_mask(), (height, width))
         target = encode_video(self.codec, torch.from_numpy(sample.target.copy()))[0]
         driving, driving_mask = driving_condition(sample, self.driving)
+        masks = torch.from_numpy(np.array(driving_mask))
         record = {
             "target_latents": target,
             "ref_latents": self.codec.encode(reference[None, :, None])[0],
             "ref_masks": compress_reference_mask(ref_mask)[0],
-            "pose_latents": encode_driving(self.codec, torch.from_numpy(np.array(driving)), self.driving_scale)[0],
-            "driving_masks": compress_driving_masks(torch.from_numpy(np.array(driving_mask)), self.driving_scale)[0],
+            "pose_latents": encode_driving(
+                self.codec, torch.from_numpy(np.array(driving)), self.driving_scale, self.driving_signal, masks
+            )[0],
+            "driving_masks": compress_driving_masks(masks, self.driving_scale)[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),
             "target_masks": mask_to_latent(sample.target_ids, tuple(target.shape[-2:])),
         }
@@ -217,15 +228,25 @@ class CacheEncoder:
         }
 
 
-def model_driving_scale(model_dir: str | Path) -> int:
-    """The `driving_scale` of a model folder's transformer (2, SCAIL-2's half resolution, when the folder has no
-    transformer/ or its config predates the field)."""
-    config = Path(model_dir) / "transformer" / "config.json"
-    if not config.is_file():
-        return 2
-    return int(
-        read_json(config, missing_hint="", corrupt_hint="convert the model folder again").get("driving_scale", 2)
-    )
+def model_driving(model_dir: str | Path) -> tuple[int, str]:
+    """The `driving_scale` and `driving_signal` of a model folder's transformer (2 and "frames", SCAIL-2's, when
+    the folder has no transformer/ or its config predates the fields)."""
+    path = Path(model_dir) / "transformer" / "config.json"
+    if not path.is_file():
+        return 2, "frames"
+    config = read_json(path, missing_hint="", corrupt_hint="convert the model folder again")
+    return int(config.get("driving_scale", 2)), str(config.get("driving_signal", "frames"))
+
+
+def check_cache_driving_signal(cache_signal: str, model_signal: str) -> None:
+    """Refuse, in one line, a cache whose driving latents encode another signal than the model reads (the
+    record's shapes cannot tell: meta.json's `encoders.driving_signal` does)."""
+    if cache_signal != model_signal:
+        raise Scail2Error(
+            f"the cache's driving latents are of the {cache_signal!r} signal (meta.json encoders.driving_signal) but "
+            f"the model reads {model_signal!r}; re-cache with `scail2 cache --driving-signal {model_signal}` or set "
+            f"model.overrides.driving_signal={cache_signal}"
+        )
 
 
 def check_cache_driving_scale(tensors: dict[str, torch.Tensor], model_scale: int) -> None:
@@ -280,6 +301,11 @@ class LatentCache:
     def driving_scale(self) -> int:
         """The resolution divisor its driving latents and masks were encoded at (2: half; older caches are 2)."""
         return int(self.meta.get("encoders", {}).get("driving_scale", 2))
+
+    @property
+    def driving_signal(self) -> str:
+        """What its driving latents encode: "frames" (older caches too) or "pose_cue"."""
+        return str(self.meta.get("encoders", {}).get("driving_signal", "frames"))
 
     def _read(self, shard: str, offset: int, size: int) -> bytes:
         path = self.directory / shard

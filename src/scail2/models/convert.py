@@ -258,7 +258,14 @@ UPSTREAM_CONFIG_FIELDS = {
     "eps",
 }
 # This implementation's own architecture fields, accepted beside upstream's (upstream hard-codes them).
-EXTENSION_CONFIG_FIELDS = {"image_dim", "rope_theta", "rope_offset", "driving_scale"}
+EXTENSION_CONFIG_FIELDS = {
+    "image_dim",
+    "rope_theta",
+    "rope_offset",
+    "driving_scale",
+    "driving_injection",
+    "driving_signal",
+}
 # Upstream fields that carry no information for this implementation.
 IGNORED_UPSTREAM_FIELDS = {"_class_name", "_diffusers_version", "pose_rope_shift"}
 

@@ -172,7 +172,7 @@ class DirectAnimatorTransformer3DModel(SCAIL2Transformer3DModel):
     _no_split_modules = ["CueFusionBlock"]
     _repeated_blocks = ["CueFusionBlock"]
     _keep_in_fp32_modules = [*SCAIL2Transformer3DModel._keep_in_fp32_modules, "cue_modulation"]
-    ignore_for_config = ["driving_scale"]  # no driving stream
+    ignore_for_config = ["driving_scale", "driving_injection", "driving_signal"]  # no driving stream
 
     @register_to_config
     def __init__(

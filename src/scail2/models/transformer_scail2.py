@@ -6,6 +6,10 @@ resolution, for small models whose half-resolution driving grid is too coarse to
 
     tokens = [extra reference frames | reference | video | driving stream]
 
+A small model may instead add each driving token to the video token on its grid cell (`driving_injection` "add",
+with `driving_scale` 1), and read DirectAnimator's pose cue of the driving frames rather than the frames
+themselves (`driving_signal` "pose_cue"): the sequence is then [extra refs | reference | video + driving].
+
 Every architecture number is a config field; the official 14B model is the `14b` preset. Parameter names are
 the Wan names of the released checkpoint after upstream conversion, so a Wan-style state dict loads as is.
 
@@ -29,8 +33,9 @@ from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from scail2.conditioning.geometry import check_driving_scale
+from scail2.conditioning.geometry import check_driving_injection, check_driving_scale
 from scail2.conditioning.masks import HISTORY_MASK_CHANNELS, MASK_CHANNELS
+from scail2.conditioning.streams import check_driving_signal
 from scail2.models.attention import SCAIL2AttnProcessor
 
 # ------------------------------------------------------------------------------------------------------------
@@ -144,18 +149,21 @@ def scail2_rope_table(
     theta: float,
     offset: int,
     driving_scale: int = 2,
+    driving_injection: str = "append",
 ) -> torch.Tensor:
     """Complex128 rotations [S, head_dim/2] for the whole sequence [extra refs | reference | video | driving].
 
     `height` and `width` are the video patch grid (latent H/2, W/2); the driving grid is 1/`driving_scale` of it.
+    Added driving tokens (`driving_injection` "add") have no rows of their own: they take the video's.
     """
     shifts = scail2_rope_shifts(num_extra_refs, replace, offset)
     parts = [
         rope_rotations(grid_positions(num_extra_refs, height, width, shifts["extra_refs"]), head_dim, theta),
         rope_rotations(grid_positions(1, height, width, shifts["reference"]), head_dim, theta),
         rope_rotations(grid_positions(frames, height, width, shifts["video"]), head_dim, theta),
-        driving_rope_rotations(frames, height, width, shifts["driving"], head_dim, theta, driving_scale),
     ]
+    if check_driving_injection(driving_injection, driving_scale) == "append":
+        parts.append(driving_rope_rotations(frames, height, width, shifts["driving"], head_dim, theta, driving_scale))
     return torch.cat(parts, dim=0)
 
 
@@ -218,6 +226,7 @@ def scail2_rope_rotations(
     replace: bool,
     offset: int,
     driving_scale: int = 2,
+    driving_injection: str = "append",
 ) -> torch.Tensor:
     """fp32 rotations [S, head_dim/2, 2] (re, im) of the whole sequence, gathered on the tables' device.
 
@@ -236,8 +245,10 @@ def scail2_rope_rotations(
         )
         for name, n in streams
     ]
+    if check_driving_injection(driving_injection, driving_scale) == "add":
+        return torch.cat(parts, dim=0)
     driving = shifts["driving"]
-    scale = check_driving_scale(driving_scale)
+    scale = driving_scale
     spatial = axis_tables.pooled[1:] if scale == 2 else axis_tables.single[1:]  # scale 1: no 2x2 mean
     parts.append(
         _grid_rotations(
@@ -624,6 +635,13 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     frame, about one per character, too coarse to carry a pose (4x the driving tokens at scale 1). The
     pipeline and `scail2 cache` read it from here, so the driving inputs always match the model.
 
+    `driving_injection` "add" (driving_scale 1 only) sums each driving token, with its mask embedding, into the
+    video token on the same cell instead of appending it: the model reads the driver where it draws, the
+    sequence loses the driving tokens, and the driving stream needs no RoPE rows. `driving_signal` says what the
+    pipeline and the cache encode as driving latents: "frames" (SCAIL-2) or "pose_cue", DirectAnimator's grey
+    low-pass pose cue of the driving characters (`scail2.conditioning.streams`). On small models trained from
+    scratch, the pose cue added on the video grid is the layout that reads its driver (docs/benchmark/closeup.md).
+
     LoRA adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `set_adapters`, ...), step caches
     through its `CacheMixin` (`enable_cache(FirstBlockCacheConfig(...))`; scail2.models.step_cache).
     """
@@ -677,11 +695,14 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         rope_theta: float = 10000.0,
         rope_offset: int = 120,
         driving_scale: int = 2,
+        driving_injection: str = "append",
+        driving_signal: str = "frames",
     ):
         super().__init__()
         if model_type not in ("i2v", "t2v"):
             raise ValueError(f"model_type must be 'i2v' or 't2v', got {model_type!r}")
-        check_driving_scale(driving_scale)
+        check_driving_injection(driving_injection, driving_scale)
+        check_driving_signal(driving_signal)
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"dim {dim} must split into {num_heads} heads of an even size")
         patch_size = tuple(patch_size)
@@ -766,6 +787,16 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         """The config's `driving_scale`; 2 for a subclass that has no driving stream and leaves the field out of
         its config (`ignore_for_config`)."""
         return self.config.get("driving_scale", 2)
+
+    @property
+    def driving_injection(self) -> str:
+        """The config's `driving_injection` ("append" where the config predates the field)."""
+        return self.config.get("driving_injection", "append")
+
+    @property
+    def driving_signal(self) -> str:
+        """The config's `driving_signal` ("frames" where the config predates the field)."""
+        return self.config.get("driving_signal", "frames")
 
     # -------------------------------------------------------------------------------------------------------
     # Input checks
@@ -863,7 +894,8 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         extra_ref_latents,
         extra_ref_masks,
     ) -> torch.Tensor:
-        """Patch-embed every stream and concatenate [extra refs | reference | video | driving] -> [B, S, dim]."""
+        """Patch-embed every stream and concatenate [extra refs | reference | video | driving] -> [B, S, dim]
+        (with `driving_injection` "add": [extra refs | reference | video + driving])."""
         b, _, t, h, w = hidden_states.shape
         ones = hidden_states.new_ones(b, HISTORY_MASK_CHANNELS, 1, h, w)
         if history_mask is None:
@@ -885,7 +917,10 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             extra = feed(self.patch_embedding, extra) + feed(self.patch_embedding_mask, extra_ref_masks)
             streams.insert(0, extra)
         pose = feed(self.patch_embedding_pose, driving) + feed(self.patch_embedding_mask, driving_masks)
-        streams.append(pose)
+        if self.driving_injection == "add":  # the video frames follow the reference frame on the main grid
+            streams[-1] = torch.cat([main[:, :, :1], main[:, :, 1:] + pose], dim=2)
+        else:
+            streams.append(pose)
         # Each [B, dim, t, h, w] -> [B, t*h*w, dim] in (t, h, w) row-major order.
         return torch.cat([s.flatten(2).transpose(1, 2) for s in streams], dim=1)
 
@@ -920,6 +955,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             bool(replace),
             self.config.rope_offset,
             self.driving_scale,
+            self.driving_injection,
         )
         self._rope_cache[key] = table
         while len(self._rope_cache) > self.rope_cache_size:
@@ -1051,7 +1087,7 @@ class SCAIL2Transformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             else:
                 x = block(x, time_modulation, context, rope, num_image_tokens)
 
-        # 4. Head on the video tokens only (extra refs and the reference come first, the driving stream last).
+        # 4. Head on the video tokens only (extra refs and the reference come first, any driving tokens last).
         if self.sequence_parallel is not None:
             x = self.sequence_parallel.gather(x)  # [B, S, dim] on every rank
         start = (num_extra + 1) * grid_h * grid_w

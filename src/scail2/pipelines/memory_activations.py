@@ -55,8 +55,9 @@ CLIP_TOKENS = 257
 
 def transformer_tokens(config: dict, frames: int, height: int, width: int, extra_refs: int = 0) -> TokenCounts:
     """Tokens of a `frames` x `height` x `width` segment: extra refs, reference, video, driving (at 1/driving_scale
-    resolution: half by default). A DirectAnimator config has no driving stream; its pose and face cues are two
-    video-sized token streams added to the video tokens in every block (`cues`)."""
+    resolution: half by default; none of their own when `driving_injection` is "add"). A DirectAnimator config has
+    no driving stream; its pose and face cues are two video-sized token streams added to the video tokens in every
+    block (`cues`)."""
     _, p_h, p_w = config.get("patch_size", (1, 2, 2))
     latent_frames = (frames - 1) // TEMPORAL_STRIDE + 1
     grid = (height // SPATIAL_STRIDE // p_h) * (width // SPATIAL_STRIDE // p_w)
@@ -68,7 +69,7 @@ def transformer_tokens(config: dict, frames: int, height: int, width: int, extra
         extra_refs=extra_refs * grid,
         reference=grid,
         video=latent_frames * grid,
-        driving=0 if cue_model else latent_frames * driving_grid,
+        driving=0 if cue_model or config.get("driving_injection") == "add" else latent_frames * driving_grid,
         context=image_tokens + config.get("text_len", 512),
         cues=len(CUES) * latent_frames * grid if cue_model else 0,
     )

@@ -8,7 +8,8 @@ In-memory inputs (already at the target size) go through short numbered steps, e
     4. plan_segments           81-frame segments overlapping by 5 (scail2.pipelines.segments);
        prepare_latents         each segment's initial noise, drawn from the generator or checked when given
     5. prepare_segment         driving latents and driving masks of one segment (half resolution, or the
-                               video's for a transformer with driving_scale 1)
+                               video's for a transformer with driving_scale 1; latents of the frames, or
+                               of their pose cue for one with driving_signal "pose_cue")
     6. denoise_segment         `scail2.diffusion.samplers.sample` over `build_velocity_fn`'s transformer closure,
                                clean history re-imposed before and after every step
     7. decode_segment          latents -> pixels, then to the CPU in the output format (uint8 by default);
@@ -480,11 +481,15 @@ class SCAIL2Pipeline(DiffusionPipeline):
     # 5. -----------------------------------------------------------------------------------------------------
     def prepare_segment(self, inputs: AnimationInputs, segment: Segment) -> SegmentConditions:
         """Driving frames and masks of one segment (padded to its length) -> conditions at the resolution the
-        transformer's `driving_scale` asks for (2: half)."""
+        transformer's `driving_scale` asks for (2: half), its driving latents of the signal its `driving_signal`
+        names (the frames, or their pose cue)."""
         window = slice(segment.start, segment.start + segment.real_frames)
-        scale = self.transformer.config.get("driving_scale", 2)
-        pose_latents = encode_driving(self.codec, pad_frames(inputs.driving[window], segment.length), scale)
-        driving_masks = compress_driving_masks(pad_frames(inputs.driving_masks[window], segment.length), scale)
+        config = self.transformer.config
+        scale, signal = config.get("driving_scale", 2), config.get("driving_signal", "frames")
+        frames = pad_frames(inputs.driving[window], segment.length)
+        masks = pad_frames(inputs.driving_masks[window], segment.length)
+        pose_latents = encode_driving(self.codec, frames, scale, signal, masks)
+        driving_masks = compress_driving_masks(masks, scale)
         return SegmentConditions(pose_latents=pose_latents, driving_masks=driving_masks.to(pose_latents.device))
 
     # 6. -----------------------------------------------------------------------------------------------------

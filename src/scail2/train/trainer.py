@@ -19,7 +19,12 @@ import torch
 import torch.distributed as dist
 
 from scail2.conditioning import history_mask
-from scail2.data.latent_cache import CachedSample, LatentCache, check_cache_driving_scale
+from scail2.data.latent_cache import (
+    CachedSample,
+    LatentCache,
+    check_cache_driving_scale,
+    check_cache_driving_signal,
+)
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import is_directanimator_config
@@ -209,6 +214,7 @@ class Trainer:
         sample = self.cache[0].tensors
         if not is_directanimator_config(self.model.config):  # a cue model never reads the driving stream
             check_cache_driving_scale(sample, self.model.driving_scale)
+            check_cache_driving_signal(self.cache.driving_signal, self.model.driving_signal)
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
         if latent != self.model.latent_channels:

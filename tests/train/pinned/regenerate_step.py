@@ -104,6 +104,8 @@ def learning_rates() -> dict:
 class MemoryCache:
     """The part of `LatentCache` the trainer reads, holding two seeded samples (one animate, one replace)."""
 
+    driving_signal = "frames"
+
     def __init__(self, seed: int, text_dim: int = 20, image_dim: int = 24):
         g = torch.Generator().manual_seed(seed)
         c, t, h, w = LATENT_SHAPE
