@@ -40,6 +40,19 @@ def test_default_test_split_covers_every_body_plan_and_task():
     assert {"task:animate", "task:replace", "task:multi"} <= groups
 
 
+def test_closeup_splits_are_the_same_seeds_in_the_closeup_world_and_the_cli_offers_every_split():
+    from scail2.cli import build_parser
+    from scail2.data.world import WORLD_PRESETS
+
+    for name in ("test", "val"):
+        wide, closeup = benchmark.SPLITS[name], benchmark.SPLITS[f"closeup-{name}"]
+        assert dataclasses.replace(closeup, world=wide.world) == wide
+        assert closeup.world == WORLD_PRESETS["closeup"] != wide.world
+    parser = build_parser()
+    for split in [*benchmark.SPLITS, benchmark.OUTSIDE_SPLIT]:
+        assert parser.parse_args(["eval", "--split", split]).split == split
+
+
 def test_ground_truth_scores_perfectly_and_copy_reference_and_reversed_truth_do_not(small_split):
     truths = []
     for sample in small_split:

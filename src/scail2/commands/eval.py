@@ -19,8 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--split",
         default="test",
-        choices=["test", "val", "outside"],
-        help="held-out split (outside: new shapes on plain backdrops along curved paths, no skeleton baseline)",
+        choices=["test", "val", "closeup-test", "closeup-val", "outside"],
+        help="held-out split (closeup-*: the same pairs in the close-up world; outside: new shapes on plain "
+        "backdrops along curved paths, no skeleton baseline)",
     )
     parser.add_argument("--pairs", type=int_range(1), help="pairs of the split to use (default: all 64; outside: 16)")
     parser.add_argument(

@@ -32,15 +32,19 @@ import torch
 
 from scail2.conditioning import AnimationInputs, encode_video, model_video_to_frames
 from scail2.data.pairs import PairSample, ProceduralPairGenerator, SynthConfig, driving_condition, target_plate
-from scail2.data.world import PLAN_NAMES
+from scail2.data.world import PLAN_NAMES, WORLD_PRESETS
 from scail2.errors import Scail2Error
 from scail2.eval import metrics
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 
 # Held-out splits: seeds no training run uses (the demo model trained on seed 1000).
+# The close-up splits hold the same seeds in the close-up world (characters 80-100 px tall, a following camera),
+# the world a model trained on `scail2 synth --world closeup` is scored in.
 SPLITS = {
     "test": SynthConfig(height=128, width=128, frames=17, seed=2000),
     "val": SynthConfig(height=128, width=128, frames=17, seed=3000),
+    "closeup-test": SynthConfig(height=128, width=128, frames=17, seed=2000, world=WORLD_PRESETS["closeup"]),
+    "closeup-val": SynthConfig(height=128, width=128, frames=17, seed=3000, world=WORLD_PRESETS["closeup"]),
 }
 SPLIT_SIZE = 64
 # Clips drawn outside the procedural world (scail2.eval.outside): new shapes on plain backdrops along curved
