@@ -59,12 +59,23 @@ def _drop_driving(pose, masks, generator, strength):
     return torch.zeros_like(pose), masks
 
 
+def _drop_driving_masks(pose, masks, generator, strength):
+    # Without the masks the driving latents are the only motion signal left, so the model must learn to read them
+    # rather than copy the coarse silhouette the masks already give.
+    return pose, torch.zeros_like(masks)
+
+
 def _mask_jitter(pose, masks, generator, strength):
     return pose, (masks * (1 + strength * torch.randn(masks.shape, generator=generator))).clamp(0, 1)
 
 
 # name -> fn(pose_latents, driving_masks, generator, strength) -> (pose_latents, driving_masks)
-AUGMENTATIONS = {"latent_noise": _latent_noise, "drop_driving": _drop_driving, "mask_jitter": _mask_jitter}
+AUGMENTATIONS = {
+    "latent_noise": _latent_noise,
+    "drop_driving": _drop_driving,
+    "drop_driving_masks": _drop_driving_masks,
+    "mask_jitter": _mask_jitter,
+}
 
 
 def register_augmentation(name: str, fn) -> None:
