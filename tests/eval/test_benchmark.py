@@ -6,7 +6,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
+from scail2.conditioning import encode_driving
 from scail2.data.pairs import SynthConfig
 from scail2.errors import Scail2Error
 from scail2.eval import benchmark, report
@@ -200,3 +202,32 @@ def test_model_methods_run_frames_and_skeleton_conditions(small_split):
         {"copy": benchmark.copy_reference, "ours": benchmark.ModelMethod(pipeline, settings)}, [sample], False
     )
     assert list(dependence) == ["ours"] and np.isfinite(dependence["ours"]["rise_driving_latents"])
+
+
+def test_the_dependence_check_encodes_the_driver_as_each_model_reads_it(small_split):
+    from tests.pipelines.components import tiny_pipeline
+
+    settings = SamplingSettings(sampler="euler", steps=1, shift=1.0, guidance_scale=1.0)
+    sample = next(s for s in small_split if s.task == "animate")
+    layouts = {
+        "half": {},
+        "added_cue": dict(driving_scale=1, driving_injection="add", driving_signal="pose_cue"),
+    }
+    methods = {
+        name: benchmark.ModelMethod(tiny_pipeline(text=False, image=False, **layout), settings)
+        for name, layout in layouts.items()
+    }
+    seen = {}
+    for name, method in methods.items():
+        forward = method.pipeline.transformer.forward
+        method.pipeline.transformer.forward = lambda *a, _f=forward, _n=name, **k: (
+            seen.setdefault(_n, k) and _f(*a, **k)
+        )
+    dependence = benchmark.driver_dependence(methods, [sample], False)
+    assert all(np.isfinite(dependence[name]["rise_driving_latents"]) for name in layouts)
+    latent = seen["half"]["hidden_states"].shape[-2:]
+    assert seen["half"]["pose_latents"].shape[-2:] == (latent[0] // 2, latent[1] // 2)
+    assert seen["added_cue"]["pose_latents"].shape[-2:] == latent
+    driving, masks = torch.from_numpy(sample.driving.copy()), torch.from_numpy(sample.driving_mask())
+    cue = encode_driving(methods["added_cue"].pipeline.codec, driving, 1, "pose_cue", masks)[0]
+    assert any(torch.allclose(given, cue, atol=1e-6) for given in seen["added_cue"]["pose_latents"])

@@ -71,6 +71,9 @@ def test_a_cache_of_the_other_scale_is_refused_in_one_line(root, full_cache, cap
     assert LatentCache(half).driving_scale == 2 and LatentCache(full_cache).driving_scale == 1
     with pytest.raises(Scail2Error, match="driving_scale 1, meta.json .* the model's driving_scale is 2"):
         check_cache_driving_scale(LatentCache(full_cache)[0].tensors, 2)
+    with pytest.raises(Scail2Error) as refused:  # an added stream exists only at scale 1: re-caching is the fix
+        check_cache_driving_scale(LatentCache(half)[0].tensors, 1, "add")
+    assert "--driving-scale 1`" in str(refused.value) and "model.overrides" not in str(refused.value)
 
 
 def test_a_bad_driving_scale_override_is_one_line(root, full_cache, capsys):

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         "--split",
         default="test",
         choices=["test", "val", "closeup-test", "closeup-val", "outside"],
-        help="held-out split (closeup-*: the same pairs in the close-up world; outside: new shapes on plain "
+        help="held-out split (closeup-*: the same seeds in the close-up world; outside: new shapes on plain "
         "backdrops along curved paths, no skeleton baseline)",
     )
     parser.add_argument("--pairs", type=int_range(1), help="pairs of the split to use (default: all 64; outside: 16)")

@@ -249,16 +249,18 @@ def check_cache_driving_signal(cache_signal: str, model_signal: str) -> None:
         )
 
 
-def check_cache_driving_scale(tensors: dict[str, torch.Tensor], model_scale: int) -> None:
+def check_cache_driving_scale(tensors: dict[str, torch.Tensor], model_scale: int, injection: str = "append") -> None:
     """Refuse, in one line, a cache record whose driving latents are not at the model's `driving_scale`: the
     record's own shapes say which scale it was encoded at, so every cache version is checked alike."""
     (height, width), (pose_h, pose_w) = tensors["target_latents"].shape[-2:], tensors["pose_latents"].shape[-2:]
     if (pose_h * model_scale, pose_w * model_scale) != (height, width):
         cached = height // max(1, pose_h)
+        # an added driving stream exists only at scale 1, so the model cannot follow the cache there
+        other = "" if injection == "add" else f" or set model.overrides.driving_scale={cached}"
         raise Scail2Error(
             f"the cache's driving latents are {pose_h}x{pose_w} for a {height}x{width} video latent (driving_scale "
             f"{cached}, meta.json encoders.driving_scale) but the model's driving_scale is {model_scale}; re-cache "
-            f"with `scail2 cache --driving-scale {model_scale}` or set model.overrides.driving_scale={cached}"
+            f"with `scail2 cache --driving-scale {model_scale}`{other}"
         )
 
 

@@ -38,7 +38,7 @@ from scail2.eval import metrics
 from scail2.pipelines.pipeline_scail2 import SamplingSettings
 
 # Held-out splits: seeds no training run uses (the demo model trained on seed 1000).
-# The close-up splits hold the same seeds in the close-up world (characters 80-100 px tall, a following camera),
+# The close-up splits draw from the same seeds in the close-up world (characters 80-100 px tall, a following camera),
 # the world a model trained on `scail2 synth --world closeup` is scored in.
 SPLITS = {
     "test": SynthConfig(height=128, width=128, frames=17, seed=2000),
@@ -248,7 +248,13 @@ def driver_dependence(methods: dict[str, Method], samples: list[PairSample], pro
         if hasattr(method, "driver_dependence"):  # a model with its own driving inputs (DirectAnimator's cues)
             results[name] = method.driver_dependence(samples, progress)
             continue
-        encoder = CacheEncoder(method.pipeline.vae, driving=method.driving)
+        transformer = method.pipeline.transformer  # its driving inputs are encoded as the model reads them
+        encoder = CacheEncoder(
+            method.pipeline.vae,
+            driving=method.driving,
+            driving_scale=transformer.driving_scale,
+            driving_signal=transformer.driving_signal,
+        )
         cached = [
             CachedSample(s.key, s.task, s.mode, encoder.encode(s))
             for s in tqdm(samples, disable=not progress, unit="pair", desc=f"dependence {name}")

@@ -151,7 +151,8 @@ def scail2_rope_table(
     driving_scale: int = 2,
     driving_injection: str = "append",
 ) -> torch.Tensor:
-    """Complex128 rotations [S, head_dim/2] for the whole sequence [extra refs | reference | video | driving].
+    """Complex128 rotations [S, head_dim/2] for the whole sequence [extra refs | reference | video | driving]
+    ([extra refs | reference | video] when the driving tokens are added to the video's).
 
     `height` and `width` are the video patch grid (latent H/2, W/2); the driving grid is 1/`driving_scale` of it.
     Added driving tokens (`driving_injection` "add") have no rows of their own: they take the video's.

@@ -4,7 +4,8 @@ The transformer holds this plan (`SCAIL2Transformer3DModel.enable_sequence_paral
 points of its forward; everything between them runs on the rank's own tokens:
 
     shard        after the patch embedding: every rank keeps S/N consecutive tokens of the joint sequence
-                 [extra refs | reference | video | driving] and the same rows of the RoPE table; the sequence is
+                 [extra refs | reference | video | driving] (no driving tokens when they are added to the video's)
+                 and the same rows of the RoPE table; the sequence is
                  padded at the end to a multiple of N (zero tokens, identity rotations)
     keys_values  inside self-attention, after q/k RMSNorm and RoPE: keys and values go from [B, S/N, H, D] to
                  [B, S, H/N, D] (one all-to-all each) and the padded keys are dropped, so no query ever sees them

@@ -224,7 +224,7 @@ class Trainer:
     def check_model_matches_cache(self) -> None:
         sample = self.cache[0].tensors
         if not is_directanimator_config(self.model.config):  # a cue model never reads the driving stream
-            check_cache_driving_scale(sample, self.model.driving_scale)
+            check_cache_driving_scale(sample, self.model.driving_scale, self.model.driving_injection)
             check_cache_driving_signal(self.cache.driving_signal, self.model.driving_signal)
         cfg = self.model.config
         latent = sample["target_latents"].shape[0]
@@ -398,7 +398,8 @@ class Trainer:
         b, _, t, h, w = batch["hidden_states"].shape
         # the driving stream's latent grid (a subclass's batch without one keeps the half-resolution count)
         pose_h, pose_w = batch["pose_latents"].shape[-2:] if "pose_latents" in batch else (h // 2, w // 2)
-        tokens = b * ((1 + t) * (h // 2) * (w // 2) + t * (pose_h // 2) * (pose_w // 2)) * self.group.world_size
+        driving = t * (pose_h // 2) * (pose_w // 2) if self.model.driving_injection == "append" else 0
+        tokens = b * ((1 + t) * (h // 2) * (w // 2) + driving) * self.group.world_size
         return {
             "loss": float(loss_value),
             "lr": lr,
