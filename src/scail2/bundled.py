@@ -17,6 +17,9 @@ BUNDLED_MODEL = Path(str(files("scail2") / "assets" / "demo_model"))
 # its transformer ships (it uses the demo model's VAE).
 BUNDLED_SKELETON = Path(str(files("scail2") / "assets" / "skeleton_baseline"))
 BUNDLED_SIZE = (128, 128)  # (height, width) it was trained at
+# The held-out split (scail2.eval.benchmark.SPLITS) of the world it was trained on: `scail2 demo` draws its pairs
+# from it.
+BUNDLED_SPLIT = "test"
 # Used when the user names no --preset; explicit --steps/--shift/... still override single fields. Segments of
 # its training length (17 frames), continued from 5 clean frames as in training. Chosen on the val split (12
 # pairs, steps 3,800 and 5,200): Euler with 10 steps beat UniPC with 20 on all five metrics at half the time;

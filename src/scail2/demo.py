@@ -89,13 +89,14 @@ def run_demo(
     steps: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    split: str | None = None,
 ) -> dict:
     import dataclasses
 
     import torch
 
     from scail2.animate import load_pipeline
-    from scail2.bundled import BUNDLED_SAMPLING, bundled_model_dir
+    from scail2.bundled import BUNDLED_SAMPLING, BUNDLED_SPLIT, bundled_model_dir
     from scail2.preprocess.video_io import write_mp4
 
     start = time.perf_counter()
@@ -106,7 +107,8 @@ def run_demo(
     pipeline = load_pipeline(model_dir, torch.device(device))
     settings = dataclasses.replace(BUNDLED_SAMPLING, **({"steps": steps} if steps else {}))
     # 2. Held-out pairs.
-    pairs = pick_demo_pairs()
+    split = split or BUNDLED_SPLIT
+    pairs = pick_demo_pairs(split)
     # 3. Generate and score.
     ours = benchmark.ModelMethod(pipeline, settings, driving="frames", seed=seed)
     outputs, results = [], []
@@ -142,6 +144,7 @@ def run_demo(
         "model": str(model_dir),
         "settings": dataclasses.asdict(settings),
         "seed": seed,
+        "split": split,
         "pairs": results,
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -20,10 +21,14 @@ from scail2.preprocess.video_io import probe_video
 FAST = SamplingSettings(sampler="euler", steps=2, shift=3.0, guidance_scale=1.0, segment_length=17, overlap=5)
 
 
-def test_demo_pairs_cover_every_case_and_are_held_out():
-    pairs = pick_demo_pairs()
+@pytest.mark.parametrize("split", ["test", "closeup-test"])
+def test_demo_pairs_cover_every_case_and_are_held_out(split):
+    pairs = pick_demo_pairs(split)
     assert [label for label, _ in pairs] == [label for label, _ in DEMO_CASES]
-    assert all(sample.metadata["seed"] == benchmark.SPLITS["test"].seed for _, sample in pairs)
+    assert all(sample.metadata["seed"] == benchmark.SPLITS[split].seed for _, sample in pairs)
+    framing = benchmark.SPLITS[split].world.framing
+    worlds = [sample.metadata["generator"]["config"].get("world", {}) for _, sample in pairs]  # wide: no entry
+    assert all(world.get("framing", "wide") == framing for world in worlds)
     non_humanoid = dict(pairs)["non-humanoid"].metadata["body_plans"]
     assert "humanoid" not in non_humanoid["reference"] + non_humanoid["driving"]
     assert len(dict(pairs)["multi-character"].metadata["characters"]) >= 2
@@ -34,6 +39,7 @@ def test_demo_writes_videos_previews_and_metrics(tiny_model, tmp_path, monkeypat
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(tiny_model), "--out", str(out)]) == 0
     report_ = json.loads((out / "metrics.json").read_text())
+    assert report_["split"] == bundled.BUNDLED_SPLIT
     assert [row["case"] for row in report_["pairs"]] == [label for label, _ in DEMO_CASES]
     for row in report_["pairs"]:
         info = probe_video(out / row["file"])

@@ -13,6 +13,12 @@ def register(subparsers) -> None:
         "--steps", type=int_range(1, MAX_STEPS), help="denoising steps (default: the bundled model's setting)"
     )
     parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument(
+        "--split",
+        choices=["test", "val", "closeup-test", "closeup-val"],
+        help="held-out split the pairs come from (default: the one the bundled model is scored on; closeup-* for "
+        "a model trained on the close-up world)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -26,5 +32,5 @@ def run(args) -> int:
     require_text_dependencies(args.model)
     demo_guard(args)
 
-    run_demo(out=args.out, model=args.model, steps=args.steps, seed=args.seed)
+    run_demo(out=args.out, model=args.model, steps=args.steps, seed=args.seed, split=args.split)
     return 0
