@@ -81,3 +81,21 @@ def test_a_pose_cue_model_gets_the_pose_cue_of_each_segment():
 
 def pipeline_frames_latents(pipe, inputs: AnimationInputs, window: slice) -> torch.Tensor:
     return encode_driving(pipe.codec, inputs.driving[window], 1)
+
+
+@pytest.mark.parametrize(
+    "layout", [{}, dict(driving_scale=1, driving_injection="add", driving_signal="pose_cue")], ids=["half", "cue"]
+)
+def test_generation_gets_the_driving_inputs_training_cached(layout):
+    from scail2.data.latent_cache import CacheEncoder
+    from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
+
+    pipe = tiny_pipeline(seed=2, text=False, image=False, **layout)
+    sample = ProceduralPairGenerator(SynthConfig(height=32, width=64, frames=5, seed=4)).generate(0)
+    transformer = pipe.transformer
+    cached = CacheEncoder(
+        pipe.vae, driving_scale=transformer.driving_scale, driving_signal=transformer.driving_signal
+    ).encode(sample)
+    conditions = pipe.prepare_segment(AnimationInputs.from_pair(sample), plan_segments(5)[0])
+    torch.testing.assert_close(conditions.pose_latents[0], cached["pose_latents"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(conditions.driving_masks[0], cached["driving_masks"], rtol=0, atol=0)
