@@ -125,3 +125,22 @@ def test_the_cache_takes_the_model_folders_signal(tmp_path, root):
     args = ["cache", "--data", str(root / "data"), "--model", str(folder), "--out", str(tmp_path / "cache")]
     assert main([*args, "--quiet"]) == 0
     assert LatentCache(tmp_path / "cache").driving_signal == "pose_cue"
+
+
+def test_a_pretrained_model_fine_tunes_into_the_added_pose_cue_layout(root, capsys):
+    cues = (
+        root / "cache-cue"
+        if (root / "cache-cue").is_dir()
+        else cache(root, "cache-cue", "--driving-signal", "pose_cue")
+    )
+    layout = "model.overrides={driving_injection: add, driving_signal: pose_cue}"
+    args = ["train", "--config", str(CONFIG), "--data", str(cues), f"model.pretrained={root / 'model'}"]
+    fast = ["train.max_steps=1", "train.log_every=1", "train.checkpoint_every=1"]
+    assert main([*args[:5], "--out", str(root / "tuned"), *args[5:], layout, *fast]) == 0
+    saved = json.loads((root / "tuned" / "export" / "model" / "transformer" / "config.json").read_text())
+    assert (saved["driving_scale"], saved["driving_injection"], saved["driving_signal"]) == (1, "add", "pose_cue")
+    capsys.readouterr()
+    wider = "model.overrides={dim: 64, driving_injection: add, driving_signal: pose_cue}"
+    assert main([*args[:5], "--out", str(root / "wider"), *args[5:], wider, *fast]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "do not fit model.pretrained" in message and "keep the weights' shapes" in message

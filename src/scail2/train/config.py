@@ -22,7 +22,9 @@ from scail2.train.schedule import OptimConfig
 @dataclass
 class ModelConfig:
     preset: str | None = "tiny"  # a SCAIL2_PRESETS name, used when `pretrained` is not given
-    overrides: dict[str, Any] = field(default_factory=dict)  # constructor keywords on top of the preset
+    # constructor keywords on top of the preset; with `pretrained`, config fields that keep the weights' shapes (the
+    # driving layout: driving_scale, driving_injection, driving_signal), to fine-tune a model into another layout
+    overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # a folder with transformer/ (or a transformer folder) to fine-tune
     components: str | None = None  # a model folder whose vae/ (and encoders) validation and export use
     gradient_checkpointing: bool = False  # activation checkpointing per transformer block

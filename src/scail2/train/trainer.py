@@ -93,6 +93,24 @@ def model_from_preset(model_class, cfg):
         raise Scail2Error(f"model.overrides {dict(cfg.overrides)}: {error}; correct or remove the override") from None
 
 
+def pretrained_with_overrides(model_class, folder, cfg):
+    """The weights of `folder` in fp32, its config changed by `cfg.overrides`: fields that keep every weight's
+    shape, such as the driving layout (`driving_scale`, `driving_injection`, `driving_signal`), so a model can be
+    fine-tuned into another layout. A bad or shape-changing override is answered in one line."""
+    try:
+        return model_class.from_pretrained(folder, torch_dtype=torch.float32, **cfg.overrides)
+    except Scail2Error:
+        raise
+    except (TypeError, ValueError) as error:
+        if not cfg.overrides:
+            raise
+        first = str(error).strip().splitlines()[0][:200]
+        raise Scail2Error(
+            f"model.overrides {dict(cfg.overrides)} do not fit model.pretrained {folder} ({first}); only fields that "
+            "keep the weights' shapes can change when fine-tuning"
+        ) from None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Processes
 # ------------------------------------------------------------------------------------------------------------
@@ -189,9 +207,7 @@ class Trainer:
     def build_model(self) -> SCAIL2Transformer3DModel:
         cfg = self.config.model
         if cfg.pretrained:
-            model = SCAIL2Transformer3DModel.from_pretrained(
-                transformer_folder(cfg.pretrained), torch_dtype=torch.float32
-            )
+            model = pretrained_with_overrides(SCAIL2Transformer3DModel, transformer_folder(cfg.pretrained), cfg)
         else:
             torch.manual_seed(self.config.train.seed)
             model = model_from_preset(SCAIL2Transformer3DModel, cfg)
