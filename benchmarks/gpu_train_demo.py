@@ -1,17 +1,20 @@
 """One GPU call that trains a demo model which must read its driver: close-up world data synthesised on the
 machine, cached, a patch-1 transformer (4x the tokens of the bundled layout) trained in bf16 at batch 64,
-exported, scored on 16 test pairs and 16 out-of-world clips, with previews.
+exported, scored on 16 close-up test pairs and 16 out-of-world clips, with previews.
 
     python -m benchmarks.gpu_train_demo --out gpu_demo/                 # on a bare GPU machine (<= 8 minutes)
     python -m benchmarks.gpu_train_demo --out /tmp/dry --dry-run        # the same sections, tiny, on a CPU
+    python -m benchmarks.gpu_train_demo --out gpu_demo/ --layout appended   # SCAIL-2's layout at patch 1 instead
 
 Sections run in order, each guarded: `synth` (scail2 synth --world closeup on every core: a cache is too large
-to bring along), `cache` (the bundled VAE on the GPU), `train` (configs/demo.yaml with patch size 1, bf16,
-batch 64, the driver-dependence check logged every `--dependence-every` steps; exported at the end), `eval`
-(scail2 eval on the test split and the outside clips, the bundled model's split scores beside), `preview` (the
-demo's preview sheet). OUT/gpu_train_demo.json is rewritten after every section with its seconds, status
-and results, so a call cut short still reports what it finished. Ship what it trains only if it beats the
-bundled model on the benchmark's metrics.
+to bring along), `cache` (the bundled VAE on the GPU, driving inputs as the layout reads them), `train` (the
+layout's config with patch size 1, bf16, batch 64, the driver-dependence check logged every `--dependence-every`
+steps; exported at the end), `eval` (scail2 eval on the close-up test split and the outside clips, the bundled
+model's scores beside), `preview` (the demo's preview sheet on close-up test pairs). `--layout` picks the driving
+layout: `added-cue` (configs/demo_closeup.yaml: the pose cue added on the video grid) or `appended`
+(configs/demo.yaml: SCAIL-2's half-resolution frames appended). OUT/gpu_train_demo.json is rewritten after every
+section with its seconds, status and results, so a call cut short still reports what it finished. Ship what it
+trains only if it beats the bundled model on the benchmark's metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ SIZES = {
     "eval_pairs": (16, 1),
     "sample_steps": (10, 2),
 }
+
+
+# --layout -> (training config, `scail2 cache` flags for its driving inputs)
+LAYOUTS = {
+    "added-cue": ("demo_closeup.yaml", ["--driving-scale", "1", "--driving-signal", "pose_cue"]),
+    "appended": ("demo.yaml", ["--driving-scale", "2", "--driving-signal", "frames"]),
+}
+EVAL_SPLIT = "closeup-test"
 
 
 def _size(name: str, dry: bool):
@@ -63,7 +74,7 @@ def cache(args, out: Path) -> dict:
 
     device = "cpu" if args.dry_run else "cuda"
     flags = ["--data", str(out / "synth"), "--model", str(BUNDLED), "--out", str(out / "cache"), "--quiet"]
-    return {"exit": main(["cache", *flags, "--device", device])}
+    return {"exit": main(["cache", *flags, *LAYOUTS[args.layout][1], "--device", device])}
 
 
 def train(args, out: Path) -> dict:
@@ -84,7 +95,7 @@ def train(args, out: Path) -> dict:
         "optim.ema_decay=0.99",
     ]
     run = out / "run"
-    command = ["train", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(out / "cache")]
+    command = ["train", "--config", str(REPO / "configs" / LAYOUTS[args.layout][0]), "--data", str(out / "cache")]
     command += ["--out", str(run), *(["--resume"] if (run / "checkpoints").is_dir() else []), *overrides]
     code = main(command)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -102,7 +113,7 @@ def evaluate(args, out: Path) -> dict:
     flags = ["--pairs", str(_size("eval_pairs", args.dry_run)), "--steps", str(_size("sample_steps", args.dry_run))]
     flags += ["--skeleton-model", "none", "--quiet"]
     results = {}
-    for split in ("test", "outside"):
+    for split in (EVAL_SPLIT, "outside"):
         for name, folder in (("trained", model), ("bundled", BUNDLED)):
             path = out / f"eval-{split}-{name}.json"
             code = main(["eval", "--split", split, "--model", str(folder), "--json", str(path), *flags])
@@ -120,7 +131,8 @@ def preview(args, out: Path) -> dict:
 
     model = out / "run" / "export" / "model"
     device = "cpu" if args.dry_run else "cuda"
-    summary = run_demo(out / "preview", model=model, steps=_size("sample_steps", args.dry_run), device=device)
+    steps = _size("sample_steps", args.dry_run)
+    summary = run_demo(out / "preview", model=model, steps=steps, device=device, split=EVAL_SPLIT)
     return {"wall_s": summary["wall_s"], "files": sorted(p.name for p in (out / "preview").iterdir())}
 
 
@@ -133,10 +145,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--dry-run", action="store_true", help="every section at tiny sizes (CPU, seconds)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset, in order")
     parser.add_argument("--dependence-every", type=int, default=250, help="driver-dependence check interval")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="added-cue", help="driving layout to train")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"dry_run": args.dry_run, "sections": {}}
+    report = {"dry_run": args.dry_run, "layout": args.layout, "sections": {}}
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:

@@ -16,5 +16,6 @@ def test_dry_run_trains_a_patch_one_model_and_reports_each_section(tmp_path):
     train = report["sections"]["train"]
     assert sorted(train["losses"]) == [1, 2] and list(train["dependence"]) == [2]
     config = json.loads((tmp_path / "run" / "export" / "model" / "transformer" / "config.json").read_text())
-    assert config["patch_size"] == [1, 1, 1]
+    assert config["patch_size"] == [1, 1, 1] and report["layout"] == "added-cue"
+    assert (config["driving_scale"], config["driving_injection"], config["driving_signal"]) == (1, "add", "pose_cue")
     assert json.loads((tmp_path / "gpu_train_demo.json").read_text())["sections"]["train"]["status"] == "ok"
