@@ -73,3 +73,13 @@ def test_encode_driving_encodes_the_signal_at_the_scale():
     torch.testing.assert_close(latents, encode_driving(codec, cue, 1), rtol=0, atol=0)
     half = encode_driving(codec, frames, 2, "pose_cue", masks)
     torch.testing.assert_close(half, encode_driving(codec, cue, 2), rtol=0, atol=0)
+
+
+def test_in_replacement_the_cue_is_pasted_over_the_characters_of_the_driving_frames():
+    frames, masks = driver()
+    foreground = (masks != 0).any(-1, keepdim=True)
+    cue = driving_signal_frames(frames, masks, "pose_cue")
+    pasted = driving_signal_frames(frames, masks, "pose_cue", mode="replace")
+    assert torch.equal(pasted, torch.where(foreground, cue, frames))
+    assert torch.equal(pasted[~foreground[..., 0]], frames[~foreground[..., 0]])  # the driver's scene kept
+    assert torch.equal(driving_signal_frames(frames, masks, "frames", mode="replace"), frames)

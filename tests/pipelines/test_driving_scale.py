@@ -83,15 +83,17 @@ def pipeline_frames_latents(pipe, inputs: AnimationInputs, window: slice) -> tor
     return encode_driving(pipe.codec, inputs.driving[window], 1)
 
 
+@pytest.mark.parametrize("task", ["animate", "replace"])
 @pytest.mark.parametrize(
     "layout", [{}, dict(driving_scale=1, driving_injection="add", driving_signal="pose_cue")], ids=["half", "cue"]
 )
-def test_generation_gets_the_driving_inputs_training_cached(layout):
+def test_generation_gets_the_driving_inputs_training_cached(layout, task):
     from scail2.data.latent_cache import CacheEncoder
     from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 
     pipe = tiny_pipeline(seed=2, text=False, image=False, **layout)
-    sample = ProceduralPairGenerator(SynthConfig(height=32, width=64, frames=5, seed=4)).generate(0)
+    sample = ProceduralPairGenerator(SynthConfig(height=32, width=64, frames=5, tasks=(task,), seed=4)).generate(0)
+    assert sample.mode == task
     transformer = pipe.transformer
     cached = CacheEncoder(
         pipe.vae, driving_scale=transformer.driving_scale, driving_signal=transformer.driving_signal

@@ -20,7 +20,8 @@ from scail2.errors import Scail2Error
 # What the driving latents encode (the transformer's `driving_signal`): "frames" is the driving video as it is
 # (SCAIL-2); "pose_cue" is DirectAnimator's pose cue of it (scail2.preprocess.cues.pose_cue with the default
 # CueSettings: the characters, grey and low-pass filtered on a mid-grey background), which keeps silhouette and
-# limb layout and drops the driver's colours, texture and scene.
+# limb layout and drops the driver's colours and texture. In animation it drops the driver's scene too; in
+# replacement the target keeps that scene, so the cue is pasted into the driving frames over the characters.
 DRIVING_SIGNALS = ("frames", "pose_cue")
 
 
@@ -31,9 +32,12 @@ def check_driving_signal(signal: str) -> str:
     return signal
 
 
-def driving_signal_frames(frames: torch.Tensor, masks: torch.Tensor | None, signal: str = "frames") -> torch.Tensor:
+def driving_signal_frames(
+    frames: torch.Tensor, masks: torch.Tensor | None, signal: str = "frames", mode: str = "animate"
+) -> torch.Tensor:
     """uint8 driving frames [T, H, W, 3] -> the uint8 frames the VAE encodes for `signal`; "pose_cue" needs the
-    palette masks [T, H, W, 3] (their characters are the cue's foreground)."""
+    palette masks [T, H, W, 3] (their characters are the cue's foreground) and, in `mode` "replace", keeps the
+    frames outside them."""
     if check_driving_signal(signal) == "frames":
         return frames
     if masks is None:
@@ -42,8 +46,9 @@ def driving_signal_frames(frames: torch.Tensor, masks: torch.Tensor | None, sign
     from scail2.preprocess.cues import pose_cue
     from scail2.preprocess.mask_folder import palette_to_identities
 
-    foreground = (palette_to_identities(masks) > 0).numpy()
-    return torch.from_numpy(pose_cue(frames.numpy(), foreground, CueSettings()))
+    foreground = palette_to_identities(masks) > 0  # [T, H, W]
+    cue = torch.from_numpy(pose_cue(frames.numpy(), foreground.numpy(), CueSettings()))
+    return torch.where(foreground[..., None], cue, frames) if mode == "replace" else cue
 
 
 def encode_driving(
@@ -52,11 +57,12 @@ def encode_driving(
     scale: int = 2,
     signal: str = "frames",
     masks: torch.Tensor | None = None,
+    mode: str = "animate",
 ) -> torch.Tensor:
     """Driving frames (4n+1 of them) at the target size -> normalised latents at 1/`scale` resolution (the
     transformer's `driving_scale`; 2 is SCAIL-2's half resolution) of the transformer's `driving_signal`
-    (`masks`: the palette masks, which "pose_cue" needs)."""
-    video = frames_to_model_video(driving_signal_frames(frames, masks, signal))
+    (`masks`: the palette masks, which "pose_cue" needs; `mode`: the generation's, which "pose_cue" follows)."""
+    video = frames_to_model_video(driving_signal_frames(frames, masks, signal, mode))
     return codec.encode(driving_resolution(video, scale)[None])
 
 

@@ -209,7 +209,12 @@ class CacheEncoder:
             "ref_latents": self.codec.encode(reference[None, :, None])[0],
             "ref_masks": compress_reference_mask(ref_mask)[0],
             "pose_latents": encode_driving(
-                self.codec, torch.from_numpy(np.array(driving)), self.driving_scale, self.driving_signal, masks
+                self.codec,
+                torch.from_numpy(np.array(driving)),
+                self.driving_scale,
+                self.driving_signal,
+                masks,
+                sample.mode,
             )[0],
             "driving_masks": compress_driving_masks(masks, self.driving_scale)[0],
             "detail_masks": detail_to_latent(sample.target_detail, tuple(target.shape[-2:])),

@@ -488,7 +488,7 @@ class SCAIL2Pipeline(DiffusionPipeline):
         scale, signal = config.get("driving_scale", 2), config.get("driving_signal", "frames")
         frames = pad_frames(inputs.driving[window], segment.length)
         masks = pad_frames(inputs.driving_masks[window], segment.length)
-        pose_latents = encode_driving(self.codec, frames, scale, signal, masks)
+        pose_latents = encode_driving(self.codec, frames, scale, signal, masks, inputs.mode)
         driving_masks = compress_driving_masks(masks, scale)
         return SegmentConditions(pose_latents=pose_latents, driving_masks=driving_masks.to(pose_latents.device))
 
