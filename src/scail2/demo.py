@@ -32,7 +32,7 @@ PREVIEW_FRAMES = (0, 8, 16)
 
 
 def pick_demo_pairs(split: str = "test", search: int = 200) -> list[tuple[str, PairSample]]:
-    """The first test-split pair of each demo case (deterministic)."""
+    """The first pair of each demo case in the held-out `split` (deterministic)."""
     generator = ProceduralPairGenerator(benchmark.SPLITS[split])
     chosen: dict[str, PairSample] = {}
     for index in range(search):

@@ -34,12 +34,17 @@ def test_demo_pairs_cover_every_case_and_are_held_out(split):
     assert len(dict(pairs)["multi-character"].metadata["characters"]) >= 2
 
 
-def test_demo_writes_videos_previews_and_metrics(tiny_model, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("split", [None, "closeup-test"])
+def test_demo_writes_videos_previews_and_metrics(tiny_model, tmp_path, monkeypatch, capsys, split):
     monkeypatch.setattr(bundled, "BUNDLED_SAMPLING", FAST)
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(tiny_model), "--out", str(out)]) == 0
+    assert main(["demo", "--model", str(tiny_model), "--out", str(out), *(["--split", split] if split else [])]) == 0
     report_ = json.loads((out / "metrics.json").read_text())
-    assert report_["split"] == bundled.BUNDLED_SPLIT
+    assert report_["split"] == (split or bundled.BUNDLED_SPLIT)
+    references = [sample.reference for _, sample in pick_demo_pairs(report_["split"])]
+    preview_ = np.asarray(Image.open(out / "preview.png"))
+    for row, reference in enumerate(references):  # each row starts with its pair's reference (under its label)
+        assert np.array_equal(preview_[128 * row + 14 : 128 * (row + 1), :128], reference[14:])
     assert [row["case"] for row in report_["pairs"]] == [label for label, _ in DEMO_CASES]
     for row in report_["pairs"]:
         info = probe_video(out / row["file"])

@@ -53,6 +53,8 @@ def test_closeup_splits_are_the_same_seeds_in_the_closeup_world_and_the_cli_offe
     parser = build_parser()
     for split in [*benchmark.SPLITS, benchmark.OUTSIDE_SPLIT]:
         assert parser.parse_args(["eval", "--split", split]).split == split
+    for split in benchmark.SPLITS:  # the demo takes every procedural split
+        assert parser.parse_args(["demo", "--split", split]).split == split
 
 
 def test_ground_truth_scores_perfectly_and_copy_reference_and_reversed_truth_do_not(small_split):

@@ -101,3 +101,7 @@ def test_generation_gets_the_driving_inputs_training_cached(layout, task):
     conditions = pipe.prepare_segment(AnimationInputs.from_pair(sample), plan_segments(5)[0])
     torch.testing.assert_close(conditions.pose_latents[0], cached["pose_latents"], rtol=0, atol=1e-6)
     torch.testing.assert_close(conditions.driving_masks[0], cached["driving_masks"], rtol=0, atol=0)
+    if task == "replace" and transformer.driving_signal == "pose_cue":  # the driving scene stays around the cue
+        masks = torch.from_numpy(sample.driving_mask())
+        as_animation = encode_driving(pipe.codec, torch.from_numpy(sample.driving.copy()), 1, "pose_cue", masks)
+        assert not torch.allclose(conditions.pose_latents, as_animation)

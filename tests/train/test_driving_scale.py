@@ -127,7 +127,7 @@ def test_the_cache_takes_the_model_folders_signal(tmp_path, root):
     assert LatentCache(tmp_path / "cache").driving_signal == "pose_cue"
 
 
-def test_a_pretrained_model_fine_tunes_into_the_added_pose_cue_layout(root, capsys):
+def test_a_pretrained_model_fine_tunes_into_the_added_pose_cue_layout(root, full_cache, capsys):
     cues = (
         root / "cache-cue"
         if (root / "cache-cue").is_dir()
@@ -140,7 +140,17 @@ def test_a_pretrained_model_fine_tunes_into_the_added_pose_cue_layout(root, caps
     saved = json.loads((root / "tuned" / "export" / "model" / "transformer" / "config.json").read_text())
     assert (saved["driving_scale"], saved["driving_injection"], saved["driving_signal"]) == (1, "add", "pose_cue")
     capsys.readouterr()
-    wider = "model.overrides={dim: 64, driving_injection: add, driving_signal: pose_cue}"
-    assert main([*args[:5], "--out", str(root / "wider"), *args[5:], wider, *fast]) == 2
-    message = capsys.readouterr().err.strip()
-    assert "\n" not in message and "do not fit model.pretrained" in message and "keep the weights' shapes" in message
+    refusals = {
+        "wider": (["model.overrides={dim: 64, driving_injection: add}"], "would change dim of model.pretrained"),
+        "shallower": (["model.overrides={num_layers: 1}"], "would change num_layers of model.pretrained"),
+        "misspelt": (["model.overrides={driving_scal: 1}"], "would change driving_scal of model.pretrained"),
+        "lora": (["model.overrides={driving_injection: add}", "lora.rank=4"], "saved without its base's layout"),
+    }
+    for out, (overrides, expected) in refusals.items():
+        assert main([*args[:5], "--out", str(root / out), *args[5:], *overrides, *fast]) == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and expected in message, message
+        assert not (root / out / "checkpoints").exists()
+    same = "model.overrides={model_type: t2v, driving_scale: 1}"  # the folder's own values: nothing changes
+    args[4] = str(full_cache)
+    assert main([*args[:5], "--out", str(root / "same"), *args[5:], same, "lora.rank=4", *fast]) == 0

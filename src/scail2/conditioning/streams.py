@@ -16,6 +16,7 @@ from scail2.conditioning.codec import VideoLatentCodec
 from scail2.conditioning.geometry import driving_resolution, frames_to_model_video, uint8_to_signed_unit
 from scail2.conditioning.masks import compress_mask_to_latent
 from scail2.errors import Scail2Error
+from scail2.modes import parse_mode
 
 # What the driving latents encode (the transformer's `driving_signal`): "frames" is the driving video as it is
 # (SCAIL-2); "pose_cue" is DirectAnimator's pose cue of it (scail2.preprocess.cues.pose_cue with the default
@@ -48,7 +49,7 @@ def driving_signal_frames(
 
     foreground = palette_to_identities(masks) > 0  # [T, H, W]
     cue = torch.from_numpy(pose_cue(frames.numpy(), foreground.numpy(), CueSettings()))
-    return torch.where(foreground[..., None], cue, frames) if mode == "replace" else cue
+    return torch.where(foreground[..., None], cue, frames) if parse_mode(mode) == "replace" else cue
 
 
 def encode_driving(

@@ -22,8 +22,8 @@ from scail2.train.schedule import OptimConfig
 @dataclass
 class ModelConfig:
     preset: str | None = "tiny"  # a SCAIL2_PRESETS name, used when `pretrained` is not given
-    # constructor keywords on top of the preset; with `pretrained`, config fields that keep the weights' shapes (the
-    # driving layout: driving_scale, driving_injection, driving_signal), to fine-tune a model into another layout
+    # constructor keywords on top of the preset; with `pretrained` (the SCAIL-2 recipe), the driving layout
+    # (driving_scale, driving_injection, driving_signal) to fine-tune a model into another layout, and nothing else
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # a folder with transformer/ (or a transformer folder) to fine-tune
     components: str | None = None  # a model folder whose vae/ (and encoders) validation and export use

@@ -10,6 +10,7 @@ repeats an uninterrupted one step for step, and 1 and N processes follow the sam
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -93,22 +94,36 @@ def model_from_preset(model_class, cfg):
         raise Scail2Error(f"model.overrides {dict(cfg.overrides)}: {error}; correct or remove the override") from None
 
 
-def pretrained_with_overrides(model_class, folder, cfg):
-    """The weights of `folder` in fp32, its config changed by `cfg.overrides`: fields that keep every weight's
-    shape, such as the driving layout (`driving_scale`, `driving_injection`, `driving_signal`), so a model can be
-    fine-tuned into another layout. A bad or shape-changing override is answered in one line."""
-    try:
-        return model_class.from_pretrained(folder, torch_dtype=torch.float32, **cfg.overrides)
-    except Scail2Error:
-        raise
-    except (TypeError, ValueError) as error:
-        if not cfg.overrides:
-            raise
-        first = str(error).strip().splitlines()[0][:200]
+# The config fields a fine-tune may change: none of them changes a weight's shape or which weights exist.
+LAYOUT_FIELDS = ("driving_scale", "driving_injection", "driving_signal")
+
+
+def pretrained_with_overrides(model_class, folder, cfg, lora_rank: int = 0):
+    """The weights of `folder` in fp32, its driving layout changed where `cfg.overrides` says (LAYOUT_FIELDS), so
+    a model can be fine-tuned into another layout. Overrides equal to the folder's config change nothing; one that
+    would change anything else (the architecture, or a misspelt field), or a layout change under LoRA (an adapter
+    is saved without its base's layout), is answered in one line."""
+    saved = model_class.load_config(folder)
+    defaults = {name: p.default for name, p in inspect.signature(model_class.__init__).parameters.items()}
+    changed = {k: v for k, v in cfg.overrides.items() if saved.get(k, defaults.get(k, inspect.Parameter.empty)) != v}
+    other = sorted(set(changed) - set(LAYOUT_FIELDS))
+    if other:
         raise Scail2Error(
-            f"model.overrides {dict(cfg.overrides)} do not fit model.pretrained {folder} ({first}); only fields that "
-            "keep the weights' shapes can change when fine-tuning"
-        ) from None
+            f"model.overrides would change {', '.join(other)} of model.pretrained {folder}; a fine-tune keeps the "
+            f"architecture and may change only the driving layout ({', '.join(LAYOUT_FIELDS)})"
+        )
+    if changed and lora_rank > 0:
+        raise Scail2Error(
+            f"model.overrides change the driving layout of model.pretrained {folder}, but a LoRA adapter is saved "
+            "without its base's layout; fine-tune the whole model (lora.rank=0) or drop the overrides"
+        )
+    try:
+        return model_class.from_pretrained(folder, torch_dtype=torch.float32, **changed)
+    except ValueError as error:
+        if not changed:
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise Scail2Error(f"model.overrides {changed} for model.pretrained {folder}: {first}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -207,7 +222,8 @@ class Trainer:
     def build_model(self) -> SCAIL2Transformer3DModel:
         cfg = self.config.model
         if cfg.pretrained:
-            model = pretrained_with_overrides(SCAIL2Transformer3DModel, transformer_folder(cfg.pretrained), cfg)
+            folder = transformer_folder(cfg.pretrained)
+            model = pretrained_with_overrides(SCAIL2Transformer3DModel, folder, cfg, self.config.lora.rank)
         else:
             torch.manual_seed(self.config.train.seed)
             model = model_from_preset(SCAIL2Transformer3DModel, cfg)
