@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from scail2.conditioning import history_mask
+from scail2.conditioning import SPATIAL_STRIDE, TEMPORAL_STRIDE, history_mask
 from scail2.data.latent_cache import (
     CachedSample,
     LatentCache,
@@ -31,6 +31,7 @@ from scail2.errors import Scail2Error
 from scail2.models.transformer_directanimator import is_directanimator_config
 from scail2.models.transformer_scail2 import SCAIL2Transformer3DModel
 from scail2.optional import require
+from scail2.pipelines.memory_activations import transformer_tokens
 from scail2.train import checkpoint_io
 from scail2.train.config import TrainConfig
 from scail2.train.data import BatchPlan, pad_and_stack, sample_generator
@@ -428,10 +429,8 @@ class Trainer:
             dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
         seconds = time.perf_counter() - start
         b, _, t, h, w = batch["hidden_states"].shape
-        # the driving stream's latent grid (a subclass's batch without one keeps the half-resolution count)
-        pose_h, pose_w = batch["pose_latents"].shape[-2:] if "pose_latents" in batch else (h // 2, w // 2)
-        driving = t * (pose_h // 2) * (pose_w // 2) if self.model.driving_injection == "append" else 0
-        tokens = b * ((1 + t) * (h // 2) * (w // 2) + driving) * self.group.world_size
+        frames, height, width = (t - 1) * TEMPORAL_STRIDE + 1, h * SPATIAL_STRIDE, w * SPATIAL_STRIDE
+        tokens = b * transformer_tokens(self.model.config, frames, height, width).total * self.group.world_size
         return {
             "loss": float(loss_value),
             "lr": lr,
