@@ -429,3 +429,63 @@ def test_cache_holds_character_coverage_and_foreground_weight_raises_the_loss(se
         Trainer._foreground_weights(fake, {"target_latents": latent})
     with pytest.raises(Scail2Error, match="foreground_weight"):
         load_config(str(CONFIG), ["flow.foreground_weight=-1"])
+
+
+def split_cache(whole: Path, out: Path, shard_names: list[str]) -> Path:
+    """A finished cache holding some of `whole`'s shards (copied, with their own manifest)."""
+    from scail2.data.latent_cache import LATENT_CACHE
+
+    out.mkdir(parents=True)
+    shutil.copy(whole / "meta.json", out / "meta.json")
+    records = [r for r in json.loads((whole / "manifest.json").read_text())["shards"] if r["name"] in shard_names]
+    for record in records:
+        shutil.copy(whole / record["name"], out / record["name"])
+    LATENT_CACHE.write_manifest(out, records, num_samples=sum(r["count"] for r in records))
+    return out
+
+
+def test_a_mixture_of_caches_trains_like_the_cache_they_came_from(setup, tmp_path):
+    from scail2.data.latent_cache import LatentCache, LatentCacheMixture, open_latent_caches
+
+    names = [r["name"] for r in json.loads((setup / "cache" / "manifest.json").read_text())["shards"]]
+    assert len(names) == 3  # 8 pairs in shards of 3, 3, 2
+    first = split_cache(setup / "cache", tmp_path / "first", names[:2])
+    last = split_cache(setup / "cache", tmp_path / "last", names[2:])
+    mixture, whole = open_latent_caches([first, last]), LatentCache(setup / "cache")
+    assert isinstance(mixture, LatentCacheMixture) and (len(mixture), len(whole)) == (8, 8)
+    assert [mixture[i].key for i in range(8)] == [whole[i].key for i in range(8)]
+    assert mixture.shapes == whole.shapes and mixture.driving_signal == whole.driving_signal
+    assert isinstance(open_latent_caches([first]), LatentCache)
+    # Same samples in the same order: the same trajectory, step for step (to the last bits: two runs of one cache
+    # in one process already differ there, by 1e-8 in the weights, from the CPU kernels' summation order).
+    steps = ["train.max_steps=3"]
+    assert train(setup, tmp_path / "whole", *steps) == 0
+    mixed = ["--data", str(first), "--data", str(last)]
+    assert main(["train", "--config", str(CONFIG), *mixed, "--out", str(tmp_path / "mixed"), *steps,
+                 f"model.components={setup / 'model'}", *QUIET]) == 0  # fmt: skip
+    whole_losses, mixed_losses = losses(tmp_path / "whole"), losses(tmp_path / "mixed")
+    assert sorted(mixed_losses) == [1, 2, 3]
+    assert all(abs(mixed_losses[s] - whole_losses[s]) < 1e-5 * whole_losses[s] for s in whole_losses)
+    whole_weights, mixed_weights = exported_weights(tmp_path / "whole"), exported_weights(tmp_path / "mixed")
+    for name in whole_weights:
+        torch.testing.assert_close(mixed_weights[name], whole_weights[name], rtol=0, atol=1e-6, msg=name)
+    # A different mixture (the last shard twice, the first two left out) trains on other samples.
+    assert main(["train", "--config", str(CONFIG), "--data", str(last), "--data", str(last), "--out",
+                 str(tmp_path / "other"), *steps, f"model.components={setup / 'model'}", *QUIET]) == 0  # fmt: skip
+    assert abs(losses(tmp_path / "other")[1] - whole_losses[1]) > 1e-3
+
+
+def test_caches_encoded_unlike_are_not_mixed(setup, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(setup / "cache", other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["encoders"]["driving_scale"] = 1
+    (other / "meta.json").write_text(json.dumps(meta))
+    code = main(["train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--data", str(other),
+                 "--out", str(tmp_path / "r"), f"model.components={setup / 'model'}"])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert f"--data {other}" in error and "driving_scale" in error and str(setup / "cache") in error
+    out_inside = main(["train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--data", str(other),
+                       "--out", str(other / "run")])  # fmt: skip
+    assert out_inside == 2 and "--data[2]" in capsys.readouterr().err

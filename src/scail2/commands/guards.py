@@ -218,7 +218,9 @@ def run_folder_guard(args, command: str) -> None:
     overwrite = getattr(args, "overwrite", False)
     if overwrite and (args.resume or args.export_only):
         raise Scail2Error("--overwrite starts the run again; it cannot go with --resume or --export-only")
-    check_input_folder("--data", args.data, "cache" if command == "train" else "synth")
+    data = args.data if isinstance(args.data, list) else [args.data]  # `train` takes several caches
+    for folder in data:
+        check_input_folder("--data", folder, "cache" if command == "train" else "synth")
     continuing = "--resume" if args.resume else "--export-only" if args.export_only else None
     if continuing and not Path(args.out).exists():
         raise Scail2Error(
@@ -230,7 +232,8 @@ def run_folder_guard(args, command: str) -> None:
         raise Scail2Error(f"--eval {evaluation} {what}; give a held-out folder written by `scail2 synth`")
     if args.config is not None and Path(args.config).is_dir():
         raise Scail2Error(f"--config {args.config} is a folder; give a YAML or JSON config file")
-    inputs = {"--data": args.data, "--config": args.config, "--eval": getattr(args, "eval", None)}
+    inputs = {"--data": data[0]} if len(data) == 1 else {f"--data[{i + 1}]": folder for i, folder in enumerate(data)}
+    inputs |= {"--config": args.config, "--eval": getattr(args, "eval", None)}
     guard = OutputGuard(command, inputs)
     reuse = args.resume or args.export_only or overwrite
     guard.folder("--out", args.out, reuse=reuse, ours=_run_folder, hint=RUN_HINT)

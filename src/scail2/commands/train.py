@@ -8,7 +8,14 @@ from scail2.commands.arguments import int_range
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train or fine-tune on a latent cache (torchrun for FSDP2)")
     parser.add_argument("--config", help="training config YAML (see configs/tiny.yaml)")
-    parser.add_argument("--data", required=True, help="latent cache folder written by `scail2 cache`")
+    parser.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="CACHE",
+        help="latent cache folder written by `scail2 cache`; repeat --data to train on several caches encoded alike "
+        "together, every sample equally likely (name a folder twice to double its weight)",
+    )
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, validation videos, export")
     parser.add_argument("--max-steps", type=int_range(0), help="stop at this step (the schedule keeps train.max_steps)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")

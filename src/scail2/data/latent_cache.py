@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -333,6 +333,53 @@ class LatentCache:
             mode=parse_mode(info["mode"], f"{shard} {member['key']} mode"),
             tensors=tensors,
         )  # v1: older words
+
+
+class LatentCacheMixture:
+    """Several finished caches read as one training set (a data mixture, e.g. two worlds): `mixture[i]` walks the
+    folders in the order given, each in manifest order, so every sample is as likely as any other.
+
+    The caches must have been encoded alike (meta.json's `encoders`: driving scale and signal, text and image
+    encoders, text length, storage dtype); the first folder's null text serves all of them.
+    """
+
+    def __init__(self, directories: Sequence[str | Path]):
+        self.parts = [LatentCache(directory) for directory in directories]
+        first = self.parts[0]
+        for part in self.parts[1:]:
+            differing = sorted(
+                key
+                for key in set(first.meta.get("encoders", {})) | set(part.meta.get("encoders", {}))
+                if first.meta.get("encoders", {}).get(key) != part.meta.get("encoders", {}).get(key)
+            )
+            if differing:
+                raise Scail2Error(
+                    f"--data {part.directory} was encoded unlike --data {first.directory} "
+                    f"(meta.json encoders differ in {', '.join(differing)}); re-run `scail2 cache` on one of them "
+                    "with the other's settings"
+                )
+        self.directory, self.meta, self.version = first.directory, first.meta, min(p.version for p in self.parts)
+        self.null_text = first.null_text
+        self.driving_scale, self.driving_signal = first.driving_scale, first.driving_signal
+        self.entries = [(part, index) for part in self.parts for index in range(len(part))]
+        self.shapes = [shape for part in self.parts for shape in part.shapes]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> CachedSample:
+        part, local = self.entries[index]
+        return part[local]
+
+
+def open_latent_caches(directories: str | Path | Sequence[str | Path]) -> LatentCache | LatentCacheMixture:
+    """A training set: one cache folder, or a mixture of several encoded alike."""
+    if isinstance(directories, (str, Path)):
+        return LatentCache(directories)
+    directories = list(directories)
+    if not directories:
+        raise Scail2Error("--data: give at least one cache folder written by `scail2 cache`")
+    return LatentCache(directories[0]) if len(directories) == 1 else LatentCacheMixture(directories)
 
 
 # ------------------------------------------------------------------------------------------------------------

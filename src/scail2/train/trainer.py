@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,9 @@ import torch.distributed as dist
 from scail2.conditioning import SPATIAL_STRIDE, TEMPORAL_STRIDE, history_mask
 from scail2.data.latent_cache import (
     CachedSample,
-    LatentCache,
     check_cache_driving_scale,
     check_cache_driving_signal,
+    open_latent_caches,
 )
 from scail2.diffusion import flow_matching
 from scail2.errors import Scail2Error
@@ -185,16 +186,23 @@ def transformer_folder(path: str | Path) -> Path:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data_dir: str | Path | Sequence[str | Path],
+        out_dir: str | Path,
+        resume: bool = False,
+    ):
         self.config, self.out = config.resolved(), Path(out_dir)
         self.group = init_processes()  # 1. processes
-        self.cache = LatentCache(data_dir)  # 2. data
+        self.cache = open_latent_caches(data_dir)  # 2. data: one cache or a mixture
         self.dpo = None
         if self.config.train.stage == "dpo":
             from scail2.data.preference import check_preference_cache
             from scail2.train.dpo import DPOConfig
 
-            check_preference_cache(self.cache)
+            for part in getattr(self.cache, "parts", [self.cache]):
+                check_preference_cache(part)
             self.dpo = DPOConfig.from_dict(self.config.dpo)
         self.plan = BatchPlan(self.cache.shapes, self.config.train.batch_size, self.config.train.seed)
         self.model = self.build_model()  # 3. model
