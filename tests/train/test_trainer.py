@@ -489,3 +489,27 @@ def test_caches_encoded_unlike_are_not_mixed(setup, tmp_path, capsys):
     out_inside = main(["train", "--config", str(CONFIG), "--data", str(setup / "cache"), "--data", str(other),
                        "--out", str(other / "run")])  # fmt: skip
     assert out_inside == 2 and "--data[2]" in capsys.readouterr().err
+
+
+def test_caches_of_another_vae_are_not_mixed(setup, tmp_path):
+    """Encoders described alike in meta.json, but records of another latent width: refused before training."""
+    from scail2.data.latent_cache import LATENT_CACHE, LatentCache, cache_shard, open_latent_caches
+
+    whole = LatentCache(setup / "cache")
+    recorded = {whole[i].key: whole[i].tensors for i in range(len(whole))}
+
+    class NarrowerVae:  # stands in for a cache encoder whose VAE has one latent channel fewer
+        def encode(self, sample):
+            tensors = dict(recorded[sample.key])
+            tensors["target_latents"] = tensors["target_latents"][:-1].contiguous()
+            return tensors
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(setup / "cache" / "meta.json", other / "meta.json")
+    source = sorted((setup / "data").glob("*.tar"))[0]
+    record = cache_shard(NarrowerVae(), source, other / "cache-00000.tar")
+    LATENT_CACHE.write_manifest(other, [record], num_samples=record["count"])
+    assert len(LatentCache(other)) == 3
+    with pytest.raises(Scail2Error, match=r"--data .*other holds other tensors .*target_latents differ"):
+        open_latent_caches([setup / "cache", other])

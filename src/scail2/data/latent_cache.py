@@ -358,6 +358,14 @@ class LatentCacheMixture:
                     f"(meta.json encoders differ in {', '.join(differing)}); re-run `scail2 cache` on one of them "
                     "with the other's settings"
                 )
+            record, first_record = _record_channels(part), _record_channels(first)
+            if record != first_record:
+                differing = sorted(set(record.items()) ^ set(first_record.items()))
+                raise Scail2Error(
+                    f"--data {part.directory} holds other tensors than --data {first.directory} "
+                    f"({', '.join(sorted({name for name, _ in differing}))} differ: another VAE or encoder made it); "
+                    "re-run `scail2 cache` on one of them with the other's --model"
+                )
         self.directory, self.meta, self.version = first.directory, first.meta, min(p.version for p in self.parts)
         self.null_text = first.null_text
         self.driving_scale, self.driving_signal = first.driving_scale, first.driving_signal
@@ -370,6 +378,16 @@ class LatentCacheMixture:
     def __getitem__(self, index: int) -> CachedSample:
         part, local = self.entries[index]
         return part[local]
+
+
+def _record_channels(cache: LatentCache) -> dict[str, int]:
+    """What a cache's encoders fix in its first record: each tensor's channels (the first axis of a video tensor,
+    the feature width of an embedding); frames and grid may differ between caches."""
+    tensors = cache[0].tensors
+    channels = {name: int(t.shape[0] if t.ndim == 4 else t.shape[-1]) for name, t in tensors.items()}
+    if cache.null_text is not None:
+        channels["null_text"] = int(cache.null_text.shape[-1])
+    return channels
 
 
 def open_latent_caches(directories: str | Path | Sequence[str | Path]) -> LatentCache | LatentCacheMixture:
