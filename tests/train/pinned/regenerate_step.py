@@ -173,7 +173,7 @@ def transformer_step(workdir: Path) -> dict:
     )
     cpu = ProcessGroup(0, 1, torch.device("cpu"))
     with (
-        mock.patch("scail2.train.trainer.LatentCache", lambda directory: MemoryCache(SEED)),
+        mock.patch("scail2.train.trainer.open_latent_caches", lambda directories: MemoryCache(SEED)),
         mock.patch("scail2.train.trainer.init_processes", lambda: cpu),
     ):
         trainer = Trainer(config, workdir / "cache", workdir / "transformer-run")
