@@ -346,29 +346,26 @@ class LatentCacheMixture:
     def __init__(self, directories: Sequence[str | Path]):
         self.parts = [LatentCache(directory) for directory in directories]
         first = self.parts[0]
+        first_encoders, first_channels = first.meta.get("encoders", {}), _record_channels(first)
         for part in self.parts[1:]:
-            differing = sorted(
-                key
-                for key in set(first.meta.get("encoders", {})) | set(part.meta.get("encoders", {}))
-                if first.meta.get("encoders", {}).get(key) != part.meta.get("encoders", {}).get(key)
-            )
+            encoders = part.meta.get("encoders", {})
+            differing = sorted(k for k in {*first_encoders, *encoders} if first_encoders.get(k) != encoders.get(k))
             if differing:
                 raise Scail2Error(
                     f"--data {part.directory} was encoded unlike --data {first.directory} "
                     f"(meta.json encoders differ in {', '.join(differing)}); re-run `scail2 cache` on one of them "
                     "with the other's settings"
                 )
-            record, first_record = _record_channels(part), _record_channels(first)
-            if record != first_record:
-                differing = sorted(set(record.items()) ^ set(first_record.items()))
+            channels = _record_channels(part)
+            if channels != first_channels:
+                differing = sorted({name for name, _ in set(channels.items()) ^ set(first_channels.items())})
                 raise Scail2Error(
                     f"--data {part.directory} holds other tensors than --data {first.directory} "
-                    f"({', '.join(sorted({name for name, _ in differing}))} differ: another VAE or encoder made it); "
+                    f"({', '.join(differing)} differ: another VAE or encoder made it); "
                     "re-run `scail2 cache` on one of them with the other's --model"
                 )
-        self.directory, self.meta, self.version = first.directory, first.meta, min(p.version for p in self.parts)
-        self.null_text = first.null_text
-        self.driving_scale, self.driving_signal = first.driving_scale, first.driving_signal
+        # What the trainer reads of its data; the encoders agree, so the first folder's stand for all.
+        self.meta, self.null_text, self.driving_signal = first.meta, first.null_text, first.driving_signal
         self.entries = [(part, index) for part in self.parts for index in range(len(part))]
         self.shapes = [shape for part in self.parts for shape in part.shapes]
 
