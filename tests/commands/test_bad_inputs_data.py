@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from scail2.commands import guards
 from scail2.data.pairs import ProceduralPairGenerator, SynthConfig
 from scail2.data.shards import write_dataset
+from scail2.errors import Scail2Error
 from tests.commands.corpus import assert_refused
 
 
@@ -118,12 +121,17 @@ def test_convert_corpus(world, capsys):
 
 def test_eval_corpus(world, capsys):
     (world / "user" / "scores.json").write_text('{"mine": 1}')
+    (world / "my_table").mkdir(exist_ok=True)
+    (world / "my_table" / "table.md").write_text("results of my own method")
+    (world / "my_plot").mkdir(exist_ok=True)
+    (world / "my_plot" / "plot.png").write_bytes(b"\x89PNG")
     cases = [
         (["eval", "--json", world / "note.txt" / "s.json"], ["--json", "is a file"]),
         (["eval", "--json", world / "user"], ["--json", "is a folder"]),
         (["eval", "--json", world / "user" / "scores.json"], ["--json", "not written by"]),
         (["eval", "--report-dir", world / "note.txt"], ["--report-dir", "is a file"]),
-        (["eval", "--report-dir", world / "user"], ["--report-dir", "did not write"]),
+        (["eval", "--report-dir", world / "my_table"], ["--report-dir", "did not write"]),
+        (["eval", "--report-dir", world / "my_plot"], ["--report-dir", "did not write"]),
         (["eval", "--pairs", "0"], ["--pairs"]),
         (["eval", "--steps", "-2"], ["--steps"]),
         (["eval", "--shift", "inf"], ["--shift"]),
@@ -141,3 +149,20 @@ def test_convert_refuses_a_disk_without_room(world, capsys, monkeypatch):
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10, 10, 0))
     args = ["convert", "transformer", "--input", world / "good.safetensors", "--config", "tiny", "--out", world / "c"]
     assert_refused(capsys, args, ["--out", "GiB are free"], world)
+
+
+def test_eval_report_dir_may_hold_pages_written_by_hand(tmp_path):
+    """docs/benchmark holds hand-written pages beside the report; only table.md and plot.png are replaced, and
+    only when they are a report's own."""
+    folder = tmp_path / "benchmark"
+    folder.mkdir()
+    (folder / "closeup.md").write_text("measurements written by hand")
+    (folder / "results.json").write_text('{"summary": {}}')
+    args = argparse.Namespace(model=None, skeleton_model="none", json=None, report_dir=folder, readme=None)
+    guards.eval_guard(args)  # no report yet
+    (folder / "table.md").write_text("64 held-out pairs. Regenerate with `scail2 eval --split test`.\n\n| table |\n")
+    (folder / "plot.png").write_bytes(b"\x89PNG")
+    guards.eval_guard(args)  # its own report is replaced
+    (folder / "table.md").write_text("| my table |\n\nRegenerate with `scail2 eval --split test`.\n")
+    with pytest.raises(Scail2Error, match="--report-dir .* did not write"):
+        guards.eval_guard(args)

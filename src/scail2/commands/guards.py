@@ -304,15 +304,18 @@ def eval_guard(args) -> None:
     inputs["--directanimator-model"] = getattr(args, "directanimator_model", None)
     guard = OutputGuard("eval", inputs)
     guard.file("--json", args.json, ours=lambda path: isinstance(_json(path), dict) and "summary" in _json(path))
-    report_files = {"table.md", "plot.png", "README.md"}
-    guard.folder(
-        "--report-dir",
-        args.report_dir,
-        reuse=True,
-        ours=lambda path: {entry.name for entry in path.iterdir()} <= report_files,
-    )
+    guard.folder("--report-dir", args.report_dir, reuse=True, ours=_report_files_ours)
     if args.readme is not None:
         guard.file("--readme", args.readme)
+
+
+def _report_files_ours(folder: Path) -> bool:
+    """A report folder may hold anything (docs/benchmark holds pages written by hand); only the two files a report
+    replaces must be its own: table.md names `scail2 eval` in its first paragraph, and plot.png goes with it."""
+    table = folder / "table.md"
+    if table.is_file():
+        return "`scail2 eval " in table.read_text(errors="replace").split("\n\n")[0]
+    return not (folder / "plot.png").exists()
 
 
 def demo_guard(args) -> None:
