@@ -166,3 +166,8 @@ def test_eval_report_dir_may_hold_pages_written_by_hand(tmp_path):
     (folder / "table.md").write_text("| my table |\n\nRegenerate with `scail2 eval --split test`.\n")
     with pytest.raises(Scail2Error, match="--report-dir .* did not write"):
         guards.eval_guard(args)
+    (folder / "table.md").unlink()
+    (folder / "plot.png").unlink()
+    (folder / "plot.png").mkdir()  # a report could not replace it: refused before the run, not after
+    with pytest.raises(Scail2Error, match="--report-dir .* did not write"):
+        guards.eval_guard(args)

@@ -312,10 +312,12 @@ def eval_guard(args) -> None:
 def _report_files_ours(folder: Path) -> bool:
     """A report folder may hold anything (docs/benchmark holds pages written by hand); only the two files a report
     replaces must be its own: table.md names `scail2 eval` in its first paragraph, and plot.png goes with it."""
-    table = folder / "table.md"
+    table, plot = folder / "table.md", folder / "plot.png"
+    if (table.exists() and not table.is_file()) or (plot.exists() and not plot.is_file()):
+        return False
     if table.is_file():
         return "`scail2 eval " in table.read_text(errors="replace").split("\n\n")[0]
-    return not (folder / "plot.png").exists()
+    return not plot.exists()
 
 
 def demo_guard(args) -> None:
