@@ -125,6 +125,16 @@ def test_readme_section_is_replaced_between_markers(tmp_path):
         report.update_readme(tmp_path / "plain.md", "x")
 
 
+def test_a_report_folder_readme_without_markers_is_left_alone(tmp_path):
+    """A report folder may hold the user's own README.md: only one with the benchmark markers receives the tables."""
+    (tmp_path / "README.md").write_text("my notes")
+    assert report.details_readme(tmp_path) is None
+    report.write_benchmark_readmes({}, "protocol", "tables", readme=None, report_dir=tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my notes"
+    (tmp_path / "README.md").write_text(f"{report.README_START}\n{report.README_END}\n")
+    assert report.details_readme(tmp_path) == tmp_path / "README.md"
+
+
 def test_readme_gets_the_headline_and_the_report_folder_every_table(small_split, tmp_path):
     noisy = lambda s: np.clip(s.target.astype(int) + 10, 0, 255).astype(np.uint8)  # noqa: E731
     methods = {"copy_reference": benchmark.copy_reference, "scail2": noisy, "vae_round_trip": lambda s: s.target}

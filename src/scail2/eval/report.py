@@ -339,9 +339,12 @@ def readme_section(summary: dict, details_link: str | None = None) -> str:
 
 
 def details_readme(report_dir: str | Path | None) -> Path | None:
-    """The report folder's README.md, whose benchmark block receives every table; None when it has none."""
+    """The report folder's README.md, whose benchmark block receives every table; None when it has none, or has no
+    benchmark markers (a page of the user's own, left as it is)."""
     path = Path(report_dir) / "README.md" if report_dir else None
-    return path if path is not None and path.is_file() else None
+    if path is None or not path.is_file():
+        return None
+    return path if _readme_pattern().search(path.read_text(errors="replace")) else None
 
 
 def write_benchmark_readmes(
