@@ -305,6 +305,11 @@ class LatentCache:
         return len(self.entries)
 
     @property
+    def parts(self) -> list[LatentCache]:
+        """The cache folders it reads: itself (a LatentCacheMixture has several)."""
+        return [self]
+
+    @property
     def driving_scale(self) -> int:
         """The resolution divisor its driving latents and masks were encoded at (2: half; older caches are 2)."""
         return int(self.meta.get("encoders", {}).get("driving_scale", 2))

@@ -201,7 +201,7 @@ class Trainer:
             from scail2.data.preference import check_preference_cache
             from scail2.train.dpo import DPOConfig
 
-            for part in getattr(self.cache, "parts", [self.cache]):
+            for part in self.cache.parts:
                 check_preference_cache(part)
             self.dpo = DPOConfig.from_dict(self.config.dpo)
         self.plan = BatchPlan(self.cache.shapes, self.config.train.batch_size, self.config.train.seed)
